@@ -1,0 +1,127 @@
+"""Leaf paths and the `where=` selection shared by every lscjax transform.
+
+A leaf path is shown to users as the '/'-joined keys of the leaf, e.g. 'Dense_0/kernel' for
+``params['Dense_0']['kernel']``. A selection (`where=`) is either
+
+* None: the default, leaves named ``kernel`` with ``ndim >= 2`` (Dense and Conv kernels);
+* a callable ``(path: str, leaf) -> bool``;
+* a pytree with the structure of the params whose leaves are bools (None counts as False).
+
+Transforms produce trees with the structure of the params in which unselected leaves are None
+(e.g. masks); `map_selected` builds them.
+"""
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lscjax._src.errors import LscError
+
+Where = None | Callable[[str, Any], bool] | Any
+
+
+def key_name(key) -> str:
+    """One pytree key as text: DictKey 'a' -> 'a', GetAttrKey .a -> 'a', SequenceKey [0] -> '0'."""
+    for attr in ("key", "name", "idx"):
+        if hasattr(key, attr):
+            return str(getattr(key, attr))
+    return str(key)
+
+
+def path_str(keypath) -> str:
+    """A jax key path as the user-facing leaf path, e.g. 'Dense_0/kernel'."""
+    return "/".join(key_name(k) for k in keypath)
+
+
+def _is_none(x) -> bool:
+    return x is None
+
+
+def leaves_with_paths(tree) -> list[tuple[str, Any]]:
+    """All non-None leaves of `tree` with their paths, in flattening order."""
+    flat, _ = jax.tree_util.tree_flatten_with_path(tree, is_leaf=_is_none)
+    return [(path_str(kp), leaf) for kp, leaf in flat if leaf is not None]
+
+
+def default_where(path: str, leaf) -> bool:
+    """The default selection: leaves named 'kernel' with ndim >= 2."""
+    return path.rsplit("/", 1)[-1] == "kernel" and np.ndim(leaf) >= 2
+
+
+def selection(tree, where: Where = None) -> dict[str, bool]:
+    """Which leaves of `tree` `where` selects, as {path: bool} in flattening order.
+
+    Raises:
+      LscError: `where` is a pytree that does not match `tree`, or has a non-bool leaf.
+    """
+    items = leaves_with_paths(tree)
+    if where is None or callable(where):
+        fn = default_where if where is None else where
+        return {path: bool(fn(path, leaf)) for path, leaf in items}
+    flat_where = jax.tree_util.tree_flatten_with_path(where, is_leaf=_is_none)[0]
+    picked = {path_str(kp): w for kp, w in flat_where}
+    paths = [path for path, _ in items]
+    missing = sorted(set(paths) - set(picked))
+    extra = sorted(p for p, w in picked.items() if w is not None and p not in set(paths))
+    if missing or extra:
+        raise LscError(
+            f"where= pytree does not match the params: missing {missing[:5]}, unknown {extra[:5]}"
+        )
+    out = {}
+    for path, _ in items:
+        w = picked.get(path)
+        if w is None:
+            out[path] = False
+        elif isinstance(w, bool | np.bool_):
+            out[path] = bool(w)
+        else:
+            raise LscError(f"where= leaf {path!r}: expected a bool or None, got {type(w).__name__}")
+    return out
+
+
+def map_selected(fn: Callable, tree, *rest, where: Where = None, fill=None):
+    """Apply ``fn(path, leaf, *rest_leaves)`` to the selected leaves of `tree`.
+
+    Args:
+      fn: called once per selected leaf with its path, the leaf and the matching leaves of `rest`.
+      tree: the pytree that `where` selects from (usually params).
+      *rest: pytrees with the structure of `tree` (None leaves allowed).
+      where: the selection (see module docstring).
+      fill: ``None`` puts None at unselected leaves; ``"keep"`` keeps the leaf of `tree`.
+
+    Returns:
+      A pytree with the structure of `tree`.
+    """
+    chosen = selection(tree, where)
+
+    def visit(kp, leaf, *others):
+        if leaf is None:
+            return None
+        path = path_str(kp)
+        if chosen.get(path, False):
+            return fn(path, leaf, *others)
+        return leaf if fill == "keep" else None
+
+    return jax.tree_util.tree_map_with_path(visit, tree, *rest, is_leaf=_is_none)
+
+
+def selected_leaves(tree, where: Where = None) -> list[tuple[str, Any]]:
+    """The selected (path, leaf) pairs of `tree`, in flattening order."""
+    chosen = selection(tree, where)
+    return [(path, leaf) for path, leaf in leaves_with_paths(tree) if chosen[path]]
+
+
+def check_float_leaf(path: str, leaf, *, finite: bool = True) -> None:
+    """Raise LscError naming `path` if `leaf` is not a floating array, or (when concrete) has NaN/Inf.
+
+    Finiteness is only checked on concrete arrays: under jax.jit a traced leaf cannot be inspected.
+    """
+    dtype = jnp.result_type(leaf)
+    if not jnp.issubdtype(dtype, jnp.floating):
+        raise LscError(f"leaf {path!r}: expected a floating-point array, got dtype {dtype}")
+    if finite and not isinstance(leaf, jax.core.Tracer):
+        if not bool(np.all(np.isfinite(np.asarray(leaf, dtype=np.float32)))):
+            raise LscError(f"leaf {path!r}: contains NaN or Inf")
