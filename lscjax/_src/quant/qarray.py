@@ -1,0 +1,179 @@
+"""`QArray`: a quantized weight held as integer codes plus a float32 codebook.
+
+The layout of `codes` and `codebook` depends on the method (the team-wide convention):
+
+* ``"kmeans"`` and ``"binarize"`` (scalar methods): ``codes`` has the weight's shape and the dense
+  weight is ``codebook[codes]`` with ``codebook`` float32 [K], K <= 2**bits. For ``"kmeans"``,
+  whenever the layer has pruned zeros, code 0 is reserved for exactly 0.0 (``codebook[0] == 0.0``):
+  an integer code array is then sparse exactly where the weight is. ``"binarize"`` with a per-row
+  scale uses ``codebook`` float32 [rows, 2] and the dense weight is ``codebook[row, codes]``.
+* ``"product"``: the weight's 2-D view [m, n] (rows = all leading axes, ``n = shape[-1]``) is cut
+  into s segments of ``sub_dim = n // s`` columns; ``codes`` is [m, s] and ``codebook`` float32
+  [s, K, sub_dim] (one codebook per segment).
+* ``"residual"``: ``codes`` is [stages, *shape], ``codebook`` float32 [stages, K]; the dense
+  weight is the sum over stages of ``codebook[t, codes[t]]``.
+
+Storage is accounted as the codecs account it: every code costs ``bits`` bits and every codebook
+entry 32 bits of metadata.
+"""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lscjax._src.errors import LscError
+from lscjax._src.tree import path_str
+
+METHODS = ("kmeans", "binarize", "product", "residual")
+CODEBOOK_ENTRY_BITS = 32
+
+
+def code_dtype(n_codes: int):
+    """The narrowest unsigned dtype for codes in [0, n_codes): uint8 up to 256, else uint16."""
+    return jnp.uint8 if n_codes <= 256 else jnp.uint16
+
+
+def check_bits(path: str, bits) -> int:
+    """Raise LscError naming `path` unless `bits` is an int in [1, 16]; return it."""
+    if isinstance(bits, bool) or not isinstance(bits, int | np.integer) or not 1 <= bits <= 16:
+        raise LscError(f"leaf {path!r}: bits must be an int in [1, 16], got {bits!r}")
+    return int(bits)
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class QArray:
+    """A quantized weight: integer codes into a float32 codebook (see the module docstring).
+
+    Attributes:
+      codes: uint8 (<= 256 codes) or uint16 array; the weight's shape for scalar methods,
+        [m, s] for "product", [stages, *shape] for "residual".
+      codebook: float32; [K] (or [rows, 2] for per-row "binarize"), [s, K, sub_dim] for
+        "product", [stages, K] for "residual".
+      method: static; "kmeans" | "binarize" | "product" | "residual".
+      bits: static; bits per code, in [1, 16].
+      shape: static; the dense weight's shape.
+    """
+
+    codes: jax.Array
+    codebook: jax.Array
+    method: str = dataclasses.field(metadata=dict(static=True))
+    bits: int = dataclasses.field(metadata=dict(static=True))
+    shape: tuple = dataclasses.field(metadata=dict(static=True))
+
+    def dequantize(self) -> jax.Array:
+        """The dense weight, float32 of shape `shape`."""
+        codes = self.codes.astype(jnp.int32)
+        if self.method == "product":
+            segments = jnp.arange(self.codebook.shape[0])
+            rows = self.codebook[segments, codes]  # [m, s, sub_dim]
+            return rows.reshape(self.shape)
+        if self.method == "residual":
+            stages = jnp.arange(self.codebook.shape[0]).reshape((-1,) + (1,) * len(self.shape))
+            return self.codebook[stages, codes].sum(axis=0)
+        if self.codebook.ndim == 2:  # per-row binarize: codebook [rows, 2]
+            rows = jnp.arange(self.codebook.shape[0]).reshape((-1, 1))
+            return self.codebook[rows, codes.reshape(rows.shape[0], -1)].reshape(self.shape)
+        return self.codebook[codes]
+
+    @property
+    def code_bits(self) -> int:
+        """Bits of the codes stored densely: ``codes.size * bits``."""
+        return int(np.prod(self.codes.shape)) * self.bits
+
+    @property
+    def codebook_bits(self) -> int:
+        """Bits of the codebook, stored as metadata: 32 per entry."""
+        return int(np.prod(self.codebook.shape)) * CODEBOOK_ENTRY_BITS
+
+    @property
+    def storage_bits(self) -> int:
+        """``code_bits + codebook_bits``: the dense (unpruned) storage of this QArray."""
+        return self.code_bits + self.codebook_bits
+
+
+def is_qarray(x) -> bool:
+    """True for a `QArray` (use as ``is_leaf=`` when mapping over trees holding QArrays)."""
+    return isinstance(x, QArray)
+
+
+def _expected_layout(q: QArray) -> tuple[tuple, tuple | None]:
+    """(codes shape, codebook shape or None when only its rank is fixed) for `q`'s method."""
+    shape = tuple(q.shape)
+    if q.method == "product":
+        m, s = q.codes.shape if q.codes.ndim == 2 else (None, None)
+        n = shape[-1] if shape else 0
+        rows = int(np.prod(shape[:-1])) if shape else 0
+        sub_dim = n // s if s else 0
+        return (rows, s), (s, q.codebook.shape[1] if q.codebook.ndim == 3 else None, sub_dim)
+    if q.method == "residual":
+        stages = q.codebook.shape[0] if q.codebook.ndim == 2 else None
+        return (stages, *shape), None
+    return shape, None
+
+
+def check_qarray(path: str, q: QArray, shape: tuple | None = None) -> None:
+    """Raise LscError naming `path` if `q` is inconsistent (or its dense shape is not `shape`).
+
+    Checks the method, the bits, the codes' integer dtype and layout and the codebook's float32
+    dtype, layout and size (at most 2**bits entries per codebook). Only static facts are checked,
+    so this works on traced QArrays too.
+    """
+    if q.method not in METHODS:
+        raise LscError(f"leaf {path!r}: unknown QArray method {q.method!r}, expected {METHODS}")
+    check_bits(path, q.bits)
+    if shape is not None and tuple(shape) != tuple(q.shape):
+        raise LscError(f"leaf {path!r}: QArray of shape {tuple(q.shape)}, expected {tuple(shape)}")
+    if q.codes.dtype not in (jnp.uint8, jnp.uint16):
+        raise LscError(f"leaf {path!r}: QArray codes must be uint8 or uint16, got {q.codes.dtype}")
+    if q.codebook.dtype != jnp.float32:
+        raise LscError(f"leaf {path!r}: QArray codebook must be float32, got {q.codebook.dtype}")
+    codes_shape, codebook_shape = _expected_layout(q)
+    if tuple(q.codes.shape) != tuple(codes_shape) or (
+        q.method == "product" and (q.codes.shape[1] == 0 or q.shape[-1] % q.codes.shape[1])
+    ):
+        raise LscError(
+            f"leaf {path!r}: {q.method} QArray of shape {tuple(q.shape)} has codes of shape "
+            f"{tuple(q.codes.shape)}, expected {tuple(codes_shape)}"
+        )
+    ranks = {"kmeans": (1,), "binarize": (1, 2), "product": (3,), "residual": (2,)}[q.method]
+    if q.codebook.ndim not in ranks or (
+        codebook_shape is not None and tuple(q.codebook.shape) != tuple(codebook_shape)
+    ):
+        raise LscError(
+            f"leaf {path!r}: {q.method} QArray has a codebook of shape {tuple(q.codebook.shape)}"
+        )
+    if q.method == "binarize" and q.codebook.ndim == 2:
+        rows = int(np.prod(q.shape[:-1])) if len(q.shape) > 1 else 1
+        if tuple(q.codebook.shape) != (rows, 2):
+            raise LscError(
+                f"leaf {path!r}: per-row binarize codebook must be ({rows}, 2), "
+                f"got {tuple(q.codebook.shape)}"
+            )
+    n_codes = q.codebook.shape[-2] if q.method == "product" else q.codebook.shape[-1]
+    if n_codes > 2**q.bits:
+        raise LscError(f"leaf {path!r}: {n_codes} codebook entries exceed 2**bits = {2**q.bits}")
+
+
+def dequantize(tree):
+    """Replace every `QArray` leaf of `tree` by its dense float32 weight; other leaves unchanged.
+
+    Raises:
+      LscError: an inconsistent QArray (names the leaf path).
+    """
+
+    def one(kp, leaf):
+        if not is_qarray(leaf):
+            return leaf
+        check_qarray(path_str(kp), leaf)
+        return leaf.dequantize()
+
+    return jax.tree_util.tree_map_with_path(one, tree, is_leaf=is_qarray)
+
+
+def storage_bits(tree) -> dict[str, int]:
+    """{path: storage bits (codes + codebook)} of every QArray leaf of `tree`."""
+    flat = jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_qarray)[0]
+    return {path_str(kp): leaf.storage_bits for kp, leaf in flat if is_qarray(leaf)}
