@@ -3,10 +3,11 @@
 from lscjax import data as data
 from lscjax import models as models
 from lscjax import prune as prune
+from lscjax import quant as quant
 from lscjax import train as train
 from lscjax._src.errors import FormatError as FormatError
 from lscjax._src.errors import LscError as LscError
 
 __version__ = "0.1.0"
 
-__all__ = ["FormatError", "LscError", "data", "models", "prune", "train"]
+__all__ = ["FormatError", "LscError", "data", "models", "prune", "quant", "train"]
