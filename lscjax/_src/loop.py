@@ -83,5 +83,7 @@ def accuracy(apply_fn: Callable, params, images, labels, *, batch_size: int = 10
     correct = 0
     for start in range(0, len(labels), batch_size):
         x = prepare(images[start : start + batch_size])
-        correct += int(jnp.sum(predict(params, x) == jnp.asarray(labels[start : start + batch_size])))
+        correct += int(
+            jnp.sum(predict(params, x) == jnp.asarray(labels[start : start + batch_size]))
+        )
     return correct / len(labels)

@@ -74,7 +74,9 @@ def magnitude(params, sparsity: float, *, scope: str = "layer", where: Where = N
         return map_selected(lambda _, w: w, params, where=where)
     flat = jnp.concatenate([jnp.abs(w).reshape(-1).astype(jnp.float32) for _, w in leaves])
     keep = topk_mask(flat, keep_count(flat.size, sparsity))
-    offsets = dict(zip([p for p, _ in leaves], np.cumsum([0] + [w.size for _, w in leaves])))
+    offsets = dict(
+        zip([p for p, _ in leaves], np.cumsum([0] + [w.size for _, w in leaves]), strict=False)
+    )
     return map_selected(
         lambda path, w: keep[offsets[path] : offsets[path] + w.size].reshape(w.shape),
         params,
@@ -134,4 +136,3 @@ def count_params(tree, *, where: Where = None) -> dict[str, tuple[int, int]]:
         path: (int(np.count_nonzero(np.asarray(leaf))), int(np.size(leaf)))
         for path, leaf in selected_leaves(tree, where)
     }
-
