@@ -1,6 +1,7 @@
 """optax GradientTransformations for retraining compressed models."""
 
+from lscjax._src.train.iterative import iterative_prune as iterative_prune
 from lscjax._src.train.masking import KeepMasksState as KeepMasksState
 from lscjax._src.train.masking import keep_masks as keep_masks
 
-__all__ = ["KeepMasksState", "keep_masks"]
+__all__ = ["KeepMasksState", "iterative_prune", "keep_masks"]
