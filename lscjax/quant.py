@@ -1,8 +1,27 @@
-"""Quantization: weights as integer codes into float32 codebooks (`QArray`)."""
+"""Quantization: weights as integer codes into float32 codebooks (`QArray`).
 
+Deep Compression's trained k-means weight sharing and Gong et al.'s binarization, product and
+residual quantization; `centroid_grads` for fine-tuning the shared values.
+"""
+
+from lscjax._src.quant.binarize import binarize as binarize
+from lscjax._src.quant.grads import centroid_grads as centroid_grads
+from lscjax._src.quant.kmeans import kmeans as kmeans
+from lscjax._src.quant.product import product as product
 from lscjax._src.quant.qarray import QArray as QArray
 from lscjax._src.quant.qarray import dequantize as dequantize
 from lscjax._src.quant.qarray import is_qarray as is_qarray
 from lscjax._src.quant.qarray import storage_bits as storage_bits
+from lscjax._src.quant.residual import residual as residual
 
-__all__ = ["QArray", "dequantize", "is_qarray", "storage_bits"]
+__all__ = [
+    "QArray",
+    "binarize",
+    "centroid_grads",
+    "dequantize",
+    "is_qarray",
+    "kmeans",
+    "product",
+    "residual",
+    "storage_bits",
+]

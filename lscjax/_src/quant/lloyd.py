@@ -1,0 +1,111 @@
+"""Lloyd's k-means in JAX: jitted, vectorized over points, with a per-iteration distortion trace.
+
+Points are float32 [n, d]. For d == 1 the nearest centroid is found by binary search over the
+sorted centroids' midpoints (O(n log k) time, O(n) memory), for d > 1 by a dense [n, k] distance
+matrix. Only the points flagged valid take part (pruned zeros are left out by the caller).
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+INITS = ("linear", "density", "random", "kmeans++")
+
+
+def nearest(points: jax.Array, centroids: jax.Array) -> jax.Array:
+    """Index of the nearest centroid. points float32 [n, d], centroids float32 [k, d] -> int32 [n]."""
+    if points.shape[1] == 1:
+        order = jnp.argsort(centroids[:, 0])
+        ordered = centroids[order, 0]
+        midpoints = (ordered[1:] + ordered[:-1]) / 2
+        return order[jnp.searchsorted(midpoints, points[:, 0])].astype(jnp.int32)
+    sq = jnp.sum(centroids**2, axis=1) - 2 * points @ centroids.T
+    return jnp.argmin(sq, axis=1).astype(jnp.int32)
+
+
+def _distortion(points, valid, centroids, assignment) -> jax.Array:
+    err = jnp.sum((points - centroids[assignment]) ** 2, axis=1)
+    return jnp.sum(jnp.where(valid, err, 0.0)) / jnp.maximum(jnp.sum(valid), 1)
+
+
+@functools.partial(jax.jit, static_argnames=("iters",))
+def lloyd(points: jax.Array, valid: jax.Array, init: jax.Array, *, iters: int):
+    """Run `iters` Lloyd iterations (assign to the nearest centroid, move centroids to the means).
+
+    A centroid that loses all its points keeps its position.
+
+    Args:
+      points: float32 [n, d].
+      valid: bool [n]; only these points are clustered and counted in the distortion.
+      init: float32 [k, d] initial centroids.
+      iters: number of iterations (static).
+
+    Returns:
+      (centroids float32 [k, d], assignment int32 [n], distortion float32 [iters + 1]) where
+      ``distortion[t]`` is the mean squared error over the valid points of the centroids after t
+      iterations with every point at its nearest centroid; it never increases with t (up to
+      float32 rounding).
+    """
+    k = init.shape[0]
+    weight = valid.astype(jnp.float32)
+
+    def step(centroids, _):
+        assignment = nearest(points, centroids)
+        distortion = _distortion(points, valid, centroids, assignment)
+        sums = jax.ops.segment_sum(points * weight[:, None], assignment, k)
+        counts = jax.ops.segment_sum(weight, assignment, k)
+        moved = sums / jnp.maximum(counts, 1.0)[:, None]
+        return jnp.where(counts[:, None] > 0, moved, centroids), distortion
+
+    centroids, trace = jax.lax.scan(step, init, None, length=iters)
+    assignment = nearest(points, centroids)
+    final = _distortion(points, valid, centroids, assignment)
+    return centroids, assignment, jnp.append(trace, final)
+
+
+@functools.partial(jax.jit, static_argnames=("k", "method"))
+def scalar_init(values: jax.Array, valid: jax.Array, key: jax.Array, *, k: int, method: str):
+    """Initial centroids for scalar k-means of the valid `values`.
+
+    Args:
+      values: float32 [n]; valid: bool [n] with at least one True.
+      key: PRNG key ("random" and "kmeans++").
+      k: number of centroids (static).
+      method: "linear" (evenly spaced between the min and max valid value: Deep Compression's
+        choice, keeps the rare large weights), "density" (evenly spaced in the valid values' CDF),
+        "random" (k distinct valid values drawn uniformly; Forgy), "kmeans++" (D^2 sampling).
+
+    Returns:
+      float32 [k] centroids.
+    """
+    n_valid = jnp.sum(valid)
+    if method == "linear":
+        lo = jnp.min(jnp.where(valid, values, jnp.inf))
+        hi = jnp.max(jnp.where(valid, values, -jnp.inf))
+        return jnp.linspace(lo, hi, k, dtype=jnp.float32)
+    if method == "density":
+        ordered = jnp.sort(jnp.where(valid, values, jnp.inf))
+        ranks = jnp.round(jnp.linspace(0.0, 1.0, k) * (n_valid - 1)).astype(jnp.int32)
+        return ordered[ranks]
+    scores = jax.random.uniform(key, values.shape)
+    if method == "random":
+        picked = jax.lax.top_k(jnp.where(valid, scores, -1.0), k)[1] if k <= values.size else None
+        if picked is None:  # more centroids than values: draw with replacement
+            picked = jax.random.choice(key, values.size, (k,), p=valid / n_valid)
+        fallback = values[jnp.argmax(valid)]
+        return jnp.where(valid[picked], values[picked], fallback)
+    # kmeans++: each next centroid drawn with probability proportional to D(x)^2.
+    keys = jax.random.split(key, k)
+    first = values[jax.random.categorical(keys[0], jnp.log(valid.astype(jnp.float32)))]
+
+    def pick(i, carry):
+        centroids, d2 = carry
+        logits = jnp.where(valid & (d2 > 0), jnp.log(jnp.maximum(d2, 1e-30)), -jnp.inf)
+        logits = jnp.where(jnp.any(jnp.isfinite(logits)), logits, jnp.log(valid.astype(float)))
+        c = values[jax.random.categorical(keys[i], logits)]
+        return centroids.at[i].set(c), jnp.minimum(d2, (values - c) ** 2)
+
+    centroids = jnp.full((k,), first, jnp.float32)
+    centroids, _ = jax.lax.fori_loop(1, k, pick, (centroids, (values - first) ** 2))
+    return centroids
