@@ -1,0 +1,70 @@
+"""Block-sparse matmul in pure lax: the XLA path (CPU default) and the oracle of every kernel.
+
+Shapes used throughout: x [M, C * b_in] (zero-padded input), block values [R, Kmax, b_in, b_out]
+(padded slots hold 0), indices int32 [R, Kmax] (input block of each slot), output [M, R * b_out].
+"""
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+
+def gather_x(x: jax.Array, indices: jax.Array, b_in: int) -> jax.Array:
+    """x [M, C * b_in] -> the input blocks of every slot, [M, R, Kmax * b_in]."""
+    m = x.shape[0]
+    rows, kmax = indices.shape
+    xb = x.reshape(m, -1, b_in)
+    return xb[:, indices].reshape(m, rows, kmax * b_in)
+
+
+def block_matmul(x: jax.Array, values: jax.Array, indices: jax.Array) -> jax.Array:
+    """``y[:, r] = sum_k x[:, indices[r, k]] @ values[r, k]`` by gather + batched matmul, no scatter.
+
+    Args:
+      x: [M, C * b_in], any float dtype.
+      values: [R, Kmax, b_in, b_out]; padded slots must hold 0.
+      indices: int32 [R, Kmax], each in [0, C).
+
+    Returns:
+      [M, R * b_out] of ``result_type(x, values)``, accumulated in float32 (or wider).
+    """
+    rows, kmax, b_in, b_out = values.shape
+    out_dtype = jnp.result_type(x.dtype, values.dtype)
+    acc = jnp.promote_types(out_dtype, jnp.float32)
+    xg = gather_x(x, indices, b_in)  # [M, R, Kmax * b_in]
+    y = lax.dot_general(
+        xg,
+        values.reshape(rows, kmax * b_in, b_out),
+        (((2,), (1,)), ((1,), (0,))),
+        preferred_element_type=acc,
+    )  # [R, M, b_out]
+    return y.transpose(1, 0, 2).reshape(x.shape[0], rows * b_out).astype(out_dtype)
+
+
+def block_matmul_vjp(x, values, indices, valid, g):
+    """Cotangents of `block_matmul` with respect to x and values.
+
+    Args:
+      x: [M, C * b_in]; values: [R, Kmax, b_in, b_out]; indices: int32 [R, Kmax].
+      valid: bool [R, Kmax], False at padded slots (which receive a zero cotangent, so training
+        never makes a padding slot non-zero).
+      g: [M, R * b_out], the output cotangent.
+
+    Returns:
+      (dx [M, C * b_in] of x.dtype, dvalues [R, Kmax, b_in, b_out] of values.dtype). dx sums the
+      per-slot contributions into their input blocks (a segment sum: the one scatter-add, in the
+      backward pass only).
+    """
+    m = x.shape[0]
+    rows, kmax, b_in, b_out = values.shape
+    cols = x.shape[1] // b_in
+    acc = jnp.promote_types(jnp.result_type(x.dtype, values.dtype, g.dtype), jnp.float32)
+    gb = g.reshape(m, rows, b_out)
+    xg = gather_x(x, indices, b_in).reshape(m, rows, kmax, b_in)
+    dvalues = jnp.einsum("mrki,mro->rkio", xg, gb, preferred_element_type=acc)
+    dvalues = jnp.where(valid[:, :, None, None], dvalues, 0).astype(values.dtype)
+    contrib = jnp.einsum("mro,rkio->rkmi", gb, values, preferred_element_type=acc)
+    dx = jax.ops.segment_sum(
+        contrib.reshape(rows * kmax, m, b_in), indices.reshape(-1), num_segments=cols
+    )  # [C, M, b_in]
+    return dx.transpose(1, 0, 2).reshape(m, cols * b_in).astype(x.dtype), dvalues

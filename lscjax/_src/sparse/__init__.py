@@ -1,0 +1,1 @@
+"""Block-sparse weights (device layout) and their matmul / conv."""

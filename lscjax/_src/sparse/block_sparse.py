@@ -1,0 +1,303 @@
+"""`BlockSparse`: a weight's non-zero b_in x b_out blocks in padded block-row (ELL) layout.
+
+The weight is Flax's kernel: Dense [in, out] (``y = x @ W``) or Conv [*window, in, out]. A Conv
+kernel is held as its matrix view [in * prod(window), out] whose rows are in the channel-major
+order of `jax.lax.conv_general_dilated_patches` (``kernel.transpose(-2, *window_axes, -1)``).
+
+The matrix [K, N] is cut into ``C = ceil(K / b_in)`` by ``R = ceil(N / b_out)`` blocks
+(zero-padded at the edges). Block rows run over the OUTPUT dimension: output block row ``r``
+(columns ``r * b_out : (r + 1) * b_out`` of W) owns its non-zero blocks, stored in ascending input
+block order in slots ``0 .. counts[r] - 1`` of ``blocks[r]``; slots up to ``Kmax`` are padding.
+``y[:, r-block] = sum_k x[:, indices[r, k]-block] @ blocks[r, k]``: one owner per output block,
+so the matmul needs no scatter and no atomics.
+
+Block storage (``bits``):
+
+* ``None``: float values ``blocks`` [R, Kmax, b_in, b_out] (any float dtype); padded slots hold 0.
+* ``8``: uint8 codes [R, Kmax, b_in, b_out] into ``codebook`` float [n_codes <= 256].
+* ``4``: uint8 [R, Kmax, b_in // 2, b_out], two 4-bit codes per byte: byte ``i`` holds the code
+  of block row ``i`` in its low nibble and the code of block row ``i + b_in // 2`` in its high
+  nibble (so the two halves multiply contiguous halves of x; b_in must be even).
+
+Padded slots of coded blocks are masked to 0.0 when dequantized (code 0 need not mean 0.0).
+"""
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lscjax._src.errors import LscError
+from lscjax._src.quant.qarray import QArray, check_qarray
+
+CODE_BITS = (4, 8)
+
+
+def as_block(block) -> tuple[int, int]:
+    """``b`` or ``(b_in, b_out)`` -> ``(b_in, b_out)``; raise LscError unless positive ints."""
+    pair = (block, block) if isinstance(block, int | np.integer) else tuple(block)
+    if len(pair) != 2 or not all(
+        isinstance(b, int | np.integer) and not isinstance(b, bool) and b > 0 for b in pair
+    ):
+        raise LscError(f"block must be a positive int or a pair of them, got {block!r}")
+    return int(pair[0]), int(pair[1])
+
+
+def matrix_shape(shape: tuple) -> tuple[int, int]:
+    """The matrix view [K, N] of a kernel of `shape` (Dense [in, out] or Conv [*window, in, out])."""
+    return math.prod(shape[:-1]), shape[-1]
+
+
+def to_matrix(w):
+    """Kernel [*window, in, out] -> matrix [in * prod(window), out] in patches (channel-major) order."""
+    w = np.asarray(w) if not isinstance(w, jax.Array) else w
+    nd = w.ndim
+    if nd > 2:
+        w = w.transpose((nd - 2, *range(nd - 2), nd - 1))
+    return w.reshape(matrix_shape(w.shape))
+
+
+def from_matrix(m, shape: tuple):
+    """Inverse of `to_matrix`: matrix [K, N] -> kernel of `shape`."""
+    nd = len(shape)
+    if nd == 2:
+        return m.reshape(shape)
+    window, cin, cout = shape[:-2], shape[-2], shape[-1]
+    return m.reshape((cin, *window, cout)).transpose((*range(1, nd - 1), 0, nd - 1))
+
+
+def grid(shape: tuple, block: tuple[int, int]) -> tuple[int, int]:
+    """(R, C): output block rows and input block columns of a kernel of `shape`."""
+    k, n = matrix_shape(shape)
+    return -(-n // block[1]), -(-k // block[0])
+
+
+def _blocked(m: np.ndarray, block: tuple[int, int]) -> np.ndarray:
+    """Matrix [K, N] -> zero-padded blocks [R, C, b_in, b_out] (block (c, r) at [r, c])."""
+    bi, bo = block
+    k, n = m.shape
+    cols, rows = -(-k // bi), -(-n // bo)
+    padded = np.zeros((cols * bi, rows * bo), m.dtype)
+    padded[:k, :n] = m
+    return padded.reshape(cols, bi, rows, bo).transpose(2, 0, 1, 3)
+
+
+def ell_layout(block_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Padded block-row layout of a block mask.
+
+    Args:
+      block_mask: bool [R, C], True where block (input block c, output block row r) is non-zero.
+
+    Returns:
+      (indices int32 [R, Kmax], counts int32 [R], valid bool [R, Kmax]) with
+      ``Kmax = max(1, max(counts))``; the non-zero input blocks of each row in ascending order,
+      padded slots repeat the row's last index (0 for empty rows) so kernels re-read a block
+      already fetched.
+    """
+    counts = block_mask.sum(axis=1).astype(np.int32)
+    kmax = max(1, int(counts.max(initial=0)))
+    order = np.argsort(~block_mask, axis=1, kind="stable")[:, :kmax]
+    if order.shape[1] < kmax:  # C == 0 cannot happen for non-empty kernels; keep shapes exact
+        order = np.zeros((block_mask.shape[0], kmax), np.int64)
+    valid = np.arange(kmax)[None, :] < counts[:, None]
+    last = np.take_along_axis(order, np.maximum(counts - 1, 0)[:, None], axis=1)
+    indices = np.where(valid, order, np.where(counts[:, None] > 0, last, 0)).astype(np.int32)
+    return indices, counts, valid
+
+
+def pack_nibbles(codes: np.ndarray) -> np.ndarray:
+    """uint8 codes [..., b_in, b_out] (< 16, b_in even) -> packed uint8 [..., b_in // 2, b_out]."""
+    half = codes.shape[-2] // 2
+    return (codes[..., :half, :] | (codes[..., half:, :] << 4)).astype(np.uint8)
+
+
+def unpack_nibbles(packed: jax.Array) -> jax.Array:
+    """Inverse of `pack_nibbles`: uint8 [..., h, b_out] -> uint8 codes [..., 2 h, b_out]."""
+    return jnp.concatenate([packed & 15, packed >> 4], axis=-2)
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class BlockSparse:
+    """A block-sparse kernel in padded block-row layout (see the module docstring).
+
+    Attributes:
+      blocks: float [R, Kmax, b_in, b_out] (bits None), uint8 codes [R, Kmax, b_in, b_out]
+        (bits 8) or packed uint8 [R, Kmax, b_in // 2, b_out] (bits 4).
+      indices: int32 [R, Kmax]; input block index of each slot.
+      counts: int32 [R]; non-zero blocks of each output block row.
+      codebook: float [n_codes] for coded blocks, None for float values.
+      shape: static; the logical kernel shape (Dense [in, out] or Conv [*window, in, out]).
+      block: static; (b_in, b_out).
+      bits: static; None (float values), 8 or 4.
+    """
+
+    blocks: jax.Array
+    indices: jax.Array
+    counts: jax.Array
+    codebook: jax.Array | None
+    shape: tuple = dataclasses.field(metadata=dict(static=True))
+    block: tuple = dataclasses.field(metadata=dict(static=True))
+    bits: int | None = dataclasses.field(default=None, metadata=dict(static=True))
+
+    @property
+    def dtype(self):
+        """The dtype of the weight's values (the codebook's for coded blocks)."""
+        return self.blocks.dtype if self.codebook is None else self.codebook.dtype
+
+    @property
+    def ndim(self) -> int:
+        """Rank of the logical kernel."""
+        return len(self.shape)
+
+    @property
+    def matrix_shape(self) -> tuple[int, int]:
+        """(K, N): the matrix view multiplied by `matmul`."""
+        return matrix_shape(self.shape)
+
+    @property
+    def kmax(self) -> int:
+        """Slots per block row (the padded row length)."""
+        return self.indices.shape[1]
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the device arrays: blocks, indices, counts and codebook."""
+        arrays = [self.blocks, self.indices, self.counts]
+        arrays += [] if self.codebook is None else [self.codebook]
+        return sum(math.prod(a.shape) * jnp.dtype(a.dtype).itemsize for a in arrays)
+
+    def valid(self) -> jax.Array:
+        """bool [R, Kmax]: True at the slots holding a non-zero block (not padding)."""
+        return jnp.arange(self.kmax)[None, :] < self.counts[:, None]
+
+    def block_values(self) -> jax.Array:
+        """The blocks as values [R, Kmax, b_in, b_out] of `dtype`, padded slots 0 (jit-friendly).
+
+        Coded blocks are dequantized here (unpacking 4-bit codes); the dense weight is never formed.
+        """
+        if self.bits is None:
+            return self.blocks
+        codes = unpack_nibbles(self.blocks) if self.bits == 4 else self.blocks
+        values = jnp.take(self.codebook, codes.astype(jnp.int32), mode="clip")
+        return jnp.where(self.valid()[:, :, None, None], values, jnp.zeros((), values.dtype))
+
+    def todense(self) -> jax.Array:
+        """The dense kernel of `shape` and `dtype` (decoding, tests; jit-friendly)."""
+        rows, cols = grid(self.shape, self.block)
+        bi, bo = self.block
+        r = jnp.broadcast_to(jnp.arange(rows)[:, None], self.indices.shape)
+        grid_blocks = jnp.zeros((rows, cols, bi, bo), self.dtype)
+        grid_blocks = grid_blocks.at[r, self.indices].add(self.block_values())
+        m = grid_blocks.transpose(1, 2, 0, 3).reshape(cols * bi, rows * bo)
+        k, n = self.matrix_shape
+        return from_matrix(m[:k, :n], self.shape)
+
+    @classmethod
+    def from_dense(cls, w, block=(32, 32)) -> "BlockSparse":
+        """The non-zero blocks of a concrete dense kernel.
+
+        Args:
+          w: float array, Dense [in, out] or Conv [*window, in, out]; must be concrete (the
+            layout depends on which blocks are non-zero).
+          block: b or (b_in, b_out).
+
+        Returns:
+          A float-valued BlockSparse of dtype ``w.dtype``; a block is kept iff it has a non-zero.
+
+        Raises:
+          LscError: a traced, non-float or rank < 2 `w`, or a bad `block`.
+        """
+        block = as_block(block)
+        w = _concrete("w", w)
+        if not np.issubdtype(w.dtype, np.floating) and w.dtype != jnp.bfloat16:
+            raise LscError(f"from_dense: expected a floating-point kernel, got dtype {w.dtype}")
+        blocks = _blocked(to_matrix(w), block)
+        indices, counts, valid = ell_layout((blocks != 0).any(axis=(2, 3)))
+        values = _slots(blocks, indices, valid)
+        return cls(
+            jnp.asarray(values), jnp.asarray(indices), jnp.asarray(counts), None, w.shape, block
+        )
+
+    @classmethod
+    def from_codes(cls, codes, codebook, block=(32, 32), *, bits: int | None = None):
+        """Block-sparse integer codes: the dense kernel is ``codebook[codes]``.
+
+        Args:
+          codes: concrete uint8/uint16 (or any int) array, the kernel's shape.
+          codebook: float [n_codes].
+          block: b or (b_in, b_out).
+          bits: 4 or 8 (default: 4 when n_codes <= 16, else 8); with 4, b_in must be even.
+
+        Returns:
+          A coded BlockSparse; a block is kept iff one of its codes maps to a non-zero value.
+
+        Raises:
+          LscError: more than 2**bits codes, codes out of range, an odd b_in with bits=4.
+        """
+        block = as_block(block)
+        codes = _concrete("codes", codes)
+        codebook = jnp.asarray(codebook)
+        n_codes = codebook.shape[0] if codebook.ndim == 1 else -1
+        if n_codes < 1 or n_codes > 256:
+            raise LscError(f"codebook must be 1-D with 1..256 entries, got {codebook.shape}")
+        bits = (4 if n_codes <= 16 else 8) if bits is None else bits
+        if bits not in CODE_BITS or n_codes > 2**bits:
+            raise LscError(f"bits must be 4 or 8 and hold {n_codes} codes, got {bits!r}")
+        if bits == 4 and block[0] % 2:
+            raise LscError(f"4-bit codes pack pairs of block rows: b_in must be even, got {block}")
+        if codes.size and (codes.min() < 0 or codes.max() >= n_codes):
+            raise LscError(f"codes must lie in [0, {n_codes}), got [{codes.min()}, {codes.max()}]")
+        zero = np.asarray(codebook, np.float32) == 0
+        blocks = _blocked(to_matrix(codes.astype(np.uint8)), block)
+        # Edge padding is code 0: mark it zero so it never makes a block non-zero.
+        nonzero = _blocked(to_matrix(~zero[codes]), block)
+        indices, counts, valid = ell_layout(nonzero.any(axis=(2, 3)))
+        coded = _slots(blocks, indices, valid)
+        if bits == 4:
+            coded = pack_nibbles(coded)
+        return cls(
+            jnp.asarray(coded),
+            jnp.asarray(indices),
+            jnp.asarray(counts),
+            codebook,
+            codes.shape,
+            block,
+            bits,
+        )
+
+    @classmethod
+    def from_qarray(cls, q: QArray, block=(32, 32), *, path: str = "kernel") -> "BlockSparse":
+        """A BlockSparse from a `QArray`.
+
+        Scalar codes with one codebook ("kmeans", "binarize" with a [K] codebook) stay codes
+        (4-bit packed when ``q.bits <= 4``, else 8-bit; more than 256 codes are dequantized).
+        Vector codes ("product", "residual") and per-row "binarize" ([rows, 2] codebooks) have
+        no per-element code, so their dequantized blocks are stored as float32 values.
+
+        Raises:
+          LscError: an inconsistent QArray (names `path`).
+        """
+        check_qarray(path, q)
+        scalar = q.method in ("kmeans", "binarize") and q.codebook.ndim == 1
+        if scalar and q.codebook.shape[0] <= 256:
+            bits = 4 if q.bits <= 4 and as_block(block)[0] % 2 == 0 else 8
+            return cls.from_codes(q.codes, q.codebook, block, bits=bits)
+        return cls.from_dense(q.dequantize(), block)
+
+
+def _concrete(name: str, a) -> np.ndarray:
+    if isinstance(a, jax.core.Tracer):
+        raise LscError(f"{name}: BlockSparse needs a concrete array (its layout depends on values)")
+    a = np.asarray(a)
+    if a.ndim < 2:
+        raise LscError(f"{name}: expected a kernel of rank >= 2, got shape {a.shape}")
+    return a
+
+
+def _slots(blocks: np.ndarray, indices: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """Blocks [R, C, bi, bo] -> the ELL slots [R, Kmax, bi, bo], padded slots zero."""
+    picked = np.take_along_axis(blocks, indices[:, :, None, None], axis=1)
+    return np.where(valid[:, :, None, None], picked, np.zeros((), blocks.dtype))

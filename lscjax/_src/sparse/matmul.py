@@ -1,0 +1,144 @@
+"""``x @ W`` for a `BlockSparse` W: one `impl=` argument dispatching to XLA or a Pallas kernel.
+
+The product is a `jax.custom_vjp`, so `jax.grad` works with respect to x, to float block values and
+to the codebook of coded blocks, whichever path ran forward (Pallas kernels have no autodiff
+rule of their own); the backward pass is the lax reference's.
+"""
+
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from lscjax._src.errors import LscError
+from lscjax._src.kernels import pallas_gpu, pallas_tpu, reference
+from lscjax._src.sparse.block_sparse import BlockSparse
+
+IMPLS = ("auto", "xla", "pallas", "pallas_gpu", "pallas_tpu")
+
+
+class _Config(NamedTuple):
+    """Static facts of one product: the BlockSparse's static fields and the chosen path."""
+
+    shape: tuple
+    block: tuple
+    bits: int | None
+    kernel: str  # "xla" | "pallas_gpu" | "pallas_tpu"
+    interpret: bool
+
+
+def _is_pow2_tile(n: int) -> bool:
+    return n >= 16 and n & (n - 1) == 0
+
+
+def _fits(kernel: str, w: BlockSparse) -> bool:
+    """Whether `kernel` compiles for `w`'s tiles on real hardware (interpret mode has no limits)."""
+    b_in = w.block[0] // 2 if w.bits == 4 else w.block[0]
+    if kernel == "pallas_gpu":
+        return _is_pow2_tile(b_in) and _is_pow2_tile(w.block[1])
+    return b_in % 128 == 0 and w.block[1] % 128 == 0
+
+
+def resolve_impl(impl: str, w: BlockSparse, interpret: bool = False) -> str:
+    """The path `matmul` takes: "xla", "pallas_gpu" or "pallas_tpu".
+
+    "auto" picks the Pallas kernel of the default backend when `w`'s tiles fit it, else XLA (the
+    CPU path). "pallas" picks the backend's kernel (on CPU, the GPU kernel in interpret mode).
+
+    Raises:
+      LscError: unknown `impl`, or a Pallas kernel requested on CPU without ``interpret=True``.
+    """
+    if impl not in IMPLS:
+        raise LscError(f"impl must be one of {IMPLS}, got {impl!r}")
+    backend = jax.default_backend()
+    native = {"gpu": "pallas_gpu", "cuda": "pallas_gpu", "rocm": "pallas_gpu", "tpu": "pallas_tpu"}
+    if impl == "auto":
+        kernel = native.get(backend)
+        return kernel if kernel is not None and _fits(kernel, w) else "xla"
+    if impl == "pallas":
+        impl = native.get(backend, "pallas_gpu")
+    if impl != "xla" and not interpret and native.get(backend) != impl:
+        raise LscError(f"impl={impl!r} needs its device (backend is {backend!r}) or interpret=True")
+    return impl
+
+
+def _layout(blocks, codebook, indices, counts, cfg: _Config) -> BlockSparse:
+    return BlockSparse(blocks, indices, counts, codebook, cfg.shape, cfg.block, cfg.bits)
+
+
+def _forward(x, blocks, codebook, indices, counts, cfg: _Config):
+    w = _layout(blocks, codebook, indices, counts, cfg)
+    if cfg.kernel == "xla":
+        return reference.block_matmul(x, w.block_values(), indices)
+    kernel = pallas_gpu if cfg.kernel == "pallas_gpu" else pallas_tpu
+    if cfg.bits == 4:  # dequantized inside the kernel
+        return kernel.block_matmul(x, blocks, indices, counts, codebook, interpret=cfg.interpret)
+    return kernel.block_matmul(x, w.block_values(), indices, counts, interpret=cfg.interpret)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
+def _product(x, blocks, codebook, indices, counts, cfg: _Config):
+    return _forward(x, blocks, codebook, indices, counts, cfg)
+
+
+def _product_fwd(x, blocks, codebook, indices, counts, cfg):
+    y = _forward(x, blocks, codebook, indices, counts, cfg)
+    return y, (x, blocks, codebook, indices, counts)
+
+
+def _product_bwd(cfg, residuals, g):
+    x, blocks, codebook, indices, counts = residuals
+    w = _layout(blocks, codebook, indices, counts, cfg)
+    if cfg.bits is None:
+        dx, dblocks = reference.block_matmul_vjp(x, blocks, indices, w.valid(), g)
+        return dx, dblocks, None, None, None
+    values, pull = jax.vjp(
+        lambda cb: _layout(blocks, cb, indices, counts, cfg).block_values(), codebook
+    )
+    dx, dvalues = reference.block_matmul_vjp(x, values, indices, w.valid(), g)
+    return dx, None, pull(dvalues)[0], None, None
+
+
+_product.defvjp(_product_fwd, _product_bwd)
+
+
+def matmul(x: jax.Array, w: BlockSparse, *, impl: str = "auto", interpret: bool = False):
+    """``x @ W`` with W a `BlockSparse` in Flax's (in, out) kernel layout.
+
+    Args:
+      x: float [..., K] with any leading batch dims (batch 1 and none included); K is W's input
+        size (``w.matrix_shape[0]``; for a Conv kernel, the patch size).
+      w: the BlockSparse kernel. Coded blocks are dequantized inside the computation.
+      impl: "auto" (Pallas on GPU/TPU when the tiles fit, XLA otherwise), "xla" (gather +
+        batched matmul over padded block rows, no scatter), "pallas" (the backend's kernel),
+        or "pallas_gpu" / "pallas_tpu" explicitly (CPU: with ``interpret=True``).
+      interpret: run a Pallas kernel in interpret mode (CPU tests).
+
+    Returns:
+      [..., N] of ``result_type(x.dtype, w.dtype)``, accumulated in float32. Differentiable with
+      respect to x, float block values and codebooks (padded slots get zero cotangents).
+
+    Raises:
+      LscError: `w` not a BlockSparse, x not floating point or of the wrong last dimension, a bad
+        `impl`.
+
+    Example:
+      >>> w = lscjax.sparse.BlockSparse.from_dense(kernel, block=(32, 32))
+      >>> y = jax.jit(lscjax.sparse.matmul)(x, w)  # == x @ kernel
+    """
+    if not isinstance(w, BlockSparse):
+        raise LscError(f"matmul: expected a BlockSparse weight, got {type(w).__name__}")
+    x = jnp.asarray(x)
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise LscError(f"matmul: x must be floating point, got dtype {x.dtype}")
+    k, n = w.matrix_shape
+    if x.ndim < 1 or x.shape[-1] != k:
+        raise LscError(f"matmul: x of shape {x.shape} does not match W of input size {k}")
+    kernel = resolve_impl(impl, w, interpret)
+    cfg = _Config(tuple(w.shape), tuple(w.block), w.bits, kernel, bool(interpret))
+    cols = -(-k // w.block[0])
+    lead = x.shape[:-1]
+    x2 = jnp.pad(x.reshape(-1, k), ((0, 0), (0, cols * w.block[0] - k)))
+    y = _product(x2, w.blocks, w.codebook, w.indices, w.counts, cfg)
+    return y[:, :n].reshape(*lead, n)
