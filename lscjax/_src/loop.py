@@ -16,19 +16,26 @@ def cross_entropy(logits, labels) -> jnp.ndarray:
     return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
 
-def make_step(apply_fn: Callable, optimizer: optax.GradientTransformation):
-    """A jitted step ``(params, opt_state, x, y) -> (params, opt_state, loss)``.
+def make_step(loss_fn: Callable, optimizer: optax.GradientTransformation):
+    """A jitted step ``(params, opt_state, batch) -> (params, opt_state, loss)``.
 
-    `apply_fn(params, x)` returns logits; the optimizer always receives `params` (masking and
-    penalty transforms need them).
+    Args:
+      loss_fn: ``(params, batch) -> float32 []``; `batch` is whatever the caller passes.
+      optimizer: any optax transform; it always receives `params` (masking and penalty
+        transforms need them).
     """
 
-    def step(params, opt_state, x, y):
-        loss, grads = jax.value_and_grad(lambda p: cross_entropy(apply_fn(p, x), y))(params)
+    def step(params, opt_state, batch):
+        loss, grads = jax.value_and_grad(loss_fn)(params, batch)
         updates, opt_state = optimizer.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss
 
     return jax.jit(step, donate_argnums=(0, 1))
+
+
+def classifier_loss(apply_fn: Callable) -> Callable:
+    """``(params, (x, y)) -> cross-entropy of apply_fn(params, x)`` against integer labels y."""
+    return lambda params, batch: cross_entropy(apply_fn(params, batch[0]), batch[1])
 
 
 def fit(
@@ -62,7 +69,7 @@ def fit(
     rng = np.random.default_rng(seed)
     x_all = np.asarray(prepare(images))
     y_all = np.asarray(labels, np.int32)
-    step = make_step(apply_fn, optimizer)
+    step = make_step(classifier_loss(apply_fn), optimizer)
     params = jax.tree_util.tree_map(jnp.array, params)  # fresh buffers: the step donates them
     opt_state = optimizer.init(params) if opt_state is None else opt_state
     order = np.empty(0, np.int64)
@@ -71,7 +78,7 @@ def fit(
         if order.size < batch_size:
             order = np.concatenate([order, rng.permutation(len(y_all))])
         idx, order = order[:batch_size], order[batch_size:]
-        params, opt_state, loss = step(params, opt_state, x_all[idx], y_all[idx])
+        params, opt_state, _ = step(params, opt_state, (x_all[idx], y_all[idx]))
         bar.update()
     bar.close()
     return params, opt_state

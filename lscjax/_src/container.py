@@ -1,0 +1,124 @@
+"""The .lsc file container: magic, version, a JSON header, and one CRC32-checked section per tensor.
+
+Layout (all integers little-endian; docs/format.md, "Container"):
+
+    offset  size  field
+    0       8     magic b"\\x89LSCJAX\\n"
+    8       2     version (uint16) = 1
+    10      2     flags (uint16) = 0
+    12      4     header length H (uint32)
+    16      4     CRC32 of the header bytes (uint32)
+    20      H     header: UTF-8 JSON object {"meta": {...}, "sections": [...]}
+    20+H    ...   sections, back to back, in header order
+
+Each header section entry is {"path": str, "kind": str, "length": int, "crc32": int, ...} plus
+kind-specific fields; the sections' lengths add up to exactly the rest of the file. Reading
+checks every length against the file size before slicing or allocating, and every CRC before
+parsing a section: anything else raises FormatError saying what is wrong. Nothing in a file is
+ever executed or unpickled.
+"""
+
+import json
+import struct
+import zlib
+
+from lscjax._src.errors import FormatError
+
+MAGIC = b"\x89LSCJAX\n"
+VERSION = 1
+_PREFIX = struct.Struct("<8sHHII")
+PREFIX_BYTES = _PREFIX.size
+MAX_HEADER_BYTES = 1 << 24  # 16 MiB of JSON is far beyond any model's header
+
+
+def pack(meta: dict, sections: list[tuple[dict, bytes]]) -> bytes:
+    """Serialize a container.
+
+    Args:
+      meta: JSON-serializable model-level facts (recipe, accounting, ...).
+      sections: (entry, payload) pairs; entry is a JSON-serializable dict with at least "path"
+        and "kind"; "length" and "crc32" are filled in here.
+
+    Returns:
+      The file's bytes.
+    """
+    entries = [
+        {**entry, "length": len(payload), "crc32": zlib.crc32(payload)}
+        for entry, payload in sections
+    ]
+    header = json.dumps({"meta": meta, "sections": entries}, separators=(",", ":")).encode()
+    prefix = _PREFIX.pack(MAGIC, VERSION, 0, len(header), zlib.crc32(header))
+    return b"".join([prefix, header] + [payload for _, payload in sections])
+
+
+def _require(cond: bool, message: str) -> None:
+    if not cond:
+        raise FormatError(message)
+
+
+def _check_entry(i: int, entry) -> None:
+    _require(isinstance(entry, dict), f"section {i}: expected a JSON object")
+    for field, kind in (("path", str), ("kind", str), ("length", int), ("crc32", int)):
+        _require(
+            isinstance(entry.get(field), kind) and not isinstance(entry.get(field), bool),
+            f"section {i}: field {field!r} missing or not a {kind.__name__}",
+        )
+    _require(entry["length"] >= 0, f"section {i} ({entry['path']}): negative length")
+
+
+def unpack(data: bytes) -> tuple[dict, list[tuple[dict, memoryview]]]:
+    """Parse and verify a container.
+
+    Args:
+      data: the whole file.
+
+    Returns:
+      (meta, [(entry, payload), ...]) with every payload's length and CRC32 verified.
+
+    Raises:
+      FormatError: not an lscjax file, unknown version, truncated, corrupted (CRC mismatch),
+        lengths that do not add up to the file size, or a malformed header.
+    """
+    size = len(data)
+    _require(size >= PREFIX_BYTES, f"file too short for an lscjax container ({size} bytes)")
+    magic, version, flags, header_len, header_crc = _PREFIX.unpack_from(data)
+    _require(magic == MAGIC, "not an lscjax file (bad magic)")
+    _require(
+        version == VERSION, f"unknown container version {version} (this lscjax reads {VERSION})"
+    )
+    _require(flags == 0, f"unknown container flags {flags:#06x}")
+    _require(
+        header_len <= min(size - PREFIX_BYTES, MAX_HEADER_BYTES),
+        f"header declares {header_len} bytes but the file has {size - PREFIX_BYTES} after the prefix",
+    )
+    view = memoryview(data)
+    header_bytes = view[PREFIX_BYTES : PREFIX_BYTES + header_len]
+    _require(zlib.crc32(header_bytes) == header_crc, "header CRC32 mismatch (corrupted file)")
+    try:
+        header = json.loads(bytes(header_bytes).decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
+        raise FormatError(f"header is not valid JSON: {err}") from None
+    _require(
+        isinstance(header, dict)
+        and isinstance(header.get("meta"), dict)
+        and isinstance(header.get("sections"), list),
+        "header must be an object with 'meta' (object) and 'sections' (list)",
+    )
+    for i, entry in enumerate(header["sections"]):
+        _check_entry(i, entry)
+    body = size - PREFIX_BYTES - header_len
+    declared = sum(entry["length"] for entry in header["sections"])
+    _require(
+        declared == body,
+        f"sections declare {declared} bytes but the file holds {body} after the header",
+    )
+    out, offset = [], PREFIX_BYTES + header_len
+    for entry in header["sections"]:
+        payload = view[offset : offset + entry["length"]]
+        _require(
+            zlib.crc32(payload) == entry["crc32"],
+            f"section {entry['path']!r}: CRC32 mismatch (corrupted file)",
+        )
+        out.append((entry, payload))
+        offset += entry["length"]
+    return header["meta"], out
