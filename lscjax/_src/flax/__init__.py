@@ -1,0 +1,1 @@
+"""Flax integration: serve Linen and NNX models from BlockSparse kernels."""

@@ -1,0 +1,87 @@
+"""Dense and Conv forward passes with a `BlockSparse` kernel, configured like Flax's layers.
+
+Linen (`nn.Dense`, `nn.Conv`) and NNX (`nnx.Linear`, `nnx.Conv`) layers share the attribute names
+read here (dtype, strides, padding, input_dilation, kernel_dilation, feature_group_count, mask),
+so both integrations call these functions with the layer whose forward pass they replace.
+"""
+
+import jax
+import jax.numpy as jnp
+from flax.linen.linear import canonicalize_padding
+
+from lscjax._src.errors import LscError
+from lscjax._src.sparse.block_sparse import BlockSparse
+from lscjax._src.sparse.conv import conv
+from lscjax._src.sparse.matmul import matmul
+
+
+def _out_dtype(layer, x, kernel: BlockSparse, bias):
+    if getattr(layer, "dtype", None) is not None:
+        return jnp.dtype(layer.dtype)
+    dtypes = [x.dtype, kernel.dtype] + ([] if bias is None else [bias.dtype])
+    return jnp.result_type(*dtypes)
+
+
+def _add_bias(y, bias, dtype):
+    y = y.astype(dtype)
+    return y if bias is None else y + bias.astype(dtype)
+
+
+def dense(layer, x, kernel: BlockSparse, bias, *, impl: str, interpret: bool) -> jax.Array:
+    """The forward pass of `layer` (a Dense / Linear): ``x @ kernel + bias``.
+
+    Args:
+      layer: the Flax layer (its ``dtype`` sets the computation dtype, as in Flax).
+      x: float [..., in]; kernel: BlockSparse of shape (in, out); bias: [out] or None.
+      impl, interpret: passed to `lscjax.sparse.matmul`.
+
+    Returns:
+      [..., out] of the layer's dtype (default: the promoted dtype of x, kernel and bias).
+    """
+    dtype = _out_dtype(layer, x, kernel, bias)
+    y = matmul(jnp.asarray(x).astype(dtype), kernel, impl=impl, interpret=interpret)
+    return _add_bias(y, bias, dtype)
+
+
+def conv_layer(layer, x, kernel: BlockSparse, bias, *, path: str, impl: str, interpret: bool):
+    """The forward pass of `layer` (a Conv) with `kernel` [*window, in, out], as Flax computes it.
+
+    Supports Flax's strides, padding (strings, ints, pairs), input and kernel dilation, unbatched
+    inputs and several leading batch dims.
+
+    Args:
+      layer: the Flax Conv layer.
+      x: float [*batch, *spatial, in] (or [*spatial, in] unbatched).
+      kernel: BlockSparse [*window, in, out]; bias: [out] or None.
+      path: the layer's path, named in errors.
+      impl, interpret: passed to `lscjax.sparse.matmul`.
+
+    Returns:
+      [*batch, *out_spatial, out] of the layer's dtype.
+
+    Raises:
+      LscError: feature groups, a mask, or CIRCULAR/CAUSAL padding (not served block-sparse).
+    """
+    nd = kernel.ndim - 2
+    if getattr(layer, "feature_group_count", 1) != 1 or getattr(layer, "mask", None) is not None:
+        raise LscError(f"layer {path!r}: grouped or masked Conv is not served block-sparse")
+    padding = canonicalize_padding(layer.padding, nd)
+    if isinstance(padding, str) and padding not in ("SAME", "VALID"):
+        raise LscError(f"layer {path!r}: padding {padding!r} is not served block-sparse")
+    dtype = _out_dtype(layer, x, kernel, bias)
+    x = jnp.asarray(x).astype(dtype)
+    unbatched = x.ndim == nd + 1
+    batch = () if unbatched else x.shape[: x.ndim - nd - 1]
+    flat = x.reshape((-1, *x.shape[x.ndim - nd - 1 :]))
+    y = conv(
+        flat,
+        kernel,
+        strides=layer.strides or 1,
+        padding=padding,
+        input_dilation=layer.input_dilation or 1,
+        kernel_dilation=layer.kernel_dilation or 1,
+        impl=impl,
+        interpret=interpret,
+    )
+    y = y[0] if unbatched else y.reshape((*batch, *y.shape[1:]))
+    return _add_bias(y, bias, dtype)

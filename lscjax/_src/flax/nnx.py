@@ -1,0 +1,126 @@
+"""Serve an NNX model from BlockSparse kernels by swapping its Linear / Conv modules."""
+
+from collections.abc import Callable
+
+import jax
+from flax import nnx
+
+from lscjax._src.errors import LscError
+from lscjax._src.flax.layers import conv_layer, dense
+from lscjax._src.sparse.block_sparse import BlockSparse
+from lscjax._src.sparse.matmul import IMPLS
+from lscjax._src.tree import check_float_leaf
+
+
+class BlockLayout(nnx.Variable):
+    """A non-trainable array of a block-sparse layer: indices, counts, or integer codes."""
+
+
+class BlockSparseLinear(nnx.Module):
+    """`nnx.Linear` served from a `BlockSparse` kernel.
+
+    Variables: ``blocks`` (nnx.Param of float values [R, Kmax, b_in, b_out], or BlockLayout of
+    uint8 codes), ``indices`` int32 [R, Kmax] and ``counts`` int32 [R] (BlockLayout),
+    ``codebook`` (nnx.Param float [n_codes], or None), ``bias`` (nnx.Param [out], or None).
+    Fine-tuning with ``nnx.Param`` filters trains the block values / codebook and the bias.
+    """
+
+    def __init__(self, layer, kernel: BlockSparse, *, path: str, impl: str, interpret: bool):
+        self.blocks = (nnx.Param if kernel.bits is None else BlockLayout)(kernel.blocks)
+        self.indices = BlockLayout(kernel.indices)
+        self.counts = BlockLayout(kernel.counts)
+        self.codebook = None if kernel.codebook is None else nnx.Param(kernel.codebook)
+        self.bias = None if layer.bias is None else nnx.Param(layer.bias[...])
+        self.shape, self.block, self.bits = tuple(kernel.shape), tuple(kernel.block), kernel.bits
+        self.dtype = layer.dtype
+        self.path, self.impl, self.interpret = path, impl, interpret
+
+    def kernel(self) -> BlockSparse:
+        """The layer's kernel as a BlockSparse (of the current variable values)."""
+        codebook = None if self.codebook is None else self.codebook[...]
+        return BlockSparse(
+            self.blocks[...],
+            self.indices[...],
+            self.counts[...],
+            codebook,
+            self.shape,
+            self.block,
+            self.bits,
+        )
+
+    def _bias(self):
+        return None if self.bias is None else self.bias[...]
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """x float [..., in] -> [..., out]."""
+        return dense(self, x, self.kernel(), self._bias(), impl=self.impl, interpret=self.interpret)
+
+
+class BlockSparseConv(BlockSparseLinear):
+    """`nnx.Conv` served from a `BlockSparse` kernel [*window, in, out] (patches + matmul)."""
+
+    def __init__(self, layer, kernel: BlockSparse, *, path: str, impl: str, interpret: bool):
+        if layer.feature_group_count != 1 or layer.mask is not None:
+            raise LscError(f"layer {path!r}: grouped or masked Conv is not served block-sparse")
+        super().__init__(layer, kernel, path=path, impl=impl, interpret=interpret)
+        self.strides, self.padding = layer.strides, layer.padding
+        self.input_dilation, self.kernel_dilation = layer.input_dilation, layer.kernel_dilation
+        self.feature_group_count, self.mask = 1, None
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """x float [*batch, *spatial, in] -> [*batch, *out_spatial, out], as `nnx.Conv`."""
+        return conv_layer(
+            self,
+            x,
+            self.kernel(),
+            self._bias(),
+            path=self.path,
+            impl=self.impl,
+            interpret=self.interpret,
+        )
+
+
+def to_block_sparse_nnx(
+    model: nnx.Module,
+    block=(32, 32),
+    *,
+    where: Callable[[str, nnx.Module], bool] | None = None,
+    impl: str = "auto",
+    interpret: bool = False,
+) -> nnx.Module:
+    """A copy of `model` whose `nnx.Linear` / `nnx.Conv` modules run block-sparse.
+
+    Each selected layer is swapped (``nnx.recursive_map``) for a `BlockSparseLinear` /
+    `BlockSparseConv` holding ``BlockSparse.from_dense(layer.kernel)``; outputs equal the model's
+    on the same (decoded) weights. `model` itself is left unchanged.
+
+    Args:
+      model: an NNX module with concrete weights.
+      block: b or (b_in, b_out).
+      where: ``(path, layer) -> bool`` choosing layers ('/'-joined attribute path, e.g.
+        'layers/0'); default: every Linear and Conv.
+      impl, interpret: passed to `lscjax.sparse.matmul` by the swapped layers.
+
+    Returns:
+      The swapped model (a new module graph).
+
+    Raises:
+      LscError: bad `impl`, a kernel that is not float or has NaN/Inf, a grouped or masked Conv
+        (the message names the layer path).
+    """
+    if impl not in IMPLS:
+        raise LscError(f"impl must be one of {IMPLS}, got {impl!r}")
+
+    def swap(parts, node):
+        if type(node) not in (nnx.Linear, nnx.Conv):
+            return node
+        path = "/".join(str(p) for p in parts)
+        if where is not None and not where(path, node):
+            return node
+        weight = node.kernel[...]
+        check_float_leaf(path + "/kernel", weight)
+        kernel = BlockSparse.from_dense(weight, block)
+        cls = BlockSparseLinear if type(node) is nnx.Linear else BlockSparseConv
+        return cls(node, kernel, path=path, impl=impl, interpret=interpret)
+
+    return nnx.recursive_map(swap, nnx.clone(model))
