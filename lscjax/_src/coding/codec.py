@@ -1,0 +1,105 @@
+"""`encode` / `decode`: any array (or a QArray's codes) to an `Encoded` and back, bit-exact."""
+
+import math
+
+import jax.numpy as jnp
+import numpy as np
+
+from lscjax._src.coding.bitstream import BitWriter
+from lscjax._src.coding.encoded import Encoded, Quantized, write_prefix
+from lscjax._src.coding.entropy import check_entropy
+from lscjax._src.coding.formats import FORMATS
+from lscjax._src.coding.layout import MAX_ELEMENTS
+from lscjax._src.coding.values import ValueCodec, bit_view, dtype_id, natural_width
+from lscjax._src.errors import LscError
+from lscjax._src.quant.qarray import QArray
+
+
+def _codes_of(qarray: QArray) -> tuple[np.ndarray, Quantized]:
+    codes = np.asarray(qarray.codes)
+    if codes.size and int(codes.max()) >= 2**qarray.bits:
+        raise LscError(f"QArray codes exceed its {qarray.bits} bits (max {int(codes.max())})")
+    codebook = np.asarray(qarray.codebook, np.float32)
+    return codes, Quantized(qarray.method, qarray.bits, tuple(qarray.shape), codebook)
+
+
+def encode(array, format: str, *, entropy: str = "none", **options) -> Encoded:
+    """Encode one tensor in a storage format.
+
+    Args:
+      array: any-rank array (NumPy or JAX) of float32, bfloat16, float16, float64 or an integer /
+        bool dtype (codes), or a `QArray`: its codes are encoded with `bits`-bit values and its
+        codebook, method and dense shape are stored as metadata.
+      format: "dense" | "bitmask" | "coo" | "csr" | "csc" | "ri" | "sri" | "lsc".
+      entropy: "none" | "huffman" | "ans": the entropy stage for index symbols ("ri", "sri",
+        "lsc") and for integer codes (all formats). Float values are always stored raw.
+      **options: "csr"/"csc": index_width (bits per column index); "ri": k (default 5, 8 for
+        rank >= 3); "sri": k (default: the k in 1..16 giving the fewest bits); "lsc": block
+        (b, default: the candidate giving the fewest bits) and k.
+
+    Returns:
+      The `Encoded` tensor; `decode` gives the array back bit for bit.
+
+    Raises:
+      LscError: unknown format, entropy or option, bad option value, unsupported dtype.
+    """
+    if format not in FORMATS:
+        raise LscError(f"unknown format {format!r}; known: {tuple(FORMATS)}")
+    check_entropy(entropy)
+    unknown = set(options) - FORMATS[format].options
+    if unknown:
+        raise LscError(f"format {format!r} takes no option(s) {sorted(unknown)}")
+    quantized = None
+    if isinstance(array, QArray):
+        array, quantized = _codes_of(array)
+    array = np.asarray(array)
+    dtype_id(array.dtype)
+    if array.size > MAX_ELEMENTS:
+        raise LscError(f"array of {array.size} elements exceeds {MAX_ELEMENTS}")
+    bits = bit_view(array)
+    width = quantized.bits if quantized else natural_width(bits, array.dtype)
+    w = BitWriter()
+    write_prefix(w, array.shape, array.dtype, width, quantized)
+    values = ValueCodec(width, array.dtype, entropy)
+    resolved = FORMATS[format].write(w, bits, array.shape, values, entropy, **options)
+    payload = w.getvalue()
+    return Encoded(
+        format,
+        array.shape,
+        array.dtype,
+        {"entropy": entropy, **resolved},
+        payload,
+        w.counts["value"],
+        w.counts["index"],
+        quantized,
+    )
+
+
+def decode(encoded: Encoded) -> np.ndarray:
+    """The encoded array, bit-exact: `encoded.dtype`, `encoded.shape` (a QArray's codes).
+
+    Raises:
+      FormatError: malformed bytes.
+    """
+    if encoded.decoded is None:
+        encoded = Encoded.from_bytes(encoded.to_bytes())
+    positions, values = encoded.decoded
+    n = math.prod(encoded.shape)
+    if positions is None:
+        flat = values
+    else:
+        flat = np.zeros(n, values.dtype)
+        flat[positions] = values
+    return flat.view(encoded.dtype).reshape(encoded.shape)
+
+
+def decode_qarray(encoded: Encoded) -> QArray:
+    """The QArray whose codes were encoded, bit-exact (codes and codebook as JAX arrays).
+
+    Raises:
+      LscError: `encoded` holds a plain array, not a QArray's codes.
+    """
+    if encoded.quantized is None:
+        raise LscError("this Encoded holds a plain array, not a QArray; use decode()")
+    q = encoded.quantized
+    return QArray(jnp.asarray(decode(encoded)), jnp.asarray(q.codebook), q.method, q.bits, q.shape)

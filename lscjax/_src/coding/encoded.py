@@ -1,0 +1,182 @@
+"""`Encoded`: one tensor's bytes plus their accounting, and the byte layout around the formats.
+
+Bytes: a fixed 6-byte header, then a bit stream (big-endian bits, zero-padded to a byte):
+
+* header: magic b"LC", version (1 byte), format id (1 byte, index in `formats.NAMES`), dtype id
+  (1 byte, index in `values.DTYPES`), flags (1 byte: bits 0-1 the entropy id in
+  ("none", "huffman", "ans"), bit 2 set when the tensor holds the codes of a QArray).
+* prefix (index bits): gamma(ndim), gamma(dim) for each axis; for integer (code) dtypes
+  gamma(value width); for a QArray: the method (2 bits, index in quant's METHODS), gamma(ndim)
+  and gamma(dim) of the dense weight's shape, gamma(ndim) and gamma(dim) of the codebook, then
+  the codebook's float32 bit patterns.
+* the format's body (see each format's module).
+
+gamma(x) is the Elias-gamma code of x + 1. Every bit after the header is counted in `value_bits`
+or `index_bits` (padding as index bits): ``8 * len(to_bytes()) == total_bits + 8 * HEADER_BYTES``.
+"""
+
+import dataclasses
+import math
+
+import numpy as np
+
+from lscjax._src.coding.bitstream import INDEX, BitReader, BitWriter
+from lscjax._src.coding.entropy import ENTROPIES
+from lscjax._src.coding.formats import FORMATS, NAMES
+from lscjax._src.coding.layout import MAX_ELEMENTS
+from lscjax._src.coding.values import ValueCodec, dtype_from_id, dtype_id, is_code_dtype
+from lscjax._src.errors import FormatError
+from lscjax._src.quant.qarray import METHODS
+
+MAGIC = b"LC"
+VERSION = 1
+HEADER_BYTES = 6
+MAX_NDIM = 16
+QARRAY_FLAG = 4
+
+
+@dataclasses.dataclass(frozen=True)
+class Quantized:
+    """The QArray facts stored beside its codes.
+
+    Attributes:
+      method: "kmeans" | "binarize" | "product" | "residual".
+      bits: bits per code.
+      shape: the dense weight's shape.
+      codebook: float32 array (shape per the QArray convention).
+    """
+
+    method: str
+    bits: int
+    shape: tuple
+    codebook: np.ndarray = dataclasses.field(compare=False)
+
+
+@dataclasses.dataclass(frozen=True)
+class Encoded:
+    """One encoded tensor (host side).
+
+    Attributes:
+      format: the storage format name (`formats.NAMES`).
+      shape: the encoded array's shape (a QArray's codes shape).
+      dtype: the encoded array's NumPy dtype (codes: uint8 / uint16).
+      options: the resolved options: "entropy" and the format's own ("k", "block", ...).
+      payload: the bytes after the fixed header.
+      value_bits: bits spent on values (weights or codes, raw or entropy coded).
+      index_bits: every other bit after the header: shape, bitmasks, offsets, index streams,
+        code tables, codebooks, byte padding.
+      quantized: the QArray facts when the codes of a QArray were encoded, else None.
+    """
+
+    format: str
+    shape: tuple
+    dtype: np.dtype
+    options: dict
+    payload: bytes = dataclasses.field(repr=False)
+    value_bits: int
+    index_bits: int
+    quantized: Quantized | None = None
+    decoded: tuple | None = dataclasses.field(default=None, repr=False, compare=False)
+
+    @property
+    def total_bits(self) -> int:
+        """value_bits + index_bits: everything but the fixed HEADER_BYTES header."""
+        return self.value_bits + self.index_bits
+
+    @property
+    def entropy(self) -> str:
+        """The entropy stage: "none" | "huffman" | "ans"."""
+        return self.options["entropy"]
+
+    def to_bytes(self) -> bytes:
+        """The self-contained bytes: header + payload."""
+        flags = ENTROPIES.index(self.entropy) | (QARRAY_FLAG if self.quantized else 0)
+        header = MAGIC + bytes([VERSION, NAMES.index(self.format), dtype_id(self.dtype), flags])
+        return header + self.payload
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "Encoded":
+        """Parse and validate bytes from `to_bytes`.
+
+        Raises:
+          FormatError: anything malformed (truncated, corrupted, foreign, unknown version).
+        """
+        data = bytes(data)
+        if len(data) < HEADER_BYTES or data[:2] != MAGIC:
+            raise FormatError("not an lscjax encoding: missing the b'LC' header")
+        version, format_id, dtype_index, flags = data[2:HEADER_BYTES]
+        if version != VERSION:
+            raise FormatError(f"unsupported encoding version {version} (this reader: {VERSION})")
+        if format_id >= len(NAMES) or flags & 3 >= len(ENTROPIES) or flags >> 3:
+            raise FormatError(f"unknown format id {format_id} or flags {flags:#x}")
+        fmt, entropy, dtype = NAMES[format_id], ENTROPIES[flags & 3], dtype_from_id(dtype_index)
+        r = BitReader(data[HEADER_BYTES:])
+        shape, width, quantized = read_prefix(r, dtype, bool(flags & QARRAY_FLAG))
+        values = ValueCodec(width, dtype, entropy)
+        n = math.prod(shape)
+        positions, vals, options = FORMATS[fmt].read(r, shape, n, values, dtype, entropy)
+        r.finish()
+        return cls(
+            fmt,
+            shape,
+            dtype,
+            {"entropy": entropy, **options},
+            data[HEADER_BYTES:],
+            r.counts["value"],
+            r.counts["index"],
+            quantized,
+            (positions, vals),
+        )
+
+    def reader(self) -> tuple[BitReader, ValueCodec]:
+        """A reader positioned at the format body, and the value codec (for format readers)."""
+        r = BitReader(self.payload)
+        _, width, _ = read_prefix(r, self.dtype, self.quantized is not None)
+        return r, ValueCodec(width, self.dtype, self.entropy)
+
+
+def write_shape(w: BitWriter, shape: tuple) -> None:
+    """gamma(ndim), then gamma(dim) per axis."""
+    w.gamma(len(shape))
+    for dim in shape:
+        w.gamma(dim)
+
+
+def read_shape(r: BitReader, what: str) -> tuple:
+    """Inverse of `write_shape`; FormatError beyond MAX_NDIM axes or MAX_ELEMENTS elements."""
+    ndim = r.gamma(f"{what} rank", limit=MAX_NDIM)
+    shape = tuple(r.gamma(f"{what} dimension", limit=MAX_ELEMENTS) for _ in range(ndim))
+    if math.prod(shape) > MAX_ELEMENTS:
+        raise FormatError(f"bad {what}: {shape} exceeds {MAX_ELEMENTS} elements")
+    return shape
+
+
+def write_prefix(w: BitWriter, shape: tuple, dtype, width: int, quantized) -> None:
+    """Write the prefix (module docstring)."""
+    write_shape(w, shape)
+    if is_code_dtype(dtype):
+        w.gamma(width)
+    if quantized is not None:
+        w.uint(METHODS.index(quantized.method), 2)
+        write_shape(w, quantized.shape)
+        write_shape(w, quantized.codebook.shape)
+        w.uints(quantized.codebook.reshape(-1).view(np.uint32), 32, INDEX)
+
+
+def read_prefix(r: BitReader, dtype, has_qarray: bool):
+    """-> (shape, value width, Quantized or None), validated."""
+    shape = read_shape(r, "shape")
+    width = 8 * dtype.itemsize
+    if is_code_dtype(dtype):
+        width = r.gamma("value width", limit=width)
+        if width < 1:
+            raise FormatError("bad value width 0")
+    quantized = None
+    if has_qarray:
+        method = r.uint(2, "quantization method")
+        dense_shape = read_shape(r, "dense shape")
+        book_shape = read_shape(r, "codebook shape")
+        book = r.uints(math.prod(book_shape), 32, "codebook").astype(np.uint32)
+        codebook = book.view(np.float32).reshape(book_shape)
+        quantized = Quantized(METHODS[method], width, dense_shape, codebook)
+    return shape, width, quantized

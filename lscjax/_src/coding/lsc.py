@@ -1,0 +1,285 @@
+"""Layerwise Sparse Coding ("lsc", Liu et al. 2020): a block layer, then SRI inside the blocks.
+
+The tensor's matrix view [R, C] (`layout.matrix_shape`; conv HWIO -> [H * W * I, O]) is cut into
+b x b blocks, a grid of ceil(R / b) x ceil(C / b) blocks in row-major order; the blocks of the last
+grid row / column are clipped to the matrix (h x w, h, w <= b). A block is non-zero when any of
+its elements is. Non-zero blocks are flattened row-major over their h * w elements and coded with
+SRI (`sri.py`), the gaps restarting at every block, so each block's entries and values decode alone
+from the per-block offsets.
+
+Body (bit fields, see docs/format.md for a worked example):
+
+1. gamma(b), gamma(k)
+2. the block bitmask: one bit per grid block, row-major (1 = non-zero)
+3. gamma(Wn), then per non-zero block (n_j - 1) in Wn bits, n_j = its non-zeros
+4. gamma(WL), then per non-zero block L_j in WL bits: the length of its entry stream, in bits
+   for entropy "huffman", in entries for "none" (k bits each) and "ans"
+5. the entry-symbol table and the entry stream (entropy stage; "ans": one rANS stream)
+6. the values, block after block (blocked row-major order)
+
+Block j's entries start at sum(L_i, i < j) (bits, or entries) and its values at sum(n_i, i < j):
+with "none" or "huffman" each block decodes alone; a rANS stream is decoded once and then split.
+b is chosen among BLOCK_CANDIDATES and k in 1..16 by minimizing the total bits, unless given.
+"""
+
+import dataclasses
+
+import numpy as np
+
+from lscjax._src.coding import sri
+from lscjax._src.coding.bitstream import INDEX, BitReader, BitWriter, gamma_bits
+from lscjax._src.coding.entropy import SymbolCoder
+from lscjax._src.coding.layout import gap_table, gaps, matrix_shape, segment_ends
+from lscjax._src.coding.values import ValueCodec
+from lscjax._src.errors import FormatError, LscError
+
+BLOCK_CANDIDATES = (4, 8, 16, 32, 64, 128)
+MAX_BLOCK = 4096
+
+
+def _grid(shape: tuple, block: int) -> tuple[int, int]:
+    rows, cols = matrix_shape(shape)
+    return -(-rows // block), -(-cols // block)
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockPlan:
+    """The non-zeros of one tensor in blocked order, for one block size.
+
+    Attributes:
+      block: b.
+      occupied: bool [grid rows * grid cols], the block bitmask.
+      counts: int64 [nb], non-zeros per non-zero block (nb = occupied.sum()).
+      offsets: int64 [m], each non-zero's row-major offset inside its block, clipped to the
+        matrix (an edge block is h x w with h, w <= b, flattened over its h * w elements).
+      flat: int64 [m], each non-zero's flat C-order position in the tensor.
+      starts: bool [m], True at each block's first non-zero.
+    """
+
+    block: int
+    occupied: np.ndarray
+    counts: np.ndarray
+    offsets: np.ndarray
+    flat: np.ndarray
+    starts: np.ndarray
+
+    @classmethod
+    def of(cls, nonzero: np.ndarray, block: int) -> "BlockPlan":
+        """Plan for the bool matrix `nonzero` [R, C] with b = `block`."""
+        rows, cols = nonzero.shape
+        grid_rows, grid_cols = _grid(nonzero.shape, block)
+        padded = np.zeros((grid_rows * block, grid_cols * block), bool)
+        padded[:rows, :cols] = nonzero
+        tiles = padded.reshape(grid_rows, block, grid_cols, block).transpose(0, 2, 1, 3)
+        tile, inside = np.divmod(np.flatnonzero(tiles), block * block)
+        starts = np.ones(tile.size, bool)
+        starts[1:] = tile[1:] != tile[:-1]
+        occupied = np.zeros(grid_rows * grid_cols, bool)
+        occupied[tile] = True
+        row = (tile // grid_cols) * block + inside // block
+        col = (tile % grid_cols) * block + inside % block
+        width = tile_extent(tile % grid_cols, block, cols)
+        counts = np.diff(np.append(np.flatnonzero(starts), tile.size))
+        offsets = (inside // block) * width + inside % block
+        return cls(block, occupied, counts, offsets, row * cols + col, starts)
+
+
+def tile_extent(index: np.ndarray, block: int, size: int) -> np.ndarray:
+    """Rows (or columns) int64 [t] of the blocks at grid row (or column) `index` int [t]: b,
+    or what is left of `size` for the last one."""
+    return np.minimum(block, size - index * block)
+
+
+def _block_sums(per_value: np.ndarray, plan: BlockPlan) -> np.ndarray:
+    starts = np.flatnonzero(plan.starts)
+    return np.add.reduceat(per_value, starts) if starts.size else np.zeros(0, np.int64)
+
+
+def _width_field_bits(values: np.ndarray) -> tuple[int, int]:
+    width = int(values.max()).bit_length() if values.size else 0
+    return width, gamma_bits(width) + width * values.size
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockCode:
+    """A block plan with its SRI code: k, the entry coder, per-block stream lengths, total bits."""
+
+    plan: BlockPlan
+    k: int
+    coder: SymbolCoder
+    gaps: np.ndarray
+    lengths: np.ndarray
+    index_bits: int
+
+    @classmethod
+    def of(cls, plan: BlockPlan, entropy: str, k=None) -> "BlockCode":
+        """Choose k for `plan` and account every index bit the body will hold."""
+        z = gaps(plan.offsets, plan.starts)
+        distinct, counts, inverse = gap_table(z)
+        k, coder = sri.choose_k(distinct, counts, entropy, k)
+        if entropy == "huffman":
+            units = sri.gap_code_bits(distinct, coder)[inverse]
+        else:
+            units = sri.entry_counts(distinct, k)[inverse]
+        lengths = _block_sums(units, plan)
+        hist = sri.histogram(distinct, counts, k)
+        bits = gamma_bits(plan.block) + gamma_bits(k) + plan.occupied.size
+        bits += _width_field_bits(plan.counts - 1)[1] + _width_field_bits(lengths)[1]
+        bits += coder.table_bits() + coder.stream_bits(hist)
+        return cls(plan, k, coder, z, lengths, bits)
+
+
+def check_block(block) -> int:
+    """LscError unless block is an int in [1, MAX_BLOCK]."""
+    if isinstance(block, bool) or not isinstance(block, int) or not 1 <= block <= MAX_BLOCK:
+        raise LscError(f"lsc: block must be an int in [1, {MAX_BLOCK}], got {block!r}")
+    return block
+
+
+def write(
+    w: BitWriter,
+    bits: np.ndarray,
+    shape: tuple,
+    values: ValueCodec,
+    entropy: str,
+    *,
+    block=None,
+    k=None,
+) -> dict:
+    """Write bit patterns [n] in the LSC layout (module docstring)."""
+    nonzero = (bits != 0).reshape(matrix_shape(shape))
+    candidates = BLOCK_CANDIDATES if block is None else (check_block(block),)
+    k = None if k is None else sri.check_k(k)
+    code = min(
+        (BlockCode.of(BlockPlan.of(nonzero, b), entropy, k) for b in candidates),
+        key=lambda c: c.index_bits,
+    )
+    plan = code.plan
+    w.gamma(plan.block)
+    w.gamma(code.k)
+    w.uints(plan.occupied, 1)
+    for field in (plan.counts - 1, code.lengths):
+        width = _width_field_bits(field)[0]
+        w.gamma(width)
+        w.uints(field, width)
+    code.coder.write_table(w, INDEX)
+    code.coder.write(w, sri.entries(code.gaps, code.k), INDEX)
+    values.write(w, bits[plan.flat])
+    return {"block": plan.block, "k": code.k}
+
+
+@dataclasses.dataclass(frozen=True)
+class Blocks:
+    """The decoded non-zero blocks of an LSC body.
+
+    Attributes:
+      block: b.
+      k: the SRI entry width.
+      grid: (grid rows, grid cols).
+      tiles: int64 [nb], row-major grid index of each non-zero block, ascending.
+      owner: int64 [m], index into `tiles` of each non-zero.
+      offsets: int64 [m], each non-zero's row-major offset inside its b x b block (row * b + col).
+      values: unsigned bit patterns [m].
+    """
+
+    block: int
+    k: int
+    grid: tuple
+    tiles: np.ndarray
+    owner: np.ndarray
+    offsets: np.ndarray
+    values: np.ndarray
+
+
+def _read_entries(r: BitReader, coder: SymbolCoder, lengths: np.ndarray, entropy: str, bound: int):
+    """Entry symbols int64 [e] and entries per block int64 [nb]; at most `bound` entries."""
+    total = int(lengths.sum())
+    if entropy != "huffman" and total > bound:
+        raise FormatError(f"bad lsc block lengths: {total} exceeds the {bound} possible")
+    if entropy != "huffman":
+        return coder.read(r, total, INDEX, "lsc entries"), lengths
+    symbols = coder.decode(r.take(total, "lsc entries"), "lsc entries")
+    ends = segment_ends(coder.code_lengths()[symbols])
+    block_ends = np.searchsorted(ends, segment_ends(lengths), side="right")
+    reached = np.where(block_ends > 0, ends[np.maximum(block_ends - 1, 0)], 0)
+    if np.any(reached != segment_ends(lengths)):
+        raise FormatError("bad lsc block lengths: a block ends inside a Huffman code")
+    return symbols, np.diff(block_ends, prepend=0)
+
+
+def read_blocks(r: BitReader, shape: tuple, values: ValueCodec, dtype, entropy: str) -> Blocks:
+    """Parse an LSC body (after the common prefix) into its non-zero blocks, validating it."""
+    block = r.gamma("lsc block size", limit=MAX_BLOCK)
+    k = r.gamma("lsc k", limit=sri.K_RANGE.stop - 1)
+    if block < 1 or k < 1:
+        raise FormatError(f"bad lsc header: block {block}, k {k}")
+    grid = _grid(shape, block)
+    tiles = np.flatnonzero(r.uints(grid[0] * grid[1], 1, "lsc block bitmask"))
+    area = block * block
+    fields = []
+    for what in ("lsc block counts", "lsc block lengths"):
+        width = r.gamma(f"{what} width", limit=64)
+        fields.append(r.uints(tiles.size, width, what).astype(np.int64))
+    counts, lengths = fields[0] + 1, fields[1]
+    if counts.size and counts.max() > area:
+        raise FormatError("bad lsc block counts: more non-zeros than a block holds")
+    coder = SymbolCoder.read_table(r, entropy, k, INDEX, "lsc entry")
+    rows, cols = matrix_shape(shape)
+    symbols, per_block = _read_entries(r, coder, lengths, entropy, rows * cols)
+    step, has_value = sri.advances(symbols, k)
+    owner = np.repeat(np.arange(tiles.size), per_block)
+    reach = segment_ends(step)
+    before = np.zeros(tiles.size, np.int64)
+    first = segment_ends(per_block) - per_block
+    nonempty = per_block > 0
+    before[nonempty] = reach[first[nonempty]] - step[first[nonempty]]
+    offsets = (reach - before[owner] - 1)[has_value]
+    owner = owner[has_value]
+    tile = tiles[owner]
+    height = tile_extent(tile // grid[1], block, rows)
+    width = tile_extent(tile % grid[1], block, cols)
+    if np.any(offsets >= height * width):
+        raise FormatError("bad lsc entries: a position falls outside its block")
+    if np.any(np.bincount(owner, minlength=tiles.size) != counts):
+        raise FormatError("bad lsc entries: non-zeros per block differ from the block counts")
+    inside = (offsets // width) * block + offsets % width
+    return Blocks(block, k, grid, tiles, owner, inside, values.read(r, offsets.size, dtype))
+
+
+def read(r: BitReader, shape: tuple, n: int, values: ValueCodec, dtype, entropy: str):
+    """-> (positions int64 [m], values [m], options)."""
+    blocks = read_blocks(r, shape, values, dtype, entropy)
+    rows, cols = matrix_shape(shape)
+    b = blocks.block
+    tile = blocks.tiles[blocks.owner]
+    row = (tile // blocks.grid[1]) * b + blocks.offsets // b
+    col = (tile % blocks.grid[1]) * b + blocks.offsets % b
+    return row * cols + col, blocks.values, {"block": b, "k": blocks.k}
+
+
+def decode_blocks(encoded) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The non-zero b x b blocks of an "lsc" `Encoded`, without building the dense matrix.
+
+    Blocks refer to the matrix view (`layout.matrix_shape`: conv HWIO -> [H * W * I, O]); edge
+    blocks are zero-padded to b x b. b is ``encoded.options["block"]``.
+
+    Args:
+      encoded: an `Encoded` with format "lsc".
+
+    Returns:
+      (block_rows int32 [nb], block_cols int32 [nb], blocks [nb, b, b] of `encoded.dtype`,
+      the codes for a QArray): the grid row / column of each non-zero block, sorted row-major.
+
+    Raises:
+      LscError: not an "lsc" encoding. FormatError: malformed bytes.
+    """
+    if encoded.format != "lsc":
+        raise LscError(f"decode_blocks needs an 'lsc' encoding, got {encoded.format!r}")
+    r, values = encoded.reader()
+    blocks = read_blocks(r, encoded.shape, values, encoded.dtype, encoded.entropy)
+    b = blocks.block
+    out = np.zeros((blocks.tiles.size, b * b), blocks.values.dtype)
+    out[blocks.owner, blocks.offsets] = blocks.values
+    rows, cols = np.divmod(blocks.tiles, blocks.grid[1])
+    tiles = out.view(encoded.dtype).reshape(-1, b, b)
+    return rows.astype(np.int32), cols.astype(np.int32), tiles

@@ -1,0 +1,131 @@
+"""Signed Relative Index ("sri"), lscjax's definition (docs/format.md has the worked example).
+
+Each entry is a signed k-bit integer e (two's complement), M = 2**(k - 1):
+
+* e >= 0 (0 .. M - 1): skip e zeros, then one non-zero value (taken from the value stream);
+* e < 0 (-1 .. -M): skip (-e) * M zeros, no value.
+
+A gap of z zeros before a non-zero is written as q = z // M zero runs, q // M entries of -M
+(M * M zeros each) and one entry -(q mod M) when that is non-zero, then the entry z mod M. A run
+of M**2 zeros costs one entry: long zero runs never cost filler values. Trailing zeros are implied
+by the length. k is chosen per tensor by minimizing the total bits (entropy stage included) unless
+given.
+
+Body: gamma(k), gamma(entries), the entry symbols (k-bit two's complement, entropy stage), the
+values.
+"""
+
+import numpy as np
+
+from lscjax._src.coding.bitstream import INDEX, BitReader, BitWriter, gamma_bits
+from lscjax._src.coding.entropy import SymbolCoder
+from lscjax._src.coding.layout import check_positions, gap_table, gaps, segment_ends
+from lscjax._src.coding.values import ValueCodec
+from lscjax._src.errors import FormatError, LscError
+
+K_RANGE = range(1, 17)
+
+
+def check_k(k) -> int:
+    """LscError unless k is an int in K_RANGE."""
+    if isinstance(k, bool) or not isinstance(k, int) or k not in K_RANGE:
+        raise LscError(f"sri: k must be an int in [1, 16], got {k!r}")
+    return k
+
+
+def _split(z: np.ndarray, k: int):
+    half = 2 ** (k - 1)
+    runs = z >> (k - 1)
+    return half, runs // half, runs % half, z & (half - 1)
+
+
+def entry_counts(z: np.ndarray, k: int) -> np.ndarray:
+    """Entries int64 [m] that each gap int64 [m] takes."""
+    _, full, part, _ = _split(z, k)
+    return full + (part > 0) + 1
+
+
+def entries(z: np.ndarray, k: int) -> np.ndarray:
+    """SRI entry symbols int64 [e] (k-bit two's complement) of gaps int64 [m]."""
+    half, full, part, rest = _split(z, k)
+    ends = segment_ends(full + (part > 0) + 1) - 1
+    symbols = np.full(int(ends[-1]) + 1 if ends.size else 0, half, np.int64)
+    symbols[ends] = rest
+    has_part = part > 0
+    symbols[ends[has_part] - 1] = 2**k - part[has_part]
+    return symbols
+
+
+def histogram(values: np.ndarray, counts: np.ndarray, k: int) -> np.ndarray:
+    """Entry-symbol histogram int64 [2**k] of distinct gaps int64 [d] occurring counts [d] times."""
+    half, full, part, rest = _split(values, k)
+    hist = np.bincount(rest, weights=counts, minlength=2**k)
+    hist[half] += (full * counts).sum()
+    has_part = part > 0
+    hist += np.bincount(2**k - part[has_part], weights=counts[has_part], minlength=2**k)[: 2**k]
+    return hist.astype(np.int64)
+
+
+def gap_code_bits(values: np.ndarray, coder: SymbolCoder) -> np.ndarray:
+    """Huffman: code bits int64 [d] that each distinct gap int64 [d] takes."""
+    k = coder.alphabet_bits
+    lengths = coder.code_lengths()
+    half, full, part, rest = _split(values, k)
+    part_bits = np.where(part > 0, lengths[np.where(part > 0, 2**k - part, 0)], 0)
+    return lengths[rest] + full * lengths[half] + part_bits
+
+
+def choose_k(
+    values: np.ndarray, counts: np.ndarray, entropy: str, k=None
+) -> tuple[int, SymbolCoder]:
+    """(k, its SymbolCoder) minimizing the index bits for distinct gaps [d] with counts [d].
+
+    Cost = gamma(k) + gamma(entries) + table + stream; the value bits do not depend on k.
+    """
+    best = None
+    for candidate in K_RANGE if k is None else (check_k(k),):
+        hist = histogram(values, counts, candidate)
+        coder = SymbolCoder.fit(entropy, candidate, hist)
+        cost = gamma_bits(candidate) + gamma_bits(hist.sum()) + coder.table_bits()
+        cost += coder.stream_bits(hist)
+        if best is None or cost < best[0]:
+            best = (cost, candidate, coder)
+    return best[1], best[2]
+
+
+def advances(symbols: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(positions advanced int64 [e], carries-a-value bool [e]) of entry symbols int [e]."""
+    half = 2 ** (k - 1)
+    has_value = symbols < half
+    return np.where(has_value, symbols + 1, (2**k - symbols) * half), has_value
+
+
+def write(
+    w: BitWriter, bits: np.ndarray, shape: tuple, values: ValueCodec, entropy: str, *, k=None
+) -> dict:
+    """Write bit patterns [n] as SRI entries."""
+    positions = np.flatnonzero(bits)
+    z = gaps(positions)
+    distinct, counts, _ = gap_table(z)
+    k, coder = choose_k(distinct, counts, entropy, k)
+    symbols = entries(z, k)
+    w.gamma(k)
+    w.gamma(symbols.size)
+    coder.write_table(w, INDEX)
+    coder.write(w, symbols, INDEX)
+    values.write(w, bits[positions])
+    return {"k": k}
+
+
+def read(r: BitReader, shape: tuple, n: int, values: ValueCodec, dtype, entropy: str):
+    """-> (positions int64 [m], values [m], options)."""
+    k = r.gamma("sri k", limit=K_RANGE.stop - 1)
+    if k < 1:
+        raise FormatError("bad sri k: 0")
+    count = r.gamma("sri entry count", limit=n)
+    coder = SymbolCoder.read_table(r, entropy, k, INDEX, "sri entry")
+    symbols = coder.read(r, count, INDEX, "sri entries")
+    step, has_value = advances(symbols, k)
+    positions = (segment_ends(step) - 1)[has_value]
+    check_positions(positions, n, "sri entries")
+    return positions, values.read(r, positions.size, dtype), {"k": k}
