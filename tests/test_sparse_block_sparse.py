@@ -1,0 +1,174 @@
+"""BlockSparse construction: layout against a NumPy block-mask oracle, round trips, codes, errors."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import lscjax
+from lscjax import LscError
+from lscjax._src.sparse.random import random_block_kernel
+from lscjax.quant import QArray
+from lscjax.sparse import BlockSparse
+
+BLOCKS = st.sampled_from([(1, 1), (2, 3), (4, 4), (8, 2), (8, 8), (16, 16)])
+# A few sizes (multiples of the blocks and not) so that eager ops hit XLA's compile cache.
+SIZES = st.sampled_from([1, 7, 16, 33, 48])
+
+
+def block_mask_oracle(m: np.ndarray, block) -> np.ndarray:
+    """bool [R, C]: True where the block (input block c, output block r) of matrix m is non-zero."""
+    bi, bo = block
+    k, n = m.shape
+    rows, cols = -(-n // bo), -(-k // bi)
+    out = np.zeros((rows, cols), bool)
+    for r in range(rows):  # loops over blocks (not elements): an independent oracle
+        for c in range(cols):
+            out[r, c] = np.any(m[c * bi : (c + 1) * bi, r * bo : (r + 1) * bo] != 0)
+    return out
+
+
+@settings(max_examples=20)
+@given(
+    k=SIZES,
+    n=SIZES,
+    block=BLOCKS,
+    density=st.sampled_from([0.0, 0.1, 0.5, 1.0]),
+    dtype=st.sampled_from([np.float32, jnp.bfloat16]),
+    seed=st.integers(0, 2**16),
+)
+def test_from_dense_layout_and_round_trip(k, n, block, density, dtype, seed):
+    w = random_block_kernel(np.random.default_rng(seed), (k, n), block, density).astype(dtype)
+    bs = BlockSparse.from_dense(w, block)
+    mask = block_mask_oracle(np.asarray(w, np.float32), block)
+    counts = np.asarray(bs.counts)
+    np.testing.assert_array_equal(counts, mask.sum(axis=1))
+    assert bs.kmax == max(1, mask.sum(axis=1).max(initial=0))
+    indices = np.asarray(bs.indices)
+    for r in range(mask.shape[0]):
+        np.testing.assert_array_equal(indices[r, : counts[r]], np.flatnonzero(mask[r]))
+    assert bs.blocks.dtype == jnp.dtype(dtype) and bs.dtype == jnp.dtype(dtype)
+    assert bs.indices.dtype == jnp.int32 and bs.counts.dtype == jnp.int32
+    padded = ~np.asarray(bs.valid())
+    assert not np.any(np.asarray(bs.blocks, np.float32)[padded])  # padded slots hold zeros
+    np.testing.assert_array_equal(np.asarray(bs.todense()), np.asarray(w))
+
+
+@pytest.mark.parametrize("shape", [(5, 5, 3, 4), (3, 3, 1, 20), (7, 6, 5)])
+def test_conv_kernel_round_trip(shape):
+    w = random_block_kernel(np.random.default_rng(0), shape, (4, 4), 0.4)
+    bs = BlockSparse.from_dense(w, 4)
+    assert bs.shape == shape and bs.matrix_shape == (int(np.prod(shape[:-1])), shape[-1])
+    np.testing.assert_array_equal(np.asarray(bs.todense()), w)
+
+
+def test_empty_rows_density_zero_and_one():
+    w = np.zeros((20, 24), np.float32)
+    w[3, 1] = 2.0  # one non-zero block in output block row 0; rows 1, 2 empty
+    bs = BlockSparse.from_dense(w, 8)
+    np.testing.assert_array_equal(np.asarray(bs.counts), [1, 0, 0])
+    np.testing.assert_array_equal(np.asarray(bs.todense()), w)
+    empty = BlockSparse.from_dense(np.zeros((20, 24), np.float32), 8)
+    assert empty.kmax == 1 and not np.any(np.asarray(empty.counts))
+    full = BlockSparse.from_dense(np.ones((20, 24), np.float32), 8)
+    np.testing.assert_array_equal(np.asarray(full.counts), [3, 3, 3])
+    np.testing.assert_array_equal(np.asarray(full.indices), [[0, 1, 2]] * 3)
+
+
+def test_nbytes_counts_every_array():
+    bs = BlockSparse.from_dense(np.ones((64, 64), np.float32), 32)
+    assert bs.nbytes == 2 * 2 * 32 * 32 * 4 + 2 * 2 * 4 + 2 * 4
+    codes = BlockSparse.from_codes(np.ones((64, 64), np.uint8), np.arange(16, dtype=np.float32), 32)
+    assert codes.bits == 4 and codes.blocks.shape == (2, 2, 16, 32)
+    assert codes.nbytes == 2 * 2 * 16 * 32 + 2 * 2 * 4 + 2 * 4 + 16 * 4
+
+
+@settings(max_examples=10)
+@given(
+    k=SIZES,
+    n=SIZES,
+    block=st.sampled_from([(2, 2), (4, 3), (8, 8), (16, 4)]),
+    bits=st.sampled_from([4, 8]),
+    zero_fraction=st.sampled_from([0.0, 0.6, 0.95, 1.0]),
+    seed=st.integers(0, 2**16),
+)
+def test_from_codes_round_trip(k, n, block, bits, zero_fraction, seed):
+    rng = np.random.default_rng(seed)
+    n_codes = 2**bits
+    codebook = np.concatenate([[0.0], rng.standard_normal(n_codes - 1)]).astype(np.float32)
+    codes = rng.integers(1, n_codes, (k, n))
+    codes[rng.random((k, n)) < zero_fraction] = 0
+    bs = BlockSparse.from_codes(codes.astype(np.uint8), codebook, block, bits=bits)
+    dense = codebook[codes]
+    np.testing.assert_array_equal(np.asarray(bs.counts), block_mask_oracle(dense, block).sum(1))
+    expected_rows = block[0] // 2 if bits == 4 else block[0]
+    assert bs.blocks.dtype == jnp.uint8 and bs.blocks.shape[2] == expected_rows
+    np.testing.assert_array_equal(np.asarray(bs.todense()), dense)
+
+
+def test_codes_with_nonzero_code_zero_mask_padding():
+    """Code 0 need not be 0.0: padded slots (code 0) must still decode to exactly 0."""
+    codebook = np.array([0.5, 0.0, 2.0], np.float32)  # code 1 is the zero
+    codes = np.ones((8, 8), np.uint8)
+    codes[:4, :4] = 0  # block (0, 0): 0.5
+    codes[4:, :4] = 2  # block (1, 0): 2.0
+    codes[4:, 4:] = 0  # block (1, 1): 0.5; block (0, 1) stays zero (code 1)
+    bs = BlockSparse.from_codes(codes, codebook, 4)
+    np.testing.assert_array_equal(np.asarray(bs.counts), [2, 1])
+    assert np.asarray(bs.blocks)[1, 1].max() == 0  # the padded slot holds code 0 (= 0.5) ...
+    np.testing.assert_array_equal(np.asarray(bs.block_values())[1, 1], 0)  # ... decoded as 0
+    np.testing.assert_array_equal(np.asarray(bs.todense()), codebook[codes])
+
+
+@pytest.mark.parametrize(
+    "method, bits, codes_shape, codebook, expect_bits",
+    [
+        ("kmeans", 4, (24, 16), np.array([0.0, 1.0, -2.0, 3.0]), 4),
+        ("kmeans", 6, (24, 16), np.linspace(0, 1, 64), 8),
+        ("binarize", 1, (24, 16), np.array([-0.5, 0.5]), 4),
+        ("binarize", 1, (24, 16), np.tile([[-0.5, 0.5]], (24, 1)), None),
+        ("residual", 2, (2, 24, 16), np.array([[0.0, 1, 2, 3], [0.0, 0.1, 0.2, 0.3]]), None),
+    ],
+)
+def test_from_qarray(method, bits, codes_shape, codebook, expect_bits):
+    rng = np.random.default_rng(0)
+    codes = rng.integers(0, codebook.shape[-1], codes_shape).astype(np.uint8)
+    q = QArray(jnp.asarray(codes), jnp.asarray(codebook, jnp.float32), method, bits, (24, 16))
+    bs = BlockSparse.from_qarray(q, (4, 8))
+    assert bs.bits == expect_bits
+    np.testing.assert_allclose(np.asarray(bs.todense()), np.asarray(q.dequantize()), rtol=1e-6)
+
+
+def test_pytree_under_jit_and_static_fields():
+    bs = BlockSparse.from_dense(random_block_kernel(np.random.default_rng(1), (30, 20), 8, 0.5), 8)
+    leaves, treedef = jax.tree_util.tree_flatten(bs)
+    assert len(leaves) == 3  # blocks, indices, counts (codebook None)
+    doubled = jax.jit(lambda b: jax.tree_util.tree_map(lambda a: a * 2, b))(bs)
+    assert doubled.shape == bs.shape and doubled.block == bs.block
+    assert jax.tree_util.tree_structure(doubled) == treedef
+    np.testing.assert_array_equal(np.asarray(jax.jit(BlockSparse.todense)(bs)), bs.todense())
+
+
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda: BlockSparse.from_dense(np.ones(5, np.float32)), "rank"),
+        (lambda: BlockSparse.from_dense(np.ones((4, 4), np.int32)), "floating"),
+        (lambda: BlockSparse.from_dense(np.ones((4, 4), np.float32), block=0), "block"),
+        (lambda: BlockSparse.from_dense(np.ones((4, 4), np.float32), block=(2, 2, 2)), "block"),
+        (lambda: BlockSparse.from_codes(np.full((4, 4), 3), np.zeros(3), 2), r"\[0, 3\)"),
+        (lambda: BlockSparse.from_codes(np.ones((4, 4)), np.zeros(32), 2, bits=4), "bits"),
+        (lambda: BlockSparse.from_codes(np.ones((4, 4)), np.zeros(4), 3, bits=4), "even"),
+        (lambda: jax.jit(BlockSparse.from_dense)(jnp.ones((4, 4))), "concrete"),
+    ],
+)
+def test_errors(call, match):
+    with pytest.raises(LscError, match=match):
+        call()
+
+
+def test_public_api():
+    assert lscjax.sparse.BlockSparse is BlockSparse
+    assert callable(lscjax.sparse.matmul) and callable(lscjax.sparse.conv)
