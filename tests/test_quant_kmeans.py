@@ -1,0 +1,197 @@
+"""Scalar k-means weight sharing: inits, Lloyd's monotone distortion, a NumPy Lloyd oracle, zeros."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import lscjax
+from lscjax import LscError
+from lscjax._src.quant.lloyd import INITS, lloyd, scalar_init
+
+
+def pruned_weights(shape, density, seed=0):
+    rng = np.random.default_rng(seed)
+    w = rng.standard_t(4, size=shape).astype(np.float32) * 0.05
+    w[rng.random(shape) >= density] = 0.0
+    return w
+
+
+def numpy_lloyd(x, centroids, iters):
+    """Independent brute-force Lloyd (dense distance matrix, float64). x [n], centroids [k]."""
+    x, c = x.astype(np.float64), centroids.astype(np.float64).copy()
+    for _ in range(iters):
+        assign = np.argmin(np.abs(x[:, None] - c[None, :]), axis=1)
+        for j in range(c.size):  # k iterations, vectorized over the points
+            members = x[assign == j]
+            if members.size:
+                c[j] = members.mean()
+    assign = np.argmin(np.abs(x[:, None] - c[None, :]), axis=1)
+    return c, np.mean((x - c[assign]) ** 2)
+
+
+@pytest.mark.parametrize("k", [2, 7, 32])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_linear_init_spans_min_to_max_of_nonzeros(k, seed):
+    w = pruned_weights((40, 30), 0.3, seed).ravel()
+    c = np.asarray(
+        scalar_init(jnp.asarray(w), jnp.asarray(w != 0), jax.random.key(0), k=k, method="linear")
+    )
+    nz = w[w != 0]
+    assert c[0] == nz.min() and c[-1] == nz.max()
+    np.testing.assert_allclose(np.diff(c), (nz.max() - nz.min()) / (k - 1), rtol=1e-4)
+
+
+@pytest.mark.parametrize("method", INITS)
+def test_inits_lie_within_the_nonzero_values(method):
+    w = pruned_weights((50, 20), 0.4, 3).ravel()
+    c = np.asarray(
+        scalar_init(jnp.asarray(w), jnp.asarray(w != 0), jax.random.key(1), k=16, method=method)
+    )
+    nz = w[w != 0]
+    assert c.shape == (16,) and c.dtype == np.float32
+    assert np.all(c >= nz.min()) and np.all(c <= nz.max())
+    if method in ("random", "kmeans++", "density"):  # these pick actual data values
+        assert np.all(np.isin(c, nz))
+
+
+@pytest.mark.parametrize("method", INITS)
+@pytest.mark.parametrize("k", [3, 16])
+def test_lloyd_distortion_never_increases(method, k):
+    w = pruned_weights((60, 50), 0.5, 4).ravel()
+    x, valid = jnp.asarray(w), jnp.asarray(w != 0)
+    start = scalar_init(x, valid, jax.random.key(2), k=k, method=method)
+    _, _, trace = lloyd(x[:, None], valid, start[:, None], iters=25)
+    trace = np.asarray(trace)
+    assert trace.shape == (26,)
+    assert np.all(np.diff(trace) <= 1e-6 * trace[:-1])
+    assert trace[-1] < trace[0]
+
+
+@settings(max_examples=15)
+@given(seed=st.integers(0, 2**16), k=st.sampled_from([2, 4, 8, 16]), n=st.sampled_from([64, 300]))
+def test_lloyd_distortion_matches_numpy_lloyd(seed, k, n):
+    w = np.random.default_rng(seed).normal(size=n).astype(np.float32)
+    x, valid = jnp.asarray(w), jnp.ones(n, bool)
+    start = scalar_init(x, valid, jax.random.key(0), k=k, method="linear")
+    centroids, assign, trace = lloyd(x[:, None], valid, start[:, None], iters=20)
+    _, reference = numpy_lloyd(w, np.asarray(start), 20)
+    assert float(trace[-1]) <= 1.05 * reference + 1e-9
+    assert float(trace[-1]) >= 0.95 * reference - 1e-9
+    # the reported distortion is the one of the returned centroids and assignment
+    c = np.asarray(centroids)[:, 0]
+    np.testing.assert_allclose(np.mean((w - c[np.asarray(assign)]) ** 2), trace[-1], rtol=1e-4)
+
+
+def test_lloyd_vector_points_match_numpy_distances():
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(200, 3)).astype(np.float32)
+    c, assign, trace = lloyd(jnp.asarray(x), jnp.ones(200, bool), jnp.asarray(x[:6]), iters=10)
+    d = ((x[:, None, :] - np.asarray(c)[None]) ** 2).sum(-1)
+    np.testing.assert_array_equal(np.asarray(assign), d.argmin(1))
+    assert np.all(np.diff(np.asarray(trace)) <= 1e-6 * np.asarray(trace)[:-1])
+
+
+def test_lloyd_does_not_retrace_for_same_shapes():
+    traced = jax.jit(chex.assert_max_traces(lloyd.__wrapped__, n=1), static_argnames="iters")
+    for seed in range(3):
+        w = jnp.asarray(np.random.default_rng(seed).normal(size=(300, 1)), jnp.float32)
+        traced(w, jnp.ones(300, bool), w[:8], iters=5)
+
+
+PARAMS_SHAPES = {"Conv_0": (5, 5, 1, 20), "Dense_0": (80, 60), "Dense_1": (60, 10)}
+
+
+def make_params(density=0.2, seed=0):
+    return {
+        name: {
+            "kernel": jnp.asarray(pruned_weights(shape, density, seed + i)),
+            "bias": jnp.ones(shape[-1], jnp.float32),
+        }
+        for i, (name, shape) in enumerate(PARAMS_SHAPES.items())
+    }
+
+
+@pytest.mark.parametrize(("bits", "density"), [(1, 0.05), (2, 1.0), (5, 0.5), (8, 0.05), (9, 1.0)])
+@pytest.mark.parametrize("init", INITS)
+def test_kmeans_keeps_zeros_and_at_most_2_bits_values(bits, init, density):
+    params = make_params(density)
+    q = lscjax.quant.kmeans(params, bits, init=init, iters=10)
+    dense = lscjax.quant.dequantize(q)
+    for name in PARAMS_SHAPES:
+        w, qa = np.asarray(params[name]["kernel"]), q[name]["kernel"]
+        d = np.asarray(dense[name]["kernel"])
+        assert qa.method == "kmeans" and qa.bits == bits and qa.shape == w.shape
+        assert qa.codes.dtype == (np.uint8 if bits <= 8 else np.uint16)
+        assert d.dtype == np.float32 and d.shape == w.shape
+        np.testing.assert_array_equal(d == 0, w == 0)  # zeros exactly where the weights were
+        has_zeros = bool((w == 0).any())
+        if has_zeros:  # code 0 is the zero: the code array is sparse exactly where w is
+            np.testing.assert_array_equal(np.asarray(qa.codes) == 0, w == 0)
+            assert float(qa.codebook[0]) == 0.0
+        assert np.unique(d[d != 0]).size <= 2**bits - int(has_zeros)
+        assert qa.codebook.shape == (2**bits,)
+        # every non-zero weight sits at its nearest shared value
+        values = np.unique(d[d != 0])
+        nz = w[w != 0]
+        nearest = values[np.argmin(np.abs(nz[:, None] - values[None]), axis=1)]
+        np.testing.assert_allclose(np.abs(nz - d[w != 0]), np.abs(nz - nearest), atol=1e-7)
+        np.testing.assert_array_equal(np.asarray(q[name]["bias"]), 1.0)  # unselected: unchanged
+
+
+def test_kmeans_bits_map_per_layer_and_storage():
+    params = make_params(0.3)
+    bits = {"Conv_0/kernel": 8, "Dense_0/kernel": 5, "Dense_1/kernel": 3}
+    q = lscjax.quant.kmeans(params, bits)
+    for name in PARAMS_SHAPES:
+        qa = q[name]["kernel"]
+        assert qa.bits == bits[f"{name}/kernel"]
+        n = int(np.prod(PARAMS_SHAPES[name]))
+        assert qa.storage_bits == n * qa.bits + 32 * 2**qa.bits
+    assert lscjax.quant.storage_bits(q) == {
+        f"{n}/kernel": q[n]["kernel"].storage_bits for n in PARAMS_SHAPES
+    }
+
+
+def test_kmeans_clusters_only_nonzeros_like_numpy_lloyd():
+    w = pruned_weights((100, 40), 0.25, 9)
+    q = lscjax.quant.kmeans({"kernel": w}, 4, iters=30)["kernel"]
+    nz = w[w != 0]
+    start = np.linspace(nz.min(), nz.max(), 15)
+    ref_c, ref_d = numpy_lloyd(nz, start, 30)
+    got = np.asarray(q.dequantize())[w != 0]
+    distortion = np.mean((nz - got) ** 2)
+    assert abs(distortion - ref_d) <= 0.05 * ref_d
+    np.testing.assert_allclose(np.sort(np.asarray(q.codebook)[1:]), np.sort(ref_c), atol=1e-5)
+
+
+def test_kmeans_all_zero_layer():
+    q = lscjax.quant.kmeans({"kernel": np.zeros((4, 3), np.float32)}, 5)["kernel"]
+    np.testing.assert_array_equal(np.asarray(q.dequantize()), 0.0)
+
+
+@pytest.mark.parametrize("bits", [0, 17, -1, 2.5, True])
+def test_bits_outside_range_raise_naming_the_leaf(bits):
+    with pytest.raises(ValueError, match="Conv_0/kernel"):
+        lscjax.quant.kmeans(make_params(), bits)
+    with pytest.raises(LscError, match="Dense_1/kernel"):
+        lscjax.quant.kmeans(
+            make_params(), {"Conv_0/kernel": 8, "Dense_0/kernel": 5, "Dense_1/kernel": bits}
+        )
+
+
+def test_bits_map_missing_a_leaf_raises_naming_it():
+    with pytest.raises(LscError, match="Dense_1/kernel"):
+        lscjax.quant.kmeans(make_params(), {"Conv_0/kernel": 8, "Dense_0/kernel": 5})
+
+
+def test_bad_init_iters_and_non_float_leaves_raise():
+    with pytest.raises(LscError, match="init"):
+        lscjax.quant.kmeans(make_params(), 4, init="median")
+    with pytest.raises(LscError, match="iters"):
+        lscjax.quant.kmeans(make_params(), 4, iters=-1)
+    with pytest.raises(LscError, match="w/kernel"):
+        lscjax.quant.kmeans({"w": {"kernel": np.ones((3, 3), np.int32)}}, 4)
