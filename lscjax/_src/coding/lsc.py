@@ -201,7 +201,7 @@ def _read_entries(r: BitReader, coder: SymbolCoder, lengths: np.ndarray, entropy
     symbols = coder.decode(r.take(total, "lsc entries"), "lsc entries")
     ends = segment_ends(coder.code_lengths()[symbols])
     block_ends = np.searchsorted(ends, segment_ends(lengths), side="right")
-    reached = np.where(block_ends > 0, ends[np.maximum(block_ends - 1, 0)], 0)
+    reached = np.concatenate([[0], ends])[block_ends]
     if np.any(reached != segment_ends(lengths)):
         raise FormatError("bad lsc block lengths: a block ends inside a Huffman code")
     return symbols, np.diff(block_ends, prepend=0)
