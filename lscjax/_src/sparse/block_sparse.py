@@ -185,12 +185,16 @@ class BlockSparse:
         return jnp.where(self.valid()[:, :, None, None], values, jnp.zeros((), values.dtype))
 
     def todense(self) -> jax.Array:
-        """The dense kernel of `shape` and `dtype` (decoding, tests; jit-friendly)."""
+        """The dense kernel of `shape` and `dtype` (decoding, tests; jit-friendly).
+
+        Padded slots are ignored (also when differentiating with respect to `blocks`).
+        """
         rows, cols = grid(self.shape, self.block)
         bi, bo = self.block
         r = jnp.broadcast_to(jnp.arange(rows)[:, None], self.indices.shape)
         grid_blocks = jnp.zeros((rows, cols, bi, bo), self.dtype)
-        grid_blocks = grid_blocks.at[r, self.indices].add(self.block_values())
+        values = jnp.where(self.valid()[:, :, None, None], self.block_values(), 0)
+        grid_blocks = grid_blocks.at[r, self.indices].add(values.astype(self.dtype))
         m = grid_blocks.transpose(1, 2, 0, 3).reshape(cols * bi, rows * bo)
         k, n = self.matrix_shape
         return from_matrix(m[:k, :n], self.shape)

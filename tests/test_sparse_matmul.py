@@ -1,0 +1,196 @@
+"""sparse.matmul (XLA path) against the dense product of the decoded weight; grads; vmap; retrace."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lscjax import LscError
+from lscjax._src.kernels.reference import TOLERANCE
+from lscjax._src.sparse.random import random_block_kernel
+from lscjax.sparse import BlockSparse, matmul, resolve_impl
+
+SIZES = st.sampled_from([1, 7, 16, 33, 48])
+BATCHES = st.sampled_from([(), (1,), (5,), (2, 3)])
+
+
+def rel_error(y, ref) -> float:
+    y, ref = np.asarray(y, np.float64), np.asarray(ref, np.float64)
+    return float(
+        np.max(np.abs(y - ref), initial=0.0) / max(np.max(np.abs(ref), initial=0.0), 1e-30)
+    )
+
+
+def dense_ref(x, w) -> np.ndarray:
+    """x @ W in float64 NumPy: the oracle."""
+    return np.asarray(x, np.float64) @ np.asarray(w, np.float64)
+
+
+_jit_matmul = jax.jit(matmul, static_argnames=("impl", "interpret"))
+
+
+@settings(max_examples=25)
+@given(
+    k=SIZES,
+    n=SIZES,
+    block=st.sampled_from([(1, 1), (4, 4), (8, 2), (16, 16)]),
+    density=st.sampled_from([0.0, 0.2, 0.6, 1.0]),
+    dtype=st.sampled_from([jnp.float32, jnp.bfloat16]),
+    batch=BATCHES,
+    seed=st.integers(0, 2**16),
+)
+def test_matmul_matches_dense(k, n, block, density, dtype, batch, seed):
+    rng = np.random.default_rng(seed)
+    w = jnp.asarray(random_block_kernel(rng, (k, n), block, density), dtype)
+    x = jnp.asarray(rng.standard_normal((*batch, k)), dtype)
+    y = _jit_matmul(x, BlockSparse.from_dense(w, block))
+    assert y.shape == (*batch, n) and y.dtype == dtype
+    assert rel_error(y, dense_ref(x, w)) <= TOLERANCE[jnp.dtype(dtype)]
+
+
+@settings(max_examples=15)
+@given(
+    k=SIZES,
+    n=SIZES,
+    block=st.sampled_from([(2, 2), (4, 8), (16, 16)]),
+    bits=st.sampled_from([4, 8]),
+    zero_fraction=st.sampled_from([0.0, 0.9, 1.0]),
+    batch=BATCHES,
+    seed=st.integers(0, 2**16),
+)
+def test_matmul_codes_match_dense(k, n, block, bits, zero_fraction, batch, seed):
+    rng = np.random.default_rng(seed)
+    codebook = rng.standard_normal(2**bits).astype(np.float32)
+    codebook[0] = 0.0
+    codes = rng.integers(1, 2**bits, (k, n))
+    codes[rng.random((k, n)) < zero_fraction] = 0
+    w = BlockSparse.from_codes(codes.astype(np.uint8), codebook, block, bits=bits)
+    x = rng.standard_normal((*batch, k)).astype(np.float32)
+    y = _jit_matmul(x, w)
+    assert y.dtype == jnp.float32
+    assert rel_error(y, dense_ref(x, codebook[codes])) <= TOLERANCE[jnp.dtype(jnp.float32)]
+
+
+def _kept_blocks_dense(w: BlockSparse, blocks, codebook=None):
+    """The dense weight as a differentiable function of the block values (scatter: independent)."""
+    return BlockSparse(blocks, w.indices, w.counts, codebook, w.shape, w.block, w.bits).todense()
+
+
+@pytest.mark.parametrize("impl", ["xla", "pallas_gpu", "pallas_tpu"])
+@pytest.mark.parametrize("shape, block, batch", [((40, 24), (8, 8), (3,)), ((33, 17), (4, 16), ())])
+def test_grads_match_dense_vjp(impl, shape, block, batch):
+    rng = np.random.default_rng(0)
+    w = BlockSparse.from_dense(random_block_kernel(rng, shape, block, 0.5), block)
+    x = jnp.asarray(rng.standard_normal((*batch, shape[0])), jnp.float32)
+    g = jnp.asarray(rng.standard_normal((*batch, shape[1])), jnp.float32)
+
+    def sparse_fn(x, blocks):
+        bs = BlockSparse(blocks, w.indices, w.counts, None, w.shape, w.block)
+        return matmul(x, bs, impl=impl, interpret=True)
+
+    def dense_fn(x, blocks):
+        return x @ _kept_blocks_dense(w, blocks)
+
+    y, pull = jax.vjp(jax.jit(sparse_fn), x, w.blocks)
+    y_ref, pull_ref = jax.vjp(dense_fn, x, w.blocks)
+    np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=1e-5)
+    for got, want in zip(pull(g), pull_ref(g), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_codebook_grads_match_dense_vjp(bits):
+    rng = np.random.default_rng(1)
+    codebook = jnp.asarray(np.concatenate([[0.0], rng.standard_normal(2**bits - 1)]), jnp.float32)
+    codes = rng.integers(1, 2**bits, (24, 20))
+    codes[rng.random((24, 20)) < 0.7] = 0
+    w = BlockSparse.from_codes(codes.astype(np.uint8), codebook, 4, bits=bits)
+    x = jnp.asarray(rng.standard_normal((5, 24)), jnp.float32)
+
+    def sparse_loss(x, cb):
+        bs = BlockSparse(w.blocks, w.indices, w.counts, cb, w.shape, w.block, w.bits)
+        return jnp.sum(jnp.sin(matmul(x, bs)))
+
+    def dense_loss(x, cb):  # only existing blocks count: fully zero blocks are not stored
+        return jnp.sum(jnp.sin(x @ _kept_blocks_dense(w, w.blocks, cb)))
+
+    got = jax.jit(jax.grad(sparse_loss, argnums=(0, 1)))(x, codebook)
+    want = jax.grad(dense_loss, argnums=(0, 1))(x, codebook)
+    for a, b in zip(got, want, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_padded_slots_get_zero_gradient():
+    w = np.zeros((16, 16), np.float32)
+    w[:8, :8] = 1.0
+    w[:, 8:] = 2.0  # output block row 1 has 2 blocks, row 0 has 1: row 0 slot 1 is padding
+    bs = BlockSparse.from_dense(w, 8)
+    x = jnp.ones((2, 16))
+    with_values = lambda v: BlockSparse(v, bs.indices, bs.counts, None, bs.shape, bs.block)  # noqa: E731
+    grads = jax.grad(lambda v: jnp.sum(matmul(x, with_values(v))))(bs.blocks)
+    assert not np.asarray(bs.valid())[0, 1]
+    np.testing.assert_array_equal(grads[0, 1], 0)
+    assert np.all(np.asarray(grads[1]) != 0)
+
+
+def test_vmap_over_inputs_and_weight_sets():
+    rng = np.random.default_rng(2)
+    w = BlockSparse.from_dense(random_block_kernel(rng, (32, 24), 8, 0.5), 8)
+    xs = jnp.asarray(rng.standard_normal((4, 3, 32)), jnp.float32)
+    y = jax.jit(jax.vmap(lambda x: matmul(x, w)))(xs)
+    np.testing.assert_allclose(y, dense_ref(xs, w.todense()), rtol=1e-5, atol=1e-5)
+
+    def scaled_product(s):  # a batch of weight sets sharing one layout
+        return matmul(xs[0], BlockSparse(w.blocks * s, w.indices, w.counts, None, w.shape, w.block))
+
+    scaled = jax.vmap(scaled_product)(jnp.arange(1.0, 4.0))
+    for i, s in enumerate([1.0, 2.0, 3.0]):
+        np.testing.assert_allclose(
+            scaled[i], s * dense_ref(xs[0], w.todense()), rtol=1e-5, atol=1e-4
+        )
+
+
+def test_no_retrace_across_calls():
+    rng = np.random.default_rng(3)
+    kernel = random_block_kernel(rng, (48, 40), 16, 0.5)
+    w = BlockSparse.from_dense(kernel, 16)
+
+    @jax.jit
+    @chex.assert_max_traces(n=1)
+    def f(x, w):
+        return matmul(x, w)
+
+    for scale in (1.0, 2.0, 3.0):
+        x = jnp.asarray(rng.standard_normal((4, 48)), jnp.float32)
+        w_scaled = BlockSparse(w.blocks * scale, w.indices, w.counts, None, w.shape, w.block)
+        np.testing.assert_allclose(
+            f(x, w_scaled), dense_ref(x, kernel * scale), rtol=1e-5, atol=1e-4
+        )
+
+
+def test_resolve_impl_on_cpu():
+    w = BlockSparse.from_dense(np.ones((8, 8), np.float32), 4)
+    assert jax.default_backend() == "cpu"
+    assert resolve_impl("auto", w) == "xla"
+    assert resolve_impl("pallas", w, interpret=True) == "pallas_gpu"
+    assert resolve_impl("pallas_tpu", w, interpret=True) == "pallas_tpu"
+
+
+@pytest.mark.parametrize(
+    "x, kwargs, match",
+    [
+        (np.ones((2, 7), np.float32), {}, "input size 8"),
+        (np.ones((2, 8), np.int32), {}, "floating"),
+        (np.ones((2, 8), np.float32), {"impl": "cuda"}, "impl must be"),
+        (np.ones((2, 8), np.float32), {"impl": "pallas"}, "interpret=True"),
+    ],
+)
+def test_errors(x, kwargs, match):
+    w = BlockSparse.from_dense(np.ones((8, 8), np.float32), 4)
+    with pytest.raises(LscError, match=match):
+        matmul(x, w, **kwargs)
+    with pytest.raises(LscError, match="BlockSparse"):
+        matmul(np.ones((2, 8), np.float32), np.ones((8, 8), np.float32))
