@@ -19,7 +19,8 @@ Body (bit fields, see docs/format.md for a worked example):
 
 Block j's entries start at sum(L_i, i < j) (bits, or entries) and its values at sum(n_i, i < j):
 with "none" or "huffman" each block decodes alone; a rANS stream is decoded once and then split.
-b is chosen among BLOCK_CANDIDATES and k in 1..16 by minimizing the total bits, unless given.
+b is chosen among BLOCK_CANDIDATES and k in 1..16 by minimizing the total bits, unless given
+(above EXACT_SEARCH_ELEMENTS elements b minimizes an estimate computed from the block counts).
 """
 
 import dataclasses
@@ -35,6 +36,9 @@ from lscjax._src.errors import FormatError, LscError
 
 BLOCK_CANDIDATES = (4, 8, 16, 32, 64, 128)
 MAX_BLOCK = 4096
+EXACT_SEARCH_ELEMENTS = 2**20
+"""Up to this many elements every candidate b is encoded and counted exactly; above it b is the
+candidate with the fewest estimated bits (`estimated_bits`) and only k is chosen exactly."""
 
 
 def _grid(shape: tuple, block: int) -> tuple[int, int]:
@@ -129,6 +133,47 @@ class BlockCode:
         return cls(plan, k, coder, z, lengths, bits)
 
 
+def candidate_counts(nonzero: np.ndarray) -> dict:
+    """{b: non-zeros per block int64 [grid rows, grid cols]} for every b in BLOCK_CANDIDATES
+    (powers of two), from the bool matrix `nonzero` [R, C]: one bincount, then 2-D sums."""
+    rows, cols = np.nonzero(nonzero)
+    base = BLOCK_CANDIDATES[0]
+    grid = _grid(nonzero.shape, base)
+    tiles = (rows // base) * grid[1] + cols // base
+    counts = np.bincount(tiles, minlength=grid[0] * grid[1]).reshape(grid)
+    out = {}
+    for block in BLOCK_CANDIDATES:
+        factor = block // base
+        coarse = (-(-grid[0] // factor), -(-grid[1] // factor))
+        padded = np.zeros((coarse[0] * factor, coarse[1] * factor), np.int64)
+        padded[: grid[0], : grid[1]] = counts
+        out[block] = padded.reshape(coarse[0], factor, coarse[1], factor).sum(axis=(1, 3))
+    return out
+
+
+def estimated_bits(counts: np.ndarray, block: int, shape: tuple) -> float:
+    """Estimated index bits of LSC with b = `block` from the block counts int [grid rows, grid
+    cols]: the block bitmask, two per-block fields of ~log2(b^2) bits, and the entropy
+    h * w * H2(n / (h * w)) of each non-zero block's positions."""
+    rows, cols = matrix_shape(shape)
+    area = np.outer(
+        tile_extent(np.arange(counts.shape[0]), block, rows),
+        tile_extent(np.arange(counts.shape[1]), block, cols),
+    )[counts > 0]
+    p = counts[counts > 0] / area
+    with np.errstate(divide="ignore", invalid="ignore"):
+        entropy = -np.nan_to_num(p * np.log2(p)) - np.nan_to_num((1 - p) * np.log2(1 - p))
+    field = 2 * (block * block).bit_length()
+    return counts.size + p.size * field + float((area * entropy).sum())
+
+
+def _candidates(nonzero: np.ndarray, shape: tuple) -> tuple:
+    if nonzero.size <= EXACT_SEARCH_ELEMENTS:
+        return BLOCK_CANDIDATES
+    counts = candidate_counts(nonzero)
+    return (min(BLOCK_CANDIDATES, key=lambda b: estimated_bits(counts[b], b, shape)),)
+
+
 def check_block(block) -> int:
     """LscError unless block is an int in [1, MAX_BLOCK]."""
     if isinstance(block, bool) or not isinstance(block, int) or not 1 <= block <= MAX_BLOCK:
@@ -148,7 +193,7 @@ def write(
 ) -> dict:
     """Write bit patterns [n] in the LSC layout (module docstring)."""
     nonzero = (bits != 0).reshape(matrix_shape(shape))
-    candidates = BLOCK_CANDIDATES if block is None else (check_block(block),)
+    candidates = _candidates(nonzero, shape) if block is None else (check_block(block),)
     k = None if k is None else sri.check_k(k)
     code = min(
         (BlockCode.of(BlockPlan.of(nonzero, b), entropy, k) for b in candidates),
