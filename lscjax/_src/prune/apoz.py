@@ -1,0 +1,49 @@
+"""Network Trimming (Hu et al. 2016): prune channels by their Average Percentage of Zeros."""
+
+from collections.abc import Mapping
+
+import jax.numpy as jnp
+import numpy as np
+
+from lscjax._src.errors import LscError
+
+
+def apoz_scores(activations: jnp.ndarray) -> jnp.ndarray:
+    """APoZ of each channel: the fraction of exact zeros over all examples and positions.
+
+    Args:
+      activations: post-ReLU activations float [..., C] (e.g. [N, H, W, C] or [N, C]).
+
+    Returns:
+      float32 [C] in [0, 1].
+    """
+    a = jnp.asarray(activations)
+    return jnp.mean((a == 0).reshape(-1, a.shape[-1]).astype(jnp.float32), axis=0)
+
+
+def apoz(activations: Mapping[str, jnp.ndarray], *, num_std: float = 1.0):
+    """Channel masks pruning the channels whose APoZ exceeds the layer's mean + num_std * std.
+
+    Args:
+      activations: {layer: post-ReLU activations float [..., C]}, e.g. from
+        `lscjax.prune.collect_activations` with ReLU applied to the layer outputs.
+      num_std: how many standard deviations (over the layer's channels) above the mean APoZ a
+        channel must be to be pruned (Hu et al.: 1).
+
+    Returns:
+      {layer: bool np.ndarray [C]} (True = kept). A layer keeps at least its lowest-APoZ channel.
+
+    Raises:
+      LscError: an activation array with ndim < 1, or num_std < 0.
+    """
+    if not num_std >= 0:
+        raise LscError(f"num_std must be >= 0, got {num_std!r}")
+    out = {}
+    for layer, acts in activations.items():
+        if jnp.ndim(acts) < 1:
+            raise LscError(f"activations of {layer!r}: need [..., C], got a scalar")
+        scores = np.asarray(apoz_scores(acts), np.float64)
+        keep = scores <= scores.mean() + num_std * scores.std()
+        keep[np.argmin(scores)] = True
+        out[layer] = keep
+    return out
