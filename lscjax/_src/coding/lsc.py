@@ -11,7 +11,8 @@ Body (bit fields, see docs/format.md for a worked example):
 
 1. gamma(b), gamma(k)
 2. the block bitmask: one bit per grid block, row-major (1 = non-zero)
-3. gamma(Wn), then per non-zero block (n_j - 1) in Wn bits, n_j = its non-zeros
+3. gamma(Wn), then per non-zero block but the last (n_j - 1) in Wn bits, n_j = its non-zeros
+   (the last block's count is that of the value entries in its stream)
 4. gamma(WL), then per non-zero block L_j in WL bits: the length of its entry stream, in bits
    for entropy "huffman", in entries for "none" (k bits each) and "ans"
 5. the entry-symbol table and the entry stream (entropy stage; "ans": one rANS stream)
@@ -34,7 +35,7 @@ from lscjax._src.coding.layout import gap_table, gaps, matrix_shape, segment_end
 from lscjax._src.coding.values import ValueCodec
 from lscjax._src.errors import FormatError, LscError
 
-BLOCK_CANDIDATES = (4, 8, 16, 32, 64, 128)
+BLOCK_CANDIDATES = (4, 8, 16, 32, 64, 128, 256, 512)
 MAX_BLOCK = 4096
 EXACT_SEARCH_ELEMENTS = 2**20
 """Up to this many elements every candidate b is encoded and counted exactly; above it b is the
@@ -53,7 +54,8 @@ class BlockPlan:
     Attributes:
       block: b.
       occupied: bool [grid rows * grid cols], the block bitmask.
-      counts: int64 [nb], non-zeros per non-zero block (nb = occupied.sum()).
+      counts: int64 [nb], non-zeros per non-zero block (nb = occupied.sum()); all but the last
+        are stored.
       offsets: int64 [m], each non-zero's row-major offset inside its block, clipped to the
         matrix (an edge block is h x w with h, w <= b, flattened over its h * w elements).
       flat: int64 [m], each non-zero's flat C-order position in the tensor.
@@ -128,7 +130,7 @@ class BlockCode:
         lengths = _block_sums(units, plan)
         hist = sri.histogram(distinct, counts, k)
         bits = gamma_bits(plan.block) + gamma_bits(k) + plan.occupied.size
-        bits += _width_field_bits(plan.counts - 1)[1] + _width_field_bits(lengths)[1]
+        bits += _width_field_bits(plan.counts[:-1] - 1)[1] + _width_field_bits(lengths)[1]
         bits += coder.table_bits() + coder.stream_bits(hist)
         return cls(plan, k, coder, z, lengths, bits)
 
@@ -203,7 +205,7 @@ def write(
     w.gamma(plan.block)
     w.gamma(code.k)
     w.uints(plan.occupied, 1)
-    for field in (plan.counts - 1, code.lengths):
+    for field in (plan.counts[:-1] - 1, code.lengths):
         width = _width_field_bits(field)[0]
         w.gamma(width)
         w.uints(field, width)
@@ -262,9 +264,9 @@ def read_blocks(r: BitReader, shape: tuple, values: ValueCodec, dtype, entropy: 
     tiles = np.flatnonzero(r.uints(grid[0] * grid[1], 1, "lsc block bitmask"))
     area = block * block
     fields = []
-    for what in ("lsc block counts", "lsc block lengths"):
+    for what, size in (("lsc block counts", tiles.size - 1), ("lsc block lengths", tiles.size)):
         width = r.gamma(f"{what} width", limit=64)
-        fields.append(r.uints(tiles.size, width, what).astype(np.int64))
+        fields.append(r.uints(max(size, 0), width, what).astype(np.int64))
     counts, lengths = fields[0] + 1, fields[1]
     if counts.size and counts.max() > area:
         raise FormatError("bad lsc block counts: more non-zeros than a block holds")
@@ -285,7 +287,8 @@ def read_blocks(r: BitReader, shape: tuple, values: ValueCodec, dtype, entropy: 
     width = tile_extent(tile % grid[1], block, cols)
     if np.any(offsets >= height * width):
         raise FormatError("bad lsc entries: a position falls outside its block")
-    if np.any(np.bincount(owner, minlength=tiles.size) != counts):
+    found = np.bincount(owner, minlength=tiles.size)
+    if np.any(found[:-1] != counts) or (found.size and found[-1] == 0):
         raise FormatError("bad lsc entries: non-zeros per block differ from the block counts")
     inside = (offsets // width) * block + offsets % width
     return Blocks(block, k, grid, tiles, owner, inside, values.read(r, offsets.size, dtype))
