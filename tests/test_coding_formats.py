@@ -202,3 +202,39 @@ def test_lsc_estimated_block_choice_for_large_tensors(monkeypatch, entropy):
     )
     assert chosen.total_bits <= 1.02 * best
     np.testing.assert_array_equal(coding.decode(chosen), array)
+
+
+def test_lsc_bytes_worked_example():
+    """docs/format.md's LSC example: 6 x 6, b = 4, k = 3, clipped edge blocks, entropy "none"."""
+    matrix = np.zeros((6, 6), np.float32)
+    matrix[[0, 1, 2, 5], [1, 1, 5, 0]] = [1.0, -2.0, 0.5, 4.0]
+    enc = coding.encode(matrix, "lsc", block=4, k=3)
+    bits = bitarray(endian="big")
+    bits.frombytes(enc.payload)
+    values = "".join(
+        format(int(v), "032b") for v in np.float32([1.0, -2.0, 0.5, 4.0]).view(np.uint32)
+    )
+    index = (
+        "011"
+        "00111"
+        "00111"  # rank 2, 6, 6
+        "00101"
+        "00100"  # b = 4, k = 3
+        "1110"  # block bitmask
+        "010"
+        "1"
+        "0"  # Wn = 1; n_0 - 1, n_1 - 1
+        "011"
+        "10"
+        "10"
+        "10"  # WL = 2; L_j
+        "001011"
+        "111001"
+        "111000"  # entries per block
+    )
+    assert bits.to01() == index + values + "0" * 5
+    assert (enc.index_bits, enc.value_bits) == (len(index) + 5, 128)
+    rows, cols, tiles = coding.decode_blocks(enc)
+    np.testing.assert_array_equal(rows, [0, 0, 1])
+    np.testing.assert_array_equal(cols, [0, 1, 0])
+    assert tiles[1][2, 1] == 0.5 and tiles[2][1, 0] == 4.0
