@@ -2,7 +2,7 @@
 total LSC ratio in the LSC paper's setting, and LSC+Huffman speed beside zlib.
 
     python benchmarks/codecs.py            # trains LeNet-5 once (cached), ~3 min on 2 cores
-    python benchmarks/codecs.py --quick    # smaller random layers and speed matrix
+    python benchmarks/codecs.py --quick    # smaller random layers and speed matrix, no JSON
 
 Layers: LeNet-5 trained on Fashion-MNIST (Adam 1e-3, batch 128, 2 epochs, seed 0), each kernel
 magnitude-pruned to the ADMM densities of Liu et al. (conv1 20%, conv2 8%, fc1 0.9%, fc2 7%) and to
@@ -149,6 +149,17 @@ def best_cpu_seconds(fn, repeats: int = 3):
     return min(times), out
 
 
+def rates(weights: int, encode_s: float, decode_s: float, ratio: float) -> dict:
+    """Seconds, M weights per second and compression ratio of one codec."""
+    return {
+        "encode_s": encode_s,
+        "decode_s": decode_s,
+        "encode_mweights_per_s": weights / encode_s / 1e6,
+        "decode_mweights_per_s": weights / decode_s / 1e6,
+        "ratio": ratio,
+    }
+
+
 def speed(side: int) -> dict:
     rng = np.random.default_rng(0)
     matrix = np.where(rng.random((side, side)) < 0.10, rng.standard_normal((side, side)), 0)
@@ -164,20 +175,8 @@ def speed(side: int) -> dict:
     n = matrix.size
     return {
         "shape": [side, side],
-        "lsc_huffman": {
-            "encode_s": encode_s,
-            "decode_s": decode_s,
-            "encode_mweights_per_s": n / encode_s / 1e6,
-            "decode_mweights_per_s": n / decode_s / 1e6,
-            "ratio": len(dense) / len(enc),
-        },
-        "zlib_level6": {
-            "encode_s": zlib_s,
-            "decode_s": unzlib_s,
-            "encode_mweights_per_s": n / zlib_s / 1e6,
-            "decode_mweights_per_s": n / unzlib_s / 1e6,
-            "ratio": len(dense) / len(packed),
-        },
+        "lsc_huffman": rates(n, encode_s, decode_s, len(dense) / len(enc)),
+        "zlib_level6": rates(n, zlib_s, unzlib_s, len(dense) / len(packed)),
         "load_average": list(map(float, open("/proc/loadavg").read().split()[:3])),
     }
 
@@ -248,6 +247,8 @@ def main():
     print("\n## Checks\n")
     for claim, where, passed in all_checks:
         print(f"{'PASS' if passed else 'FAIL'}  {claim}  [{where}]")
+    if args.quick:
+        return
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(
         json.dumps(
@@ -256,7 +257,6 @@ def main():
                 "lenet5_admm_ratio": ratios,
                 "speed": timing,
                 "checks": [{"claim": c, "where": w, "passed": p} for c, w, p in all_checks],
-                "quick": args.quick,
             },
             indent=1,
         )
