@@ -10,6 +10,7 @@ from lscjax._src.coding.compare import compare as compare
 from lscjax._src.coding.encoded import Encoded as Encoded
 from lscjax._src.coding.entropy import ENTROPIES as ENTROPIES
 from lscjax._src.coding.formats import NAMES as FORMATS
+from lscjax._src.coding.lsc import decode_block as decode_block
 from lscjax._src.coding.lsc import decode_blocks as decode_blocks
 
 __all__ = [
@@ -21,6 +22,7 @@ __all__ = [
     "combinatorial_floor",
     "compare",
     "decode",
+    "decode_block",
     "decode_blocks",
     "decode_qarray",
     "encode",

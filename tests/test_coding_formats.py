@@ -238,3 +238,26 @@ def test_lsc_bytes_worked_example():
     np.testing.assert_array_equal(rows, [0, 0, 1])
     np.testing.assert_array_equal(cols, [0, 1, 0])
     assert tiles[1][2, 1] == 0.5 and tiles[2][1, 0] == 4.0
+
+
+@pytest.mark.parametrize("entropy", ["none", "huffman"])
+@pytest.mark.parametrize("shape,block", [((40, 52), 8), ((33, 17), 4), ((5, 5, 6, 16), 16)])
+def test_decode_block_alone_equals_decode_blocks(shape, block, entropy):
+    rng = np.random.default_rng(8)
+    array = np.where(rng.random(shape) < 0.05, rng.standard_normal(shape), 0).astype(np.float32)
+    enc = coding.encode(array, "lsc", entropy=entropy, block=block)
+    _, _, tiles = coding.decode_blocks(enc)
+    for index, tile in enumerate(tiles):
+        np.testing.assert_array_equal(
+            coding.decode_block(enc, index).view(np.uint32), tile.view(np.uint32)
+        )
+    with pytest.raises(LscError, match="outside"):
+        coding.decode_block(enc, len(tiles))
+
+
+def test_decode_block_refuses_what_cannot_decode_alone():
+    codes = np.eye(8, dtype=np.uint8)
+    with pytest.raises(LscError, match="together"):
+        coding.decode_block(coding.encode(codes, "lsc", entropy="huffman"), 0)
+    with pytest.raises(LscError, match="'none' or 'huffman'"):
+        coding.decode_block(coding.encode(codes, "lsc", entropy="ans"), 0)

@@ -148,6 +148,20 @@ def test_gaps_around_powers_of_two(k, fmt, entropy):
         round_trip(array.reshape(1, -1), fmt, entropy, k=k)
 
 
+@pytest.mark.parametrize("fmt,entropy", [(f, e) for f in ("ri", "sri", "lsc") for e in ENTROPIES])
+@settings(max_examples=20)
+@given(
+    k=st.integers(1, 6),
+    gaps=st.lists(st.tuples(st.integers(0, 4), st.integers(-1, 1)), min_size=1, max_size=6),
+)
+def test_round_trip_gaps_at_multiples_of_two_to_the_k(fmt, entropy, k, gaps):
+    """Runs of m * 2^k + d zeros, d in {-1, 0, 1}, between non-zeros (and a trailing run)."""
+    runs = [max(0, m * 2**k + d) for m, d in gaps]
+    array = np.zeros(sum(runs) + len(runs), np.float32)
+    array[np.cumsum(np.array(runs) + 1)[:-1] - 1] = np.arange(1, len(runs))
+    round_trip(array, fmt, entropy, k=k)
+
+
 @pytest.mark.parametrize("entropy", ENTROPIES)
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_qarray_codes_round_trip(fmt, entropy):

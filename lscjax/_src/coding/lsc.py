@@ -19,17 +19,19 @@ Body (bit fields, see docs/format.md for a worked example):
 6. the values, block after block (blocked row-major order)
 
 Block j's entries start at sum(L_i, i < j) (bits, or entries) and its values at sum(n_i, i < j):
-with "none" or "huffman" each block decodes alone; a rANS stream is decoded once and then split.
+with "none" or "huffman" and raw values each block decodes alone (`decode_block`); a rANS stream
+or entropy-coded codes are decoded once and then split (`decode_blocks`).
 b is chosen among BLOCK_CANDIDATES and k in 1..16 by minimizing the total bits, unless given
 (above EXACT_SEARCH_ELEMENTS elements b minimizes an estimate computed from the block counts).
 """
 
 import dataclasses
+import math
 
 import numpy as np
 
 from lscjax._src.coding import sri
-from lscjax._src.coding.bitstream import INDEX, BitReader, BitWriter, gamma_bits
+from lscjax._src.coding.bitstream import INDEX, BitReader, BitWriter, gamma_bits, unpack_uints
 from lscjax._src.coding.entropy import SymbolCoder
 from lscjax._src.coding.layout import gap_table, gaps, matrix_shape, segment_ends
 from lscjax._src.coding.values import ValueCodec
@@ -254,44 +256,123 @@ def _read_entries(r: BitReader, coder: SymbolCoder, lengths: np.ndarray, entropy
     return symbols, np.diff(block_ends, prepend=0)
 
 
-def read_blocks(r: BitReader, shape: tuple, values: ValueCodec, dtype, entropy: str) -> Blocks:
-    """Parse an LSC body (after the common prefix) into its non-zero blocks, validating it."""
+@dataclasses.dataclass(frozen=True)
+class Directory:
+    """What an LSC body holds before its streams: enough to find and decode any one block.
+
+    Attributes:
+      block, k, grid: b, the SRI entry width, (grid rows, grid cols).
+      tiles: int64 [nb], row-major grid index of each non-zero block, ascending.
+      counts: int64 [nb - 1], non-zeros of every non-zero block but the last.
+      lengths: int64 [nb], each block's entry stream length (bits for "huffman", else entries).
+      coder: the entry-symbol code.
+      stream_start: bit position of the first block's entries in the body.
+    """
+
+    block: int
+    k: int
+    grid: tuple
+    tiles: np.ndarray
+    counts: np.ndarray
+    lengths: np.ndarray
+    coder: SymbolCoder
+    stream_start: int
+
+
+def read_directory(r: BitReader, shape: tuple, entropy: str) -> Directory:
+    """Parse an LSC body up to its entry streams (items 1-5 of the module docstring)."""
     block = r.gamma("lsc block size", limit=MAX_BLOCK)
     k = r.gamma("lsc k", limit=sri.K_RANGE.stop - 1)
     if block < 1 or k < 1:
         raise FormatError(f"bad lsc header: block {block}, k {k}")
     grid = _grid(shape, block)
     tiles = np.flatnonzero(r.uints(grid[0] * grid[1], 1, "lsc block bitmask"))
-    area = block * block
     fields = []
     for what, size in (("lsc block counts", tiles.size - 1), ("lsc block lengths", tiles.size)):
         width = r.gamma(f"{what} width", limit=64)
         fields.append(r.uints(max(size, 0), width, what).astype(np.int64))
     counts, lengths = fields[0] + 1, fields[1]
-    if counts.size and counts.max() > area:
+    if counts.size and counts.max() > block * block:
         raise FormatError("bad lsc block counts: more non-zeros than a block holds")
     coder = SymbolCoder.read_table(r, entropy, k, INDEX, "lsc entry")
-    rows, cols = matrix_shape(shape)
-    symbols, per_block = _read_entries(r, coder, lengths, entropy, rows * cols)
-    step, has_value = sri.advances(symbols, k)
-    owner = np.repeat(np.arange(tiles.size), per_block)
+    return Directory(block, k, grid, tiles, counts, lengths, coder, r.pos)
+
+
+def _place(d: Directory, shape: tuple, symbols: np.ndarray, per_block: np.ndarray, first: int):
+    """(owner int64 [m], offset row * b + col int64 [m]) of the value entries of the blocks
+    first .. first + len(per_block) - 1, from their entry symbols int [e]; validated."""
+    step, has_value = sri.advances(symbols, d.k)
+    owner = np.repeat(np.arange(per_block.size), per_block)
     reach = segment_ends(step)
-    before = np.zeros(tiles.size, np.int64)
-    first = segment_ends(per_block) - per_block
+    starts = segment_ends(per_block) - per_block
     nonempty = per_block > 0
-    before[nonempty] = reach[first[nonempty]] - step[first[nonempty]]
+    before = np.zeros(per_block.size, np.int64)
+    before[nonempty] = reach[starts[nonempty]] - step[starts[nonempty]]
     offsets = (reach - before[owner] - 1)[has_value]
-    owner = owner[has_value]
-    tile = tiles[owner]
-    height = tile_extent(tile // grid[1], block, rows)
-    width = tile_extent(tile % grid[1], block, cols)
+    owner = owner[has_value] + first
+    rows, cols = matrix_shape(shape)
+    tile = d.tiles[owner]
+    height = tile_extent(tile // d.grid[1], d.block, rows)
+    width = tile_extent(tile % d.grid[1], d.block, cols)
     if np.any(offsets >= height * width):
         raise FormatError("bad lsc entries: a position falls outside its block")
-    found = np.bincount(owner, minlength=tiles.size)
-    if np.any(found[:-1] != counts) or (found.size and found[-1] == 0):
+    found = np.bincount(owner - first, minlength=per_block.size)
+    stored = d.counts[first : first + per_block.size]
+    if np.any(found[: stored.size] != stored) or np.any(found == 0):
         raise FormatError("bad lsc entries: non-zeros per block differ from the block counts")
-    inside = (offsets // width) * block + offsets % width
-    return Blocks(block, k, grid, tiles, owner, inside, values.read(r, offsets.size, dtype))
+    return owner, (offsets // width) * d.block + offsets % width
+
+
+def read_blocks(r: BitReader, shape: tuple, values: ValueCodec, dtype, entropy: str) -> Blocks:
+    """Parse an LSC body (after the common prefix) into its non-zero blocks, validating it."""
+    d = read_directory(r, shape, entropy)
+    symbols, per_block = _read_entries(r, d.coder, d.lengths, entropy, math.prod(shape))
+    owner, offsets = _place(d, shape, symbols, per_block, 0)
+    vals = values.read(r, offsets.size, dtype)
+    return Blocks(d.block, d.k, d.grid, d.tiles, owner, offsets, vals)
+
+
+def decode_block(encoded, index: int) -> np.ndarray:
+    """Decode the non-zero block `index` alone, from the per-block offsets.
+
+    Only the directory, that block's entries (from bit sum(L_i, i < index) of the entry stream)
+    and its values (from value sum(n_i, i < index)) are read: nothing of the other blocks.
+
+    Args:
+      encoded: an "lsc" `Encoded` with entropy "none" or "huffman" and raw values (floats, or
+        codes with entropy "none"); a rANS stream or entropy-coded codes decode together
+        (`decode_blocks`).
+      index: in [0, nb), the block's rank among the non-zero blocks (row-major).
+
+    Returns:
+      The block [b, b] of `encoded.dtype` (zero-padded at the matrix edge).
+
+    Raises:
+      LscError: another format, an rANS stream or entropy-coded values, index out of range.
+      FormatError: malformed bytes.
+    """
+    if encoded.format != "lsc" or encoded.entropy == "ans":
+        raise LscError("decode_block needs an 'lsc' encoding with entropy 'none' or 'huffman'")
+    r, values = encoded.reader()
+    if values.coded:
+        raise LscError("entropy-coded codes decode together: use decode_blocks")
+    d = read_directory(r, encoded.shape, encoded.entropy)
+    if not 0 <= index < d.tiles.size:
+        raise LscError(f"block index {index} outside the {d.tiles.size} non-zero blocks")
+    unit = 1 if encoded.entropy == "huffman" else d.k
+    r.pos = d.stream_start + unit * int(d.lengths[:index].sum())
+    bits = r.take(unit * int(d.lengths[index]), "lsc block entries")
+    if encoded.entropy == "huffman":
+        symbols = d.coder.decode(bits, "lsc block entries")
+    else:
+        symbols = unpack_uints(bits, int(d.lengths[index]), d.k).astype(np.int64)
+    _, offsets = _place(d, encoded.shape, symbols, np.array([symbols.size]), index)
+    r.pos = d.stream_start + unit * int(d.lengths.sum())
+    r.pos += values.width * int(d.counts[:index].sum())
+    vals = values.read(r, offsets.size, encoded.dtype)
+    out = np.zeros(d.block * d.block, vals.dtype)
+    out[offsets] = vals
+    return out.view(encoded.dtype).reshape(d.block, d.block)
 
 
 def read(r: BitReader, shape: tuple, n: int, values: ValueCodec, dtype, entropy: str):
