@@ -66,6 +66,8 @@ class Encoded:
       index_bits: every other bit after the header: shape, bitmasks, offsets, index streams,
         code tables, codebooks, byte padding.
       quantized: the QArray facts when the codes of a QArray were encoded, else None.
+      decoded: set by `from_bytes`: (positions int64 [m] or None for all elements, the values'
+        unsigned bit patterns [m]), which `decode` scatters; None for a fresh `encode`.
     """
 
     format: str
@@ -129,7 +131,8 @@ class Encoded:
         )
 
     def reader(self) -> tuple[BitReader, ValueCodec]:
-        """A reader positioned at the format body, and the value codec (for format readers)."""
+        """A reader positioned at the format body, and the value codec (for format readers
+        such as `lsc.decode_blocks`)."""
         r = BitReader(self.payload)
         _, width, _ = read_prefix(r, self.dtype, self.quantized is not None)
         return r, ValueCodec(width, self.dtype, self.entropy)
