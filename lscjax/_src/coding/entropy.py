@@ -180,7 +180,7 @@ class SymbolCoder:
         weights = r.uints(size, width, f"{what} weights", kind).astype(np.int64)
         coder = cls(entropy, alphabet_bits, symbols, weights)
         if entropy == "huffman" and size:
-            kraft = sum(2.0 ** -weights[weights > 0].astype(float))
+            kraft = np.exp2(-weights[weights > 0].astype(float)).sum()
             if weights.min() < 1 or weights.max() > MAX_CODE_LENGTH or kraft > 1.0:
                 raise FormatError(f"bad {what} table: code lengths violate Kraft's inequality")
         return coder
