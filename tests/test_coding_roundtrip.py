@@ -178,3 +178,14 @@ def test_qarray_codes_round_trip(fmt, entropy):
     if entropy == "none" and fmt != "ri":  # RI also stores filler codes
         stored = codes.size if fmt == "dense" else np.count_nonzero(codes)
         assert enc.value_bits == 4 * stored
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16, jnp.float16, jnp.uint8])
+def test_jax_arrays_encode_like_numpy(dtype):
+    rng = np.random.default_rng(9)
+    array = jnp.asarray(
+        np.where(rng.random((5, 5, 2, 3)) < 0.3, rng.integers(1, 9, (5, 5, 2, 3)), 0), dtype
+    )
+    enc = round_trip(array, "lsc", "huffman")
+    assert enc.dtype == np.dtype(dtype) and enc.shape == (5, 5, 2, 3)
+    assert enc.to_bytes() == coding.encode(np.asarray(array), "lsc", entropy="huffman").to_bytes()
