@@ -99,19 +99,22 @@ def is_qarray(x) -> bool:
     return isinstance(x, QArray)
 
 
-def _expected_layout(q: QArray) -> tuple[tuple, tuple | None]:
-    """(codes shape, codebook shape or None when only its rank is fixed) for `q`'s method."""
+def _expected_shapes(q: QArray) -> tuple[tuple, tuple]:
+    """(codes shape, codebook shape) that `q`'s method requires for its dense shape, taking the
+    number of codes, segments and stages from the codebook (-1 where its rank is already wrong)."""
     shape = tuple(q.shape)
+    rows = int(np.prod(shape[:-1]))
+    cb = tuple(q.codebook.shape)
     if q.method == "product":
-        m, s = q.codes.shape if q.codes.ndim == 2 else (None, None)
-        n = shape[-1] if shape else 0
-        rows = int(np.prod(shape[:-1])) if shape else 0
-        sub_dim = n // s if s else 0
-        return (rows, s), (s, q.codebook.shape[1] if q.codebook.ndim == 3 else None, sub_dim)
+        s, k = cb[:2] if len(cb) == 3 else (-1, -1)
+        divides = len(shape) >= 1 and s > 0 and shape[-1] % s == 0
+        return (rows, s), (s, k, shape[-1] // s if divides else -1)
     if q.method == "residual":
-        stages = q.codebook.shape[0] if q.codebook.ndim == 2 else None
-        return (stages, *shape), None
-    return shape, None
+        stages, k = cb if len(cb) == 2 else (-1, -1)
+        return (stages, *shape), (stages, k)
+    if q.method == "binarize" and len(cb) == 2:
+        return shape, (rows, 2)
+    return shape, (cb[0] if len(cb) == 1 else -1,)
 
 
 def check_qarray(path: str, q: QArray, shape: tuple | None = None) -> None:
@@ -130,29 +133,18 @@ def check_qarray(path: str, q: QArray, shape: tuple | None = None) -> None:
         raise LscError(f"leaf {path!r}: QArray codes must be uint8 or uint16, got {q.codes.dtype}")
     if q.codebook.dtype != jnp.float32:
         raise LscError(f"leaf {path!r}: QArray codebook must be float32, got {q.codebook.dtype}")
-    codes_shape, codebook_shape = _expected_layout(q)
-    if tuple(q.codes.shape) != tuple(codes_shape) or (
-        q.method == "product" and (q.codes.shape[1] == 0 or q.shape[-1] % q.codes.shape[1])
-    ):
+    codes_shape, codebook_shape = _expected_shapes(q)
+    if tuple(q.codebook.shape) != codebook_shape:
+        raise LscError(
+            f"leaf {path!r}: {q.method} QArray of shape {tuple(q.shape)} has a codebook of shape "
+            f"{tuple(q.codebook.shape)}, expected {codebook_shape}"
+        )
+    if tuple(q.codes.shape) != codes_shape:
         raise LscError(
             f"leaf {path!r}: {q.method} QArray of shape {tuple(q.shape)} has codes of shape "
-            f"{tuple(q.codes.shape)}, expected {tuple(codes_shape)}"
+            f"{tuple(q.codes.shape)}, expected {codes_shape}"
         )
-    ranks = {"kmeans": (1,), "binarize": (1, 2), "product": (3,), "residual": (2,)}[q.method]
-    if q.codebook.ndim not in ranks or (
-        codebook_shape is not None and tuple(q.codebook.shape) != tuple(codebook_shape)
-    ):
-        raise LscError(
-            f"leaf {path!r}: {q.method} QArray has a codebook of shape {tuple(q.codebook.shape)}"
-        )
-    if q.method == "binarize" and q.codebook.ndim == 2:
-        rows = int(np.prod(q.shape[:-1])) if len(q.shape) > 1 else 1
-        if tuple(q.codebook.shape) != (rows, 2):
-            raise LscError(
-                f"leaf {path!r}: per-row binarize codebook must be ({rows}, 2), "
-                f"got {tuple(q.codebook.shape)}"
-            )
-    n_codes = q.codebook.shape[-2] if q.method == "product" else q.codebook.shape[-1]
+    n_codes = codebook_shape[1] if q.method in ("product", "residual") else codebook_shape[-1]
     if n_codes > 2**q.bits:
         raise LscError(f"leaf {path!r}: {n_codes} codebook entries exceed 2**bits = {2**q.bits}")
 
