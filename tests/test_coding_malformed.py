@@ -102,3 +102,19 @@ def body(*fields) -> bytes:
 def test_crafted_headers(data, match):
     with pytest.raises(FormatError, match=match):
         coding.Encoded.from_bytes(data)
+
+
+def test_rans_count_beyond_its_words_is_rejected():
+    """A uniform 2-symbol rANS table cannot code 10^6 entries in one 32-bit word."""
+    w = BitWriter()
+    for x in (1, 10**6, 3, 10**6):  # shape (10^6,), k = 3, 10^6 entries
+        w.gamma(x)
+    w.gamma(2)  # table: 2 present symbols
+    w.uint(0, 1)  # as a list
+    w.uints(np.array([0, 1]), 3)
+    w.gamma(1)  # weight width 1
+    w.uints(np.array([0, 0]), 1)  # equal weights
+    w.gamma(1)  # one word
+    w.uint(12345, 32)
+    with pytest.raises(FormatError, match="cannot fit"):
+        coding.Encoded.from_bytes(header("sri", flags=2) + w.getvalue())

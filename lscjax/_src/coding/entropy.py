@@ -27,6 +27,9 @@ from lscjax._src.errors import FormatError, LscError
 ENTROPIES = ("none", "huffman", "ans")
 ANS_STEPS_PER_OCTAVE = 4
 ANS_WORD_BITS = 32
+ANS_ROUNDING = 2.0**-20
+"""Bound on how far constriction's fixed-point model moves one probability (its precision is
+24 bits; padded)."""
 MAX_CODE_LENGTH = 63
 
 
@@ -240,7 +243,13 @@ class SymbolCoder:
             return np.full(count, self.symbols[0], np.int64)
         n_words = r.gamma(f"{what} length", kind, limit=r.left // ANS_WORD_BITS)
         words = r.uints(n_words, ANS_WORD_BITS, what, kind).astype(np.uint32)
-        model = constriction.stream.model.Categorical(self._probabilities(), perfect=False)
+        probabilities = self._probabilities()
+        # Every symbol carries at least -log2(p_max) bits (p_max padded for the model's
+        # fixed-point rounding): more symbols than the words can hold is malformed.
+        p_max = probabilities.max() + probabilities.size * ANS_ROUNDING
+        if p_max < 1 and count * -np.log2(p_max) > 2 * ANS_WORD_BITS * (n_words + 2):
+            raise FormatError(f"bad {what}: {count} symbols cannot fit in {n_words} words")
+        model = constriction.stream.model.Categorical(probabilities, perfect=False)
         try:
             index = constriction.stream.stack.AnsCoder(words).decode(model, count)
         except ValueError as err:
