@@ -185,19 +185,11 @@ class BlockSparse:
         return jnp.where(self.valid()[:, :, None, None], values, jnp.zeros((), values.dtype))
 
     def todense(self) -> jax.Array:
-        """The dense kernel of `shape` and `dtype` (decoding, tests; jit-friendly).
+        """The dense kernel of `shape` and `dtype` (decoding, tests; compiled once per layout).
 
         Padded slots are ignored (also when differentiating with respect to `blocks`).
         """
-        rows, cols = grid(self.shape, self.block)
-        bi, bo = self.block
-        r = jnp.broadcast_to(jnp.arange(rows)[:, None], self.indices.shape)
-        grid_blocks = jnp.zeros((rows, cols, bi, bo), self.dtype)
-        values = jnp.where(self.valid()[:, :, None, None], self.block_values(), 0)
-        grid_blocks = grid_blocks.at[r, self.indices].add(values.astype(self.dtype))
-        m = grid_blocks.transpose(1, 2, 0, 3).reshape(cols * bi, rows * bo)
-        k, n = self.matrix_shape
-        return from_matrix(m[:k, :n], self.shape)
+        return _todense(self)
 
     @classmethod
     def from_dense(cls, w, block=(32, 32)) -> "BlockSparse":
@@ -290,6 +282,18 @@ class BlockSparse:
             bits = 4 if q.bits <= 4 and as_block(block)[0] % 2 == 0 else 8
             return cls.from_codes(q.codes, q.codebook, block, bits=bits)
         return cls.from_dense(q.dequantize(), block)
+
+
+@jax.jit
+def _todense(w: BlockSparse) -> jax.Array:
+    rows, cols = grid(w.shape, w.block)
+    bi, bo = w.block
+    r = jnp.broadcast_to(jnp.arange(rows)[:, None], w.indices.shape)
+    values = jnp.where(w.valid()[:, :, None, None], w.block_values(), 0).astype(w.dtype)
+    grid_blocks = jnp.zeros((rows, cols, bi, bo), w.dtype).at[r, w.indices].add(values)
+    m = grid_blocks.transpose(1, 2, 0, 3).reshape(cols * bi, rows * bo)
+    k, n = w.matrix_shape
+    return from_matrix(m[:k, :n], w.shape)
 
 
 def _concrete(name: str, a) -> np.ndarray:

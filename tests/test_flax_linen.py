@@ -1,0 +1,129 @@
+"""lscjax.flax (Linen): to_block_sparse + compressed_apply equal dense apply on the decoded weights."""
+
+import chex
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import lscjax
+from lscjax import LscError
+from lscjax.flax import compressed_apply, to_block_sparse, to_dense
+from lscjax.models import LeNet5, LeNet300
+from lscjax.quant import QArray
+from lscjax.sparse import BlockSparse
+
+
+def _pruned(model, x, quality=1.5):
+    params = model.init(jax.random.key(0), x)["params"]
+    return lscjax.prune.apply(params, lscjax.prune.std_threshold(params, quality))
+
+
+@pytest.fixture(scope="module")
+def lenet5():
+    """LeNet-5, its pruned params and their BlockSparse form (block 16), built once."""
+    model = LeNet5()
+    params = _pruned(model, jnp.zeros((1, 28, 28, 1)))
+    return model, params, to_block_sparse(params, block=16)
+
+
+class StridedNet(nn.Module):
+    """Convs with SAME / explicit padding and strides, a bf16 Dense, a Dense without bias."""
+
+    @nn.compact
+    def __call__(self, x):
+        x = nn.relu(nn.Conv(6, (3, 3), strides=2, padding="SAME")(x))
+        x = nn.relu(nn.Conv(5, (2, 3), strides=(1, 2), padding=((1, 0), (2, 1)))(x))
+        x = x.reshape((x.shape[0], -1))
+        x = nn.Dense(24, dtype=jnp.bfloat16)(x)
+        return nn.Dense(10, use_bias=False)(x.astype(jnp.float32))
+
+
+@pytest.mark.parametrize(
+    "model, block",
+    [(LeNet300(), (8, 32)), (StridedNet(), 4)],
+)
+def test_compressed_apply_equals_dense_apply(model, block):
+    x = jax.random.uniform(jax.random.key(1), (4, 28, 28, 1))
+    params = _pruned(model, x)
+    sparse = to_block_sparse(params, block=block)
+    assert all(isinstance(sparse[layer]["kernel"], BlockSparse) for layer in sparse)
+    decoded = to_dense(sparse)
+    chex.assert_trees_all_equal(decoded, params)
+    got = jax.jit(compressed_apply(model.apply))({"params": sparse}, x)
+    want = model.apply({"params": decoded}, x)
+    assert got.dtype == want.dtype
+    tol = 2e-2 if isinstance(model, StridedNet) else 1e-5  # bf16 Dense: output rounding
+    np.testing.assert_allclose(got, want, rtol=tol, atol=tol)
+
+
+def test_lenet5_interceptor_runs_inside_jit_without_retrace(lenet5):
+    model, params, sparse = lenet5
+    chex.assert_trees_all_equal(to_dense(sparse), params)
+    sparse = {"params": sparse}
+    x = jax.random.uniform(jax.random.key(2), (3, 28, 28, 1))
+    with pytest.raises(flax.errors.ScopeParamShapeError):  # no interceptor: Flax rejects it
+        jax.jit(model.apply)(sparse, x)
+
+    @jax.jit
+    @chex.assert_max_traces(n=1)
+    def predict(variables, x):
+        return compressed_apply(model.apply)(variables, x)
+
+    for step in range(3):  # cache hits still run the block-sparse layers
+        xs = x + step
+        np.testing.assert_allclose(
+            predict(sparse, xs), model.apply({"params": params}, xs), rtol=1e-5, atol=1e-5
+        )
+
+
+def test_where_and_qarray_leaves():
+    model = LeNet300()
+    x = jax.random.uniform(jax.random.key(3), (2, 28, 28, 1))
+    params = _pruned(model, x)
+    rng = np.random.default_rng(0)
+    codebook = np.concatenate([[0.0], rng.standard_normal(15) * 0.1]).astype(np.float32)
+    codes = rng.integers(1, 16, (300, 100)) * (rng.random((300, 100)) < 0.1)
+    qarray = QArray(jnp.asarray(codes, jnp.uint8), jnp.asarray(codebook), "kmeans", 4, (300, 100))
+    params = {**params, "Dense_1": {**params["Dense_1"], "kernel": qarray}}
+    sparse = to_block_sparse(
+        params, block=(10, 20), where=lambda path, _: path in ("Dense_0/kernel", "Dense_1/kernel")
+    )
+    assert sparse["Dense_1"]["kernel"].bits == 4
+    assert not isinstance(sparse["Dense_2"]["kernel"], BlockSparse)
+    decoded = {**params, "Dense_1": {**params["Dense_1"], "kernel": qarray.dequantize()}}
+    got = jax.jit(compressed_apply(model.apply))({"params": sparse}, x)
+    np.testing.assert_allclose(got, model.apply({"params": decoded}, x), rtol=1e-5, atol=1e-5)
+
+
+def test_grad_through_compressed_model_matches_dense():
+    model = LeNet300()
+    x = jax.random.uniform(jax.random.key(4), (2, 28, 28, 1))
+    params = _pruned(model, x)
+    sparse = to_block_sparse(params, block=(16, 20))
+    apply = compressed_apply(model.apply)
+    got = jax.grad(lambda x: jnp.sum(apply({"params": sparse}, x) ** 2))(x)
+    want = jax.grad(lambda x: jnp.sum(model.apply({"params": params}, x) ** 2))(x)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+class GeneralNet(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        return nn.DenseGeneral(4)(x)
+
+
+def test_errors_name_the_path():
+    x = jnp.ones((2, 8))
+    params = GeneralNet().init(jax.random.key(0), x)["params"]
+    sparse = to_block_sparse(params, block=4)
+    with pytest.raises(LscError, match="DenseGeneral_0.*DenseGeneral"):
+        compressed_apply(GeneralNet().apply)({"params": sparse}, x)
+    with pytest.raises(LscError, match="Dense_0/kernel"):
+        to_block_sparse({"Dense_0": {"kernel": jnp.ones((4, 4), jnp.int32)}})
+    with pytest.raises(LscError, match="Dense_0/kernel.*NaN"):
+        to_block_sparse({"Dense_0": {"kernel": jnp.full((4, 4), jnp.nan)}})
+    with pytest.raises(LscError, match="impl"):
+        compressed_apply(GeneralNet().apply, impl="gpu")
