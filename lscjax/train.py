@@ -15,3 +15,22 @@ __all__ = [
     "quantized_params",
     "shared_centroids",
 ]
+from lscjax._src.train.admm import AdmmState as AdmmState
+from lscjax._src.train.admm import admm as admm
+from lscjax._src.train.admm import admm_masks as admm_masks
+from lscjax._src.train.gradual import GradualState as GradualState
+from lscjax._src.train.gradual import PolynomialSchedule as PolynomialSchedule
+from lscjax._src.train.gradual import gradual as gradual
+from lscjax._src.train.gradual import one_shot as one_shot
+from lscjax._src.train.gradual import polynomial as polynomial
+
+__all__ += [
+    "AdmmState",
+    "GradualState",
+    "PolynomialSchedule",
+    "admm",
+    "admm_masks",
+    "gradual",
+    "one_shot",
+    "polynomial",
+]
