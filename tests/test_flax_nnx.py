@@ -1,0 +1,96 @@
+"""lscjax.flax (NNX): module swap keeps outputs and gradients of the dense model."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from lscjax import LscError
+from lscjax.flax import BlockSparseConv, BlockSparseLinear, to_block_sparse_nnx
+from lscjax.sparse import BlockSparse
+
+
+class Net(nnx.Module):
+    def __init__(self, rngs: nnx.Rngs):
+        self.conv = nnx.Conv(1, 6, (5, 5), strides=2, padding="SAME", rngs=rngs)
+        self.layers = nnx.List(
+            [nnx.Linear(7 * 7 * 6, 40, rngs=rngs), nnx.Linear(40, 10, use_bias=False, rngs=rngs)]
+        )
+
+    def __call__(self, x):
+        x = nnx.relu(self.conv(x)).reshape(x.shape[0], -1)
+        return self.layers[1](nnx.relu(self.layers[0](x)))
+
+
+def _pruned_net() -> Net:
+    net = Net(nnx.Rngs(0))
+    for layer in (net.conv, net.layers[0], net.layers[1]):
+        w = layer.kernel[...]
+        layer.kernel[...] = jnp.where(jnp.abs(w) > jnp.std(w), w, 0.0)
+    return net
+
+
+def test_swap_keeps_outputs_under_nnx_jit():
+    net = _pruned_net()
+    x = jax.random.normal(jax.random.key(1), (3, 14, 14, 1))
+    before = net(x)
+    sparse = to_block_sparse_nnx(net, block=8)
+    assert isinstance(sparse.conv, BlockSparseConv)
+    assert all(isinstance(layer, BlockSparseLinear) for layer in sparse.layers)
+    assert isinstance(net.conv, nnx.Conv)  # the original model is left unchanged
+    np.testing.assert_array_equal(sparse.layers[0].kernel().todense(), net.layers[0].kernel[...])
+
+    @nnx.jit
+    @chex.assert_max_traces(n=1)
+    def forward(model, x):
+        return model(x)
+
+    for step in range(2):
+        np.testing.assert_allclose(forward(sparse, x + step), net(x + step), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(sparse(x), before, rtol=1e-5, atol=1e-5)
+
+
+def test_where_selects_layers():
+    net = _pruned_net()
+    sparse = to_block_sparse_nnx(net, block=4, where=lambda path, _: path == "layers/1")
+    assert isinstance(sparse.conv, nnx.Conv) and isinstance(sparse.layers[0], nnx.Linear)
+    assert isinstance(sparse.layers[1], BlockSparseLinear)
+
+
+def test_grads_of_block_values_match_dense_kernel_grads():
+    net = _pruned_net()
+    sparse = to_block_sparse_nnx(net, block=8)
+    x = jax.random.normal(jax.random.key(2), (2, 14, 14, 1))
+
+    def loss(model):
+        return jnp.sum(model(x) ** 2)
+
+    dense_grads = nnx.grad(loss)(net)
+    sparse_grads = nnx.grad(loss, argnums=nnx.DiffState(0, nnx.Param))(sparse)
+    np.testing.assert_allclose(
+        sparse_grads["layers"][0]["bias"][...], dense_grads["layers"][0]["bias"][...], rtol=1e-4
+    )
+    kernel = sparse.layers[0].kernel()
+    grad_blocks = sparse_grads["layers"][0]["blocks"][...]
+    as_dense = BlockSparse(
+        grad_blocks, kernel.indices, kernel.counts, None, kernel.shape, kernel.block
+    ).todense()
+    kept = BlockSparse(
+        jnp.ones_like(grad_blocks), kernel.indices, kernel.counts, None, kernel.shape, kernel.block
+    ).todense()
+    want = np.where(kept != 0, dense_grads["layers"][0]["kernel"][...], 0.0)
+    np.testing.assert_allclose(as_dense, want, rtol=1e-4, atol=1e-5)
+
+
+def test_errors():
+    net = _pruned_net()
+    with pytest.raises(LscError, match="impl"):
+        to_block_sparse_nnx(net, impl="gpu")
+    net.layers[1].kernel[...] = net.layers[1].kernel[...].at[0, 0].set(jnp.nan)
+    with pytest.raises(LscError, match="layers/1/kernel"):
+        to_block_sparse_nnx(net)
+    grouped = nnx.Conv(4, 4, (3, 3), feature_group_count=2, rngs=nnx.Rngs(0))
+    with pytest.raises(LscError, match="grouped"):
+        to_block_sparse_nnx(grouped)
