@@ -8,14 +8,28 @@ from lscjax import prune as prune
 from lscjax import quant as quant
 from lscjax import sparse as sparse
 from lscjax import train as train
+from lscjax._src.compress import Recipe as Recipe
+from lscjax._src.compress import Retrain as Retrain
+from lscjax._src.compress import compress as compress
+from lscjax._src.compress import recipe as recipe
+from lscjax._src.compressed import CompressedModel as CompressedModel
+from lscjax._src.compressed import load as load
+from lscjax._src.compressed import save as save
 from lscjax._src.errors import FormatError as FormatError
 from lscjax._src.errors import LscError as LscError
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "CompressedModel",
     "FormatError",
     "LscError",
+    "Recipe",
+    "Retrain",
+    "compress",
+    "load",
+    "recipe",
+    "save",
     "coding",
     "data",
     "flax",

@@ -34,3 +34,124 @@ def sparsity_table(params, *, where: Where = None) -> str:
         total, kept_total = total + leaf.size, kept_total + kept
     rows.append(["total", "", total, kept_total, f"{100 * kept_total / max(total, 1):.2f}%"])
     return format_table(["layer", "shape", "weights", "kept", "kept %"], rows)
+
+
+def storage_report(model, *, file_bytes: int | None = None) -> dict:
+    """Per-layer storage of a CompressedModel as JSON-ready data.
+
+    Returns:
+      {"layers": [{path, shape, weights, kept, kept_pct, value_bits, index_bits, total_bits,
+      value_bits_per_nz, index_bits_per_nz, ratio}], "total": {...}} where ratios are dense
+      float32 bits over stored bits; "total" adds the raw (lossless) leaves and, when
+      `file_bytes` is given, the whole file against all params as dense float32.
+    """
+    layers = []
+    for s in model.layers():
+        nz = max(s.kept, 1)
+        layers.append(
+            {
+                "path": s.path,
+                "shape": list(s.shape),
+                "weights": s.size,
+                "kept": s.kept,
+                "kept_pct": 100 * s.kept / max(s.size, 1),
+                "value_bits": s.value_bits,
+                "index_bits": s.index_bits,
+                "total_bits": s.total_bits,
+                "value_bits_per_nz": s.value_bits / nz,
+                "index_bits_per_nz": s.index_bits / nz,
+                "ratio": s.ratio,
+            }
+        )
+    weights = sum(r["weights"] for r in layers)
+    kept = sum(r["kept"] for r in layers)
+    bits = sum(r["total_bits"] for r in layers)
+    total = {
+        "weights": weights,
+        "kept": kept,
+        "kept_pct": 100 * kept / max(weights, 1),
+        "value_bits": sum(r["value_bits"] for r in layers),
+        "index_bits": sum(r["index_bits"] for r in layers),
+        "total_bits": bits,
+        "weights_ratio": 32 * weights / max(bits, 1),
+        "raw_bits": model.raw_bits,
+    }
+    if file_bytes is not None:
+        total["file_bytes"] = file_bytes
+        total["file_ratio"] = model.dense_bits / (8 * file_bytes)
+    return {"layers": layers, "total": total}
+
+
+def format_storage_report(report: dict) -> str:
+    """The per-layer table of `storage_report` as text, with the totals below it."""
+    rows = [
+        [
+            r["path"],
+            "x".join(map(str, r["shape"])),
+            r["weights"],
+            f"{r['kept_pct']:.2f}%",
+            f"{r['value_bits_per_nz']:.2f}",
+            f"{r['index_bits_per_nz']:.2f}",
+            r["total_bits"] // 8,
+            f"{r['ratio']:.1f}x",
+        ]
+        for r in report["layers"]
+    ]
+    t = report["total"]
+    rows.append(
+        [
+            "total",
+            "",
+            t["weights"],
+            f"{t['kept_pct']:.2f}%",
+            "",
+            "",
+            t["total_bits"] // 8,
+            f"{t['weights_ratio']:.1f}x",
+        ]
+    )
+    header = ["layer", "shape", "weights", "kept", "value b/nz", "index b/nz", "bytes", "ratio"]
+    lines = [format_table(header, rows)]
+    if "file_bytes" in t:
+        lines.append(
+            f"file: {t['file_bytes']} bytes, {t['file_ratio']:.1f}x smaller than all params as "
+            f"float32 (weights alone: {t['weights_ratio']:.1f}x; lossless leaves {t['raw_bits'] // 8} bytes)"
+        )
+    return "\n".join(lines)
+
+
+def plot_storage(report: dict, out) -> None:
+    """Per-layer stacked bars of value and index bits, with each layer's density, to a PNG.
+
+    Needs matplotlib (pip install 'lscjax[plot]').
+    """
+    try:
+        import matplotlib
+    except ImportError:
+        from lscjax._src.errors import LscError
+
+        raise LscError("--plot needs matplotlib: pip install 'lscjax[plot]'") from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    layers = report["layers"]
+    names = [r["path"].rsplit("/", 1)[0] for r in layers]
+    value_kb = np.array([r["value_bits"] for r in layers]) / 8192
+    index_kb = np.array([r["index_bits"] for r in layers]) / 8192
+    fig, ax = plt.subplots(figsize=(max(4, 1.3 * len(layers)), 3.5))
+    ax.bar(names, value_kb, label="values")
+    ax.bar(names, index_kb, bottom=value_kb, label="index (all metadata)")
+    for i, r in enumerate(layers):
+        ax.annotate(
+            f"{r['kept_pct']:.1f}% kept",
+            (i, value_kb[i] + index_kb[i]),
+            ha="center",
+            va="bottom",
+            fontsize=8,
+        )
+    ax.set_ylabel("KiB")
+    ax.set_title(f"{report['total']['weights_ratio']:.1f}x smaller weights")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)

@@ -40,9 +40,13 @@ def _is_none(x) -> bool:
     return x is None
 
 
-def leaves_with_paths(tree) -> list[tuple[str, Any]]:
-    """All non-None leaves of `tree` with their paths, in flattening order."""
-    flat, _ = jax.tree_util.tree_flatten_with_path(tree, is_leaf=_is_none)
+def leaves_with_paths(tree, is_leaf: Callable | None = None) -> list[tuple[str, Any]]:
+    """All non-None leaves of `tree` with their paths, in flattening order.
+
+    `is_leaf` marks further nodes as leaves (e.g. `is_qarray` to keep QArrays whole).
+    """
+    stop = _is_none if is_leaf is None else (lambda x: x is None or is_leaf(x))
+    flat, _ = jax.tree_util.tree_flatten_with_path(tree, is_leaf=stop)
     return [(path_str(kp), leaf) for kp, leaf in flat if leaf is not None]
 
 

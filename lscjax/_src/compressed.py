@@ -1,0 +1,240 @@
+"""`CompressedModel` and the .lsc file: `save` / `load` through the checked container.
+
+A CompressedModel holds one `Encoded` per compressed leaf (its bytes are exactly what the file
+stores) and the other leaves raw (lossless). The file is the container of lscjax._src.container
+with one section per leaf: kind "encoded" (the Encoded's own bytes) or kind "raw" (dtype, shape
+and the little-endian array bytes).
+"""
+
+import dataclasses
+import os
+from pathlib import Path
+
+import jax.numpy as jnp
+import numpy as np
+
+from lscjax._src import container
+from lscjax._src.checkpoints import nest
+from lscjax._src.coding.codec import decode, decode_qarray
+from lscjax._src.coding.encoded import Encoded
+from lscjax._src.errors import FormatError, LscError
+from lscjax._src.quant.qarray import QArray
+
+RAW_DTYPES = (
+    "float32",
+    "float16",
+    "bfloat16",
+    "float64",
+    "int8",
+    "int16",
+    "int32",
+    "int64",
+    "uint8",
+    "uint16",
+    "uint32",
+    "bool",
+)
+LAYOUTS = ("dense", "quantized", "block_sparse", "model")
+DEFAULT_BLOCK = 32
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerStats:
+    """Storage of one compressed leaf.
+
+    Attributes:
+      path: the leaf path, e.g. 'Dense_0/kernel'.
+      shape: the dense shape.
+      kept: non-zero weights.
+      value_bits, index_bits, total_bits: the Encoded's accounting (index = all metadata).
+    """
+
+    path: str
+    shape: tuple
+    kept: int
+    value_bits: int
+    index_bits: int
+    total_bits: int
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape))
+
+    @property
+    def ratio(self) -> float:
+        """Dense float32 bits over total bits."""
+        return 32 * self.size / max(self.total_bits, 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class CompressedModel:
+    """A compressed parameter tree.
+
+    Attributes:
+      encoded: {path: Encoded} for the compressed leaves.
+      raw: {path: np.ndarray} for the leaves stored losslessly (biases, norms, ...).
+      meta: JSON-serializable facts (the recipe, ...), stored in the file header.
+    """
+
+    encoded: dict
+    raw: dict
+    meta: dict = dataclasses.field(default_factory=dict)
+
+    def leaf(self, path: str):
+        """One leaf: a QArray for quantized encodings, else the decoded NumPy array."""
+        if path in self.raw:
+            return self.raw[path]
+        enc = self.encoded[path]
+        return decode_qarray(enc) if enc.quantized is not None else decode(enc)
+
+    def quantized_params(self) -> dict:
+        """The params as nested dicts, QArray leaves where the values are quantized codes."""
+        paths = list(self.encoded) + list(self.raw)
+        return nest({p: self.leaf(p) for p in paths})
+
+    def params(self) -> dict:
+        """The dense params (nested dicts of jax arrays), dequantized where quantized."""
+        paths = list(self.encoded) + list(self.raw)
+        return nest({p: _dense(self.leaf(p)) for p in paths})
+
+    def block_sparse_params(self, block=None) -> dict:
+        """The params with every compressed kernel as a `BlockSparse` (codes + codebook where
+        quantized), ready for `lscjax.flax.compressed_apply`; other leaves dense.
+
+        Args:
+          block: b or (b_in, b_out) for every kernel; None: an LSC leaf keeps its own block,
+            other formats use DEFAULT_BLOCK.
+        """
+        from lscjax._src.flax.linen import to_block_sparse
+
+        params = self.quantized_params()
+        for path, enc in self.encoded.items():
+            leaf_block = block or enc.options.get("block") or DEFAULT_BLOCK
+            params = to_block_sparse(params, block=leaf_block, where=lambda p, _, q=path: p == q)
+        return params
+
+    def layers(self) -> list[LayerStats]:
+        """Per-layer storage, in file order."""
+        return [
+            LayerStats(
+                path,
+                tuple(enc.shape),
+                int(np.count_nonzero(_dense(self.leaf(path)))),
+                enc.value_bits,
+                enc.index_bits,
+                enc.total_bits,
+            )
+            for path, enc in self.encoded.items()
+        ]
+
+    @property
+    def raw_bits(self) -> int:
+        """Bits of the losslessly stored leaves."""
+        return sum(8 * a.nbytes for a in self.raw.values())
+
+    @property
+    def compressed_bits(self) -> int:
+        """Accounted bits of the compressed leaves (values + all metadata)."""
+        return sum(enc.total_bits for enc in self.encoded.values())
+
+    @property
+    def dense_bits(self) -> int:
+        """Bits of all leaves as dense float32 (the compressed leaves) plus the raw leaves."""
+        return 32 * sum(int(np.prod(e.shape)) for e in self.encoded.values()) + self.raw_bits
+
+
+def _dense(leaf):
+    return leaf.dequantize() if isinstance(leaf, QArray) else jnp.asarray(leaf)
+
+
+def to_bytes(model: CompressedModel) -> bytes:
+    """The .lsc file's bytes for `model`."""
+    sections = [
+        ({"path": p, "kind": "encoded"}, enc.to_bytes()) for p, enc in model.encoded.items()
+    ]
+    for path, array in model.raw.items():
+        array = np.asarray(array)
+        if array.dtype.name not in RAW_DTYPES:
+            raise LscError(
+                f"leaf {path!r}: cannot store dtype {array.dtype} (expected {RAW_DTYPES})"
+            )
+        entry = {"path": path, "kind": "raw", "dtype": array.dtype.name, "shape": list(array.shape)}
+        little = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<"))
+        sections.append((entry, little.tobytes()))
+    return container.pack(model.meta, sections)
+
+
+def _raw_leaf(entry: dict, payload) -> np.ndarray:
+    path, dtype, shape = entry["path"], entry.get("dtype"), entry.get("shape")
+    if dtype not in RAW_DTYPES:
+        raise FormatError(f"section {path!r}: unknown raw dtype {dtype!r}")
+    if not (
+        isinstance(shape, list)
+        and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
+    ):
+        raise FormatError(f"section {path!r}: shape must be a list of non-negative ints")
+    np_dtype = jnp.dtype(dtype)
+    if int(np.prod(shape, dtype=np.float64)) * np_dtype.itemsize != len(payload):
+        raise FormatError(
+            f"section {path!r}: shape {shape} of {dtype} needs "
+            f"{int(np.prod(shape, dtype=np.float64)) * np_dtype.itemsize} bytes, the section has {len(payload)}"
+        )
+    return np.frombuffer(payload, dtype=np_dtype).reshape(shape).copy()
+
+
+def from_bytes(data: bytes) -> CompressedModel:
+    """Parse a .lsc file's bytes (every length and CRC checked first).
+
+    Raises:
+      FormatError: truncated, corrupted, foreign or unknown-version data.
+    """
+    meta, sections = container.unpack(data)
+    encoded, raw = {}, {}
+    for entry, payload in sections:
+        path = entry["path"]
+        if path in encoded or path in raw:
+            raise FormatError(f"section {path!r} appears twice")
+        if entry["kind"] == "encoded":
+            encoded[path] = Encoded.from_bytes(bytes(payload))
+        elif entry["kind"] == "raw":
+            raw[path] = _raw_leaf(entry, payload)
+        else:
+            raise FormatError(f"section {path!r}: unknown kind {entry['kind']!r}")
+    try:
+        nest(dict.fromkeys(list(encoded) + list(raw)))
+    except FormatError as err:
+        raise FormatError(f"inconsistent leaf paths: {err}") from None
+    return CompressedModel(encoded=encoded, raw=raw, meta=meta)
+
+
+def save(path: str | os.PathLike, model: CompressedModel) -> int:
+    """Write `model` to `path` (an .lsc file). Returns the file size in bytes."""
+    data = to_bytes(model)
+    Path(path).write_bytes(data)
+    return len(data)
+
+
+def load(path: str | os.PathLike, *, layout: str = "dense", block=None):
+    """Read an .lsc file.
+
+    Args:
+      path: the file.
+      layout: "dense" (nested dicts of float arrays), "quantized" (QArray leaves where
+        quantized), "block_sparse" (BlockSparse kernels, for `lscjax.flax.compressed_apply`),
+        or "model" (the CompressedModel itself, e.g. for reports).
+      block: the block size for "block_sparse" (default: the encoding's own block for LSC).
+
+    Raises:
+      FormatError: the file is truncated, corrupted, foreign or of an unknown version.
+      LscError: an unknown layout.
+    """
+    if layout not in LAYOUTS:
+        raise LscError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    model = from_bytes(Path(path).read_bytes())
+    if layout == "model":
+        return model
+    if layout == "quantized":
+        return model.quantized_params()
+    if layout == "block_sparse":
+        return model.block_sparse_params(block)
+    return model.params()
