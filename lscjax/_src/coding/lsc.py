@@ -21,8 +21,9 @@ Body (bit fields, see docs/format.md for a worked example):
 Block j's entries start at sum(L_i, i < j) (bits, or entries) and its values at sum(n_i, i < j):
 with "none" or "huffman" and raw values each block decodes alone (`decode_block`); a rANS stream
 or entropy-coded codes are decoded once and then split (`decode_blocks`).
-b is chosen among BLOCK_CANDIDATES and k in 1..16 by minimizing the total bits, unless given
-(above EXACT_SEARCH_ELEMENTS elements b minimizes an estimate computed from the block counts).
+Unless given, b is the candidate (BLOCK_CANDIDATES) giving the fewest total bits, each with its
+k in 1..16 minimizing the entry table + stream bits (above EXACT_SEARCH_ELEMENTS elements b
+minimizes an estimate computed from the block counts).
 """
 
 import dataclasses
@@ -110,7 +111,16 @@ def _width_field_bits(values: np.ndarray) -> tuple[int, int]:
 
 @dataclasses.dataclass(frozen=True)
 class BlockCode:
-    """A block plan with its SRI code: k, the entry coder, per-block stream lengths, total bits."""
+    """A block plan with its SRI code.
+
+    Attributes:
+      plan: the `BlockPlan`.
+      k: the SRI entry width, minimizing the entry table + stream bits for this plan.
+      coder: the entry-symbol `SymbolCoder`.
+      gaps: int64 [m], each non-zero's gap inside its block.
+      lengths: int64 [nb], each block's entry stream length (bits for "huffman", else entries).
+      index_bits: every index bit of the body after the prefix (rANS streams: estimated).
+    """
 
     plan: BlockPlan
     k: int
