@@ -141,6 +141,55 @@ def test_from_qarray(method, bits, codes_shape, codebook, expect_bits):
     np.testing.assert_allclose(np.asarray(bs.todense()), np.asarray(q.dequantize()), rtol=1e-6)
 
 
+@settings(max_examples=10)
+@given(
+    shape=st.sampled_from([(40, 24), (33, 17), (3, 3, 6, 10), (64, 8)]),
+    b=st.sampled_from([2, 4, 8]),
+    density=st.sampled_from([0.0, 0.3, 1.0]),
+    seed=st.integers(0, 2**16),
+)
+def test_from_encoded_float(shape, b, density, seed):
+    w = random_block_kernel(np.random.default_rng(seed), shape, b, density)
+    encoded = lscjax.coding.encode(w, "lsc", block=b)
+    bs = BlockSparse.from_encoded(encoded)
+    assert bs.block == (b, b) and bs.bits is None and bs.shape == shape
+    np.testing.assert_array_equal(np.asarray(bs.todense()), lscjax.coding.decode(encoded))
+    same = BlockSparse.from_dense(w, b)  # the same layout as from the dense kernel
+    np.testing.assert_array_equal(np.asarray(bs.indices), np.asarray(same.indices))
+    np.testing.assert_array_equal(np.asarray(bs.blocks), np.asarray(same.blocks))
+
+
+@pytest.mark.parametrize(
+    "codebook, bits, expect_bits",
+    [
+        (np.array([0.0, 0.5, -1.0, 2.0]), 2, 4),  # code 0 = 0.0: codes stay codes
+        (np.concatenate([[0.0], np.linspace(-1, 1, 200)]), 8, 8),
+        (np.array([0.25, 0.5, -1.0, 2.0]), 2, 4),  # code 0 is a value: every block is kept
+    ],
+)
+def test_from_encoded_qarray(codebook, bits, expect_bits):
+    rng = np.random.default_rng(5)
+    kernel = random_block_kernel(rng, (48, 40), 8, 0.3)
+    codes = np.where(kernel != 0, rng.integers(1, codebook.size, kernel.shape), 0)
+    q = QArray(
+        jnp.asarray(codes, jnp.uint8),
+        jnp.asarray(codebook, jnp.float32),
+        "kmeans",
+        bits,
+        kernel.shape,
+    )
+    bs = BlockSparse.from_encoded(lscjax.coding.encode(q, "lsc", block=8))
+    assert bs.bits == expect_bits
+    if codebook[0] != 0:
+        assert np.all(np.asarray(bs.counts) == 6)  # 48 / 8 input blocks in every row
+    np.testing.assert_array_equal(np.asarray(bs.todense()), np.asarray(q.dequantize()))
+
+
+def test_from_encoded_errors():
+    with pytest.raises(LscError, match="'lsc'"):
+        BlockSparse.from_encoded(lscjax.coding.encode(np.ones((4, 4), np.float32), "csr"))
+
+
 def test_pytree_under_jit_and_static_fields():
     bs = BlockSparse.from_dense(random_block_kernel(np.random.default_rng(1), (30, 20), 8, 0.5), 8)
     leaves, treedef = jax.tree_util.tree_flatten(bs)

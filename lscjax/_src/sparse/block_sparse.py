@@ -1,8 +1,8 @@
 """`BlockSparse`: a weight's non-zero b_in x b_out blocks in padded block-row (ELL) layout.
 
-The weight is Flax's kernel: Dense [in, out] (``y = x @ W``) or Conv [*window, in, out]. A Conv
-kernel is held as its matrix view [in * prod(window), out] whose rows are in the channel-major
-order of `jax.lax.conv_general_dilated_patches` (``kernel.transpose(-2, *window_axes, -1)``).
+The weight is Flax's kernel: Dense [in, out] (``y = x @ W``) or Conv [*window, in, out]. Every
+kernel is held as its matrix view ``kernel.reshape(-1, out)`` = [prod(window) * in, out], the
+view of the codecs (`lscjax._src.coding.layout`) and of block pruning, so their blocks are ours.
 
 The matrix [K, N] is cut into ``C = ceil(K / b_in)`` by ``R = ceil(N / b_out)`` blocks
 (zero-padded at the edges). Block rows run over the OUTPUT dimension: output block row ``r``
@@ -29,6 +29,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lscjax._src.coding.codec import decode_qarray
+from lscjax._src.coding.lsc import decode_blocks
 from lscjax._src.errors import LscError
 from lscjax._src.quant.qarray import QArray, check_qarray
 
@@ -51,21 +53,8 @@ def matrix_shape(shape: tuple) -> tuple[int, int]:
 
 
 def to_matrix(w):
-    """Kernel [*window, in, out] -> matrix [in * prod(window), out] in patches (channel-major) order."""
-    w = np.asarray(w) if not isinstance(w, jax.Array) else w
-    nd = w.ndim
-    if nd > 2:
-        w = w.transpose((nd - 2, *range(nd - 2), nd - 1))
+    """Kernel [*window, in, out] -> its matrix view [prod(window) * in, out] (a reshape)."""
     return w.reshape(matrix_shape(w.shape))
-
-
-def from_matrix(m, shape: tuple):
-    """Inverse of `to_matrix`: matrix [K, N] -> kernel of `shape`."""
-    nd = len(shape)
-    if nd == 2:
-        return m.reshape(shape)
-    window, cin, cout = shape[:-2], shape[-2], shape[-1]
-    return m.reshape((cin, *window, cout)).transpose((*range(1, nd - 1), 0, nd - 1))
 
 
 def grid(shape: tuple, block: tuple[int, int]) -> tuple[int, int]:
@@ -84,27 +73,38 @@ def _blocked(m: np.ndarray, block: tuple[int, int]) -> np.ndarray:
     return padded.reshape(cols, bi, rows, bo).transpose(2, 0, 1, 3)
 
 
-def ell_layout(block_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Padded block-row layout of a block mask.
+def ell_from_coords(out_rows, in_cols, tiles, n_rows: int):
+    """Padded block-row layout of the non-zero blocks given by their grid coordinates.
 
     Args:
-      block_mask: bool [R, C], True where block (input block c, output block row r) is non-zero.
+      out_rows: int [nb], output block row of each block; in_cols: int [nb], input block column.
+      tiles: [nb, ...], the blocks (any dtype and block shape).
+      n_rows: R, the number of output block rows.
 
     Returns:
-      (indices int32 [R, Kmax], counts int32 [R], valid bool [R, Kmax]) with
-      ``Kmax = max(1, max(counts))``; the non-zero input blocks of each row in ascending order,
-      padded slots repeat the row's last index (0 for empty rows) so kernels re-read a block
-      already fetched.
+      (blocks [R, Kmax, ...] of tiles.dtype with zero padded slots, indices int32 [R, Kmax],
+      counts int32 [R]) with ``Kmax = max(1, max(counts))``; each row's blocks in ascending
+      input block order. Padded slots repeat the row's last index (0 for empty rows), so kernels
+      re-read a block already fetched.
     """
-    counts = block_mask.sum(axis=1).astype(np.int32)
+    order = np.lexsort((in_cols, out_rows))
+    out_rows, in_cols, tiles = out_rows[order], in_cols[order], tiles[order]
+    counts = np.bincount(out_rows, minlength=n_rows).astype(np.int32)
     kmax = max(1, int(counts.max(initial=0)))
-    order = np.argsort(~block_mask, axis=1, kind="stable")[:, :kmax]
-    if order.shape[1] < kmax:  # C == 0 cannot happen for non-empty kernels; keep shapes exact
-        order = np.zeros((block_mask.shape[0], kmax), np.int64)
-    valid = np.arange(kmax)[None, :] < counts[:, None]
-    last = np.take_along_axis(order, np.maximum(counts - 1, 0)[:, None], axis=1)
-    indices = np.where(valid, order, np.where(counts[:, None] > 0, last, 0)).astype(np.int32)
-    return indices, counts, valid
+    slot = np.arange(out_rows.size) - (np.cumsum(counts) - counts)[out_rows]
+    blocks = np.zeros((n_rows, kmax, *tiles.shape[1:]), tiles.dtype)
+    blocks[out_rows, slot] = tiles
+    indices = np.zeros((n_rows, kmax), np.int32)
+    indices[out_rows, slot] = in_cols
+    last = indices[np.arange(n_rows), np.maximum(counts - 1, 0)]
+    indices = np.where(np.arange(kmax)[None, :] < counts[:, None], indices, last[:, None])
+    return blocks, indices.astype(np.int32), counts
+
+
+def _ell_from_blocked(blocked: np.ndarray, nonzero: np.ndarray):
+    """Blocks [R, C, bi, bo] and their non-zero flags bool [R, C] -> `ell_from_coords`."""
+    out_rows, in_cols = np.nonzero(nonzero)
+    return ell_from_coords(out_rows, in_cols, blocked[out_rows, in_cols], nonzero.shape[0])
 
 
 def pack_nibbles(codes: np.ndarray) -> np.ndarray:
@@ -210,9 +210,8 @@ class BlockSparse:
         w = _concrete("w", w)
         if not np.issubdtype(w.dtype, np.floating) and w.dtype != jnp.bfloat16:
             raise LscError(f"from_dense: expected a floating-point kernel, got dtype {w.dtype}")
-        blocks = _blocked(to_matrix(w), block)
-        indices, counts, valid = ell_layout((blocks != 0).any(axis=(2, 3)))
-        values = _slots(blocks, indices, valid)
+        blocked = _blocked(to_matrix(w), block)
+        values, indices, counts = _ell_from_blocked(blocked, (blocked != 0).any(axis=(2, 3)))
         return cls(
             jnp.asarray(values), jnp.asarray(indices), jnp.asarray(counts), None, w.shape, block
         )
@@ -247,11 +246,10 @@ class BlockSparse:
         if codes.size and (codes.min() < 0 or codes.max() >= n_codes):
             raise LscError(f"codes must lie in [0, {n_codes}), got [{codes.min()}, {codes.max()}]")
         zero = np.asarray(codebook, np.float32) == 0
-        blocks = _blocked(to_matrix(codes.astype(np.uint8)), block)
+        blocked = _blocked(to_matrix(codes.astype(np.uint8)), block)
         # Edge padding is code 0: mark it zero so it never makes a block non-zero.
-        nonzero = _blocked(to_matrix(~zero[codes]), block)
-        indices, counts, valid = ell_layout(nonzero.any(axis=(2, 3)))
-        coded = _slots(blocks, indices, valid)
+        nonzero = _blocked(to_matrix(~zero[codes]), block).any(axis=(2, 3))
+        coded, indices, counts = _ell_from_blocked(blocked, nonzero)
         if bits == 4:
             coded = pack_nibbles(coded)
         return cls(
@@ -283,6 +281,62 @@ class BlockSparse:
             return cls.from_codes(q.codes, q.codebook, block, bits=bits)
         return cls.from_dense(q.dequantize(), block)
 
+    @classmethod
+    def from_encoded(cls, encoded) -> "BlockSparse":
+        """Decode an LSC `Encoded` straight to this layout, never through a dense matrix.
+
+        The LSC blocks (``lsc.decode_blocks``: b x b tiles of the matrix view, b =
+        ``encoded.options["block"]``) become the BlockSparse blocks, block = (b, b). Encoded float
+        arrays give float values; the codes of a scalar QArray ("kmeans", "binarize" with a [K]
+        codebook, K <= 256) whose codebook[0] is 0.0 stay codes (4-bit packed when ``bits <= 4``
+        and b is even, else 8-bit). Other QArrays (vector codes, per-row scales, or a code 0 that
+        is not 0.0, so LSC's implicit zero blocks are not zero) go through
+        `lscjax.coding.decode_qarray` and `from_qarray`.
+
+        Args:
+          encoded: an `Encoded` with format "lsc" of a rank >= 2 array or QArray.
+
+        Returns:
+          A BlockSparse whose ``todense()`` equals the decoded array (dequantized for a QArray).
+
+        Raises:
+          LscError: not an "lsc" encoding, or rank < 2. FormatError: malformed bytes.
+        """
+        if encoded.format != "lsc":
+            raise LscError(f"from_encoded needs an 'lsc' encoding, got {encoded.format!r}")
+        if len(encoded.shape) < 2:
+            raise LscError(f"from_encoded: expected a kernel of rank >= 2, got {encoded.shape}")
+        q = encoded.quantized
+        scalar = q is not None and q.method in ("kmeans", "binarize") and q.codebook.ndim == 1
+        if q is not None and not (
+            scalar and q.codebook.shape[0] <= 256 and float(q.codebook[0]) == 0.0
+        ):
+            return cls.from_qarray(decode_qarray(encoded), encoded.options["block"])
+        b = int(encoded.options["block"])
+        in_cols, out_rows, tiles = decode_blocks(encoded)
+        rows, _ = grid(tuple(encoded.shape), (b, b))
+        if q is None:
+            blocks, indices, counts = ell_from_coords(out_rows, in_cols, tiles, rows)
+            return cls(
+                jnp.asarray(blocks),
+                jnp.asarray(indices),
+                jnp.asarray(counts),
+                None,
+                tuple(encoded.shape),
+                (b, b),
+            )
+        bits = 4 if q.bits <= 4 and b % 2 == 0 else 8
+        coded, indices, counts = ell_from_coords(out_rows, in_cols, tiles.astype(np.uint8), rows)
+        return cls(
+            jnp.asarray(pack_nibbles(coded) if bits == 4 else coded),
+            jnp.asarray(indices),
+            jnp.asarray(counts),
+            jnp.asarray(q.codebook, jnp.float32),
+            tuple(q.shape),
+            (b, b),
+            bits,
+        )
+
 
 @jax.jit
 def _todense(w: BlockSparse) -> jax.Array:
@@ -293,7 +347,7 @@ def _todense(w: BlockSparse) -> jax.Array:
     grid_blocks = jnp.zeros((rows, cols, bi, bo), w.dtype).at[r, w.indices].add(values)
     m = grid_blocks.transpose(1, 2, 0, 3).reshape(cols * bi, rows * bo)
     k, n = w.matrix_shape
-    return from_matrix(m[:k, :n], w.shape)
+    return m[:k, :n].reshape(w.shape)
 
 
 def _concrete(name: str, a) -> np.ndarray:
@@ -303,9 +357,3 @@ def _concrete(name: str, a) -> np.ndarray:
     if a.ndim < 2:
         raise LscError(f"{name}: expected a kernel of rank >= 2, got shape {a.shape}")
     return a
-
-
-def _slots(blocks: np.ndarray, indices: np.ndarray, valid: np.ndarray) -> np.ndarray:
-    """Blocks [R, C, bi, bo] -> the ELL slots [R, Kmax, bi, bo], padded slots zero."""
-    picked = np.take_along_axis(blocks, indices[:, :, None, None], axis=1)
-    return np.where(valid[:, :, None, None], picked, np.zeros((), blocks.dtype))

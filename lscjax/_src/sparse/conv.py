@@ -32,8 +32,9 @@ def conv(
 ) -> jax.Array:
     """Channels-last convolution ``lax.conv_general_dilated(x, kernel)`` with a BlockSparse kernel.
 
-    The patches of x (`lax.conv_general_dilated_patches`, channel-major features) are multiplied
-    by the kernel's matrix view with `matmul`, so the dense kernel is never formed.
+    The patches of x (`lax.conv_general_dilated_patches`, reordered from channel-major to the
+    kernel's (*window, C_in) order) are multiplied by the kernel's matrix view
+    [prod(window) * C_in, C_out] with `matmul`, so the dense kernel is never formed.
 
     Args:
       x: float [N, *spatial, C_in] (1 to 3 spatial dims).
@@ -71,4 +72,7 @@ def conv(
         dimension_numbers=(f"N{spatial}C", f"{spatial}IO", f"N{spatial}C"),
         precision=lax.Precision.HIGHEST,
     )
+    lead = patches.shape[:-1]
+    cin = w.shape[-2]
+    patches = patches.reshape(*lead, cin, -1).swapaxes(-1, -2).reshape(*lead, -1)
     return matmul(patches, w, impl=impl, interpret=interpret)

@@ -3,7 +3,7 @@
 import numpy as np
 
 from lscjax._src.errors import LscError
-from lscjax._src.sparse.block_sparse import as_block, from_matrix, grid, matrix_shape
+from lscjax._src.sparse.block_sparse import as_block, grid, matrix_shape
 
 
 def random_block_kernel(
@@ -45,4 +45,4 @@ def random_block_kernel(
     bi, bo = block
     dense_mask = np.repeat(np.repeat(mask.T, bi, axis=0), bo, axis=1)[:k, :n]
     m = np.where(dense_mask, rng.standard_normal((k, n)), 0.0).astype(dtype)
-    return from_matrix(m, tuple(shape))
+    return m.reshape(shape)
