@@ -10,11 +10,15 @@ from jax import lax
 
 
 def gather_x(x: jax.Array, indices: jax.Array, b_in: int) -> jax.Array:
-    """x [M, C * b_in] -> the input blocks of every slot, [M, R, Kmax * b_in]."""
+    """x [M, C * b_in] -> the input blocks of every slot, [R, M, Kmax * b_in].
+
+    x is viewed as [C, M, b_in] before the gather, so each gathered block is a contiguous row
+    block and the result has the block-row (batch) axis first, as XLA:CPU's batched dot wants.
+    """
     m = x.shape[0]
     rows, kmax = indices.shape
-    xb = x.reshape(m, -1, b_in)
-    return xb[:, indices].reshape(m, rows, kmax * b_in)
+    xt = x.reshape(m, -1, b_in).transpose(1, 0, 2)  # [C, M, b_in]
+    return xt[indices].transpose(0, 2, 1, 3).reshape(rows, m, kmax * b_in)
 
 
 def block_matmul(x: jax.Array, values: jax.Array, indices: jax.Array) -> jax.Array:
@@ -31,11 +35,10 @@ def block_matmul(x: jax.Array, values: jax.Array, indices: jax.Array) -> jax.Arr
     rows, kmax, b_in, b_out = values.shape
     out_dtype = jnp.result_type(x.dtype, values.dtype)
     acc = jnp.promote_types(out_dtype, jnp.float32)
-    xg = gather_x(x, indices, b_in)  # [M, R, Kmax * b_in]
     y = lax.dot_general(
-        xg,
+        gather_x(x, indices, b_in),
         values.reshape(rows, kmax * b_in, b_out),
-        (((2,), (1,)), ((1,), (0,))),
+        (((2,), (1,)), ((0,), (0,))),
         preferred_element_type=acc,
     )  # [R, M, b_out]
     return y.transpose(1, 0, 2).reshape(x.shape[0], rows * b_out).astype(out_dtype)
@@ -60,8 +63,8 @@ def block_matmul_vjp(x, values, indices, valid, g):
     cols = x.shape[1] // b_in
     acc = jnp.promote_types(jnp.result_type(x.dtype, values.dtype, g.dtype), jnp.float32)
     gb = g.reshape(m, rows, b_out)
-    xg = gather_x(x, indices, b_in).reshape(m, rows, kmax, b_in)
-    dvalues = jnp.einsum("mrki,mro->rkio", xg, gb, preferred_element_type=acc)
+    xg = gather_x(x, indices, b_in).reshape(rows, m, kmax, b_in)
+    dvalues = jnp.einsum("rmki,mro->rkio", xg, gb, preferred_element_type=acc)
     dvalues = jnp.where(valid[:, :, None, None], dvalues, 0).astype(values.dtype)
     contrib = jnp.einsum("mro,rkio->rkmi", gb, values, preferred_element_type=acc)
     dx = jax.ops.segment_sum(
