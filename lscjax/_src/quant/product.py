@@ -1,5 +1,7 @@
 """Product quantization (Gong et al. 2014): k-means of row segments, one codebook per segment."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
@@ -10,19 +12,36 @@ from lscjax._src.quant.qarray import QArray, code_dtype
 from lscjax._src.tree import Where, check_float_leaf, map_selected, selected_leaves
 
 
-def product_leaf(w, k: int, sub_dim: int, *, iters: int, key) -> QArray:
-    """One weight array as a "product" QArray (see `product`)."""
-    w = jnp.asarray(w, jnp.float32)
-    m, n = int(w.size // w.shape[-1]), w.shape[-1]
-    s = n // sub_dim
-    segments = w.reshape(m, s, sub_dim).transpose(1, 0, 2)  # [s, m, sub_dim]
-    keys = jax.random.split(key, s)
-    starts = jax.vmap(lambda kk: jax.random.choice(kk, m, (k,), replace=k > m))(keys)
-    init = jnp.take_along_axis(segments, starts[:, :, None], axis=1)  # [s, k, sub_dim]
+@functools.partial(jax.jit, static_argnames=("k", "iters"))
+def cluster_segments(segments: jax.Array, key: jax.Array, *, k: int, iters: int):
+    """k-means of each segment's sub-vectors, all segments at once.
+
+    Args:
+      segments: float32 [s, m, sub_dim]: the m sub-vectors of each of the s segments.
+      key: PRNG key for the initial centroids (k random rows per segment; distinct when k <= m).
+      k, iters: centroids per segment and Lloyd iterations (static).
+
+    Returns:
+      (centroids float32 [s, k, sub_dim], assignment int32 [s, m]).
+    """
+    s, m, _ = segments.shape
+    starts = jax.vmap(lambda kk: jax.random.choice(kk, m, (k,), replace=k > m))(
+        jax.random.split(key, s)
+    )
+    init = jnp.take_along_axis(segments, starts[:, :, None], axis=1)
     valid = jnp.ones((m,), bool)
     centroids, assignment, _ = jax.vmap(lambda x, c: lloyd(x, valid, c, iters=iters))(
         segments, init
     )
+    return centroids, assignment
+
+
+def product_leaf(w, k: int, sub_dim: int, *, iters: int, key) -> QArray:
+    """One weight array as a "product" QArray (see `product`)."""
+    w = jnp.asarray(w, jnp.float32)
+    m, n = int(w.size // w.shape[-1]), w.shape[-1]
+    segments = w.reshape(m, n // sub_dim, sub_dim).transpose(1, 0, 2)  # [s, m, sub_dim]
+    centroids, assignment = cluster_segments(segments, key, k=k, iters=iters)
     codes = assignment.T.astype(code_dtype(k))  # [m, s]
     return QArray(codes, centroids, "product", bits_for(k), tuple(w.shape))
 
