@@ -90,8 +90,9 @@ def scalar_init(values: jax.Array, valid: jax.Array, key: jax.Array, *, k: int, 
         return ordered[ranks]
     scores = jax.random.uniform(key, values.shape)
     if method == "random":
-        picked = jax.lax.top_k(jnp.where(valid, scores, -1.0), k)[1] if k <= values.size else None
-        if picked is None:  # more centroids than values: draw with replacement
+        if k <= values.size:  # k distinct positions, valid ones first
+            picked = jax.lax.top_k(jnp.where(valid, scores, -1.0), k)[1]
+        else:  # more centroids than values: draw with replacement
             picked = jax.random.choice(key, values.size, (k,), p=valid / n_valid)
         fallback = values[jnp.argmax(valid)]
         return jnp.where(valid[picked], values[picked], fallback)
@@ -102,7 +103,9 @@ def scalar_init(values: jax.Array, valid: jax.Array, key: jax.Array, *, k: int, 
     def pick(i, carry):
         centroids, d2 = carry
         logits = jnp.where(valid & (d2 > 0), jnp.log(jnp.maximum(d2, 1e-30)), -jnp.inf)
-        logits = jnp.where(jnp.any(jnp.isfinite(logits)), logits, jnp.log(valid.astype(float)))
+        logits = jnp.where(
+            jnp.any(jnp.isfinite(logits)), logits, jnp.log(valid.astype(jnp.float32))
+        )
         c = values[jax.random.categorical(keys[i], logits)]
         return centroids.at[i].set(c), jnp.minimum(d2, (values - c) ** 2)
 
