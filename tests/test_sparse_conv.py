@@ -7,6 +7,7 @@ import pytest
 from jax import lax
 
 from lscjax import LscError
+from lscjax._src.sparse.conv import patches
 from lscjax._src.sparse.random import random_block_kernel
 from lscjax.sparse import BlockSparse, conv
 
@@ -48,6 +49,37 @@ def test_conv_matches_dense(x_shape, kernel_shape, strides, padding, block, dila
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("padding", ["VALID", "SAME", ((2, 0), (1, 3))])
+def test_input_dilation_and_patches_match_lax(padding):
+    rng = np.random.default_rng(2)
+    kernel = random_block_kernel(rng, (3, 2, 3, 5), 4, 0.6)
+    x = jnp.asarray(rng.standard_normal((2, 7, 6, 3)), jnp.float32)
+    explicit = ((1, 1), (0, 2)) if isinstance(padding, str) else padding
+    got = conv(x, BlockSparse.from_dense(kernel, 4), padding=explicit, input_dilation=2, strides=2)
+    want = lax.conv_general_dilated(
+        x,
+        kernel,
+        (2, 2),
+        explicit,
+        lhs_dilation=(2, 2),
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        precision=lax.Precision.HIGHEST,
+    )
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    ours = patches(x, (3, 2), (1, 2), padding, (1, 1), (2, 1))
+    theirs = lax.conv_general_dilated_patches(
+        x,
+        (3, 2),
+        (1, 2),
+        padding,
+        rhs_dilation=(2, 1),
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        precision=lax.Precision.HIGHEST,
+    )  # channel-major features (C, kh, kw)
+    theirs = theirs.reshape(*theirs.shape[:-1], 3, 6).swapaxes(-1, -2).reshape(theirs.shape)
+    np.testing.assert_allclose(ours, theirs, rtol=1e-6, atol=1e-6)
+
+
 def test_conv_grad_wrt_input_matches_dense():
     rng = np.random.default_rng(1)
     kernel = random_block_kernel(rng, (3, 3, 4, 8), 4, 0.5)
@@ -64,5 +96,7 @@ def test_conv_errors():
         conv(jnp.ones((1, 8, 8, 3)), w)
     with pytest.raises(LscError, match="window dims"):
         conv(jnp.ones((1, 8)), BlockSparse.from_dense(np.ones((8, 8), np.float32), 4))
+    with pytest.raises(LscError, match="input_dilation"):
+        conv(jnp.ones((1, 8, 8, 4)), w, padding="SAME", input_dilation=2)
     with pytest.raises(LscError, match="strides"):
         conv(jnp.ones((1, 8, 8, 4)), w, strides=(1, 1, 1))
