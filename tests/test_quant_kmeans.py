@@ -193,3 +193,11 @@ def test_bad_init_iters_and_non_float_leaves_raise():
         lscjax.quant.kmeans(make_params(), 4, iters=-1)
     with pytest.raises(LscError, match="w/kernel"):
         lscjax.quant.kmeans({"w": {"kernel": np.ones((3, 3), np.int32)}}, 4)
+
+
+def test_kmeans_reuses_the_compiled_clustering_for_same_shapes():
+    lscjax.quant.kmeans(make_params(0.3, seed=11), 3, iters=7)
+    compiled = (lloyd._cache_size(), scalar_init._cache_size())
+    q = lscjax.quant.kmeans(make_params(0.3, seed=12), 3, iters=7)
+    assert (lloyd._cache_size(), scalar_init._cache_size()) == compiled
+    assert q["Dense_0"]["kernel"].bits == 3
