@@ -40,17 +40,15 @@ def bits_per_layer(kept: dict) -> dict:
 
 def layer_masks(params, sparsity_by_path: dict):
     """Magnitude masks with a different sparsity per layer: {path: sparsity} -> masks pytree."""
-    masks = None
-    for path, sparsity in sparsity_by_path.items():
-        one = lscjax.prune.magnitude(params, sparsity, where=lambda p, _, q=path: p == q)
-        masks = (
-            one
-            if masks is None
-            else jax.tree_util.tree_map(
-                lambda a, b: b if a is None else a, masks, one, is_leaf=lambda x: x is None
-            )
-        )
-    return masks
+    per_layer = [
+        lscjax.prune.magnitude(params, sparsity, where=lambda p, _, q=path: p == q)
+        for path, sparsity in sparsity_by_path.items()
+    ]
+    return jax.tree_util.tree_map(
+        lambda *ms: next((m for m in ms if m is not None), None),
+        *per_layer,
+        is_leaf=lambda x: x is None,
+    )
 
 
 def run(name: str, args, data) -> dict:
