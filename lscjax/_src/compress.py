@@ -24,6 +24,7 @@ from lscjax._src.quant.kmeans import kmeans
 from lscjax._src.quant.qarray import dequantize, is_qarray
 from lscjax._src.train.admm import admm, admm_masks
 from lscjax._src.train.centroids import quantized_params, shared_centroids
+from lscjax._src.train.gradual import gradual, polynomial
 from lscjax._src.train.masking import keep_masks
 from lscjax._src.tree import Where, leaves_with_paths, map_selected, selection
 
@@ -36,7 +37,9 @@ class Recipe:
       name: recorded in the file.
       sparsity: overall sparsity in [0, 1) (one magnitude threshold over all selected leaves,
         so large redundant layers lose more), or {path: sparsity} per layer.
-      prune: "magnitude", or "admm" (Zhang et al. 2018; needs `retrain`).
+      prune: "magnitude" (one shot, Han et al.), "gradual" (Zhu & Gupta's polynomial schedule
+        from 0 to `sparsity` over the first 3/4 of the retrain steps; one-shot magnitude
+        when no `retrain` is given) or "admm" (Zhang et al. 2018; needs `retrain`).
       bits: code bits per layer: an int, a {path: bits} map, or None for the default of
         `conv_bits` for kernels with ndim > 2 and `dense_bits` for 2-D kernels. 0 keeps the
         float32 values (no quantization).
@@ -75,9 +78,10 @@ class Recipe:
         return max(1, min(default, int(np.log2(max(kept, 2))) - 2))
 
 
+PRUNE_METHODS = ("magnitude", "gradual", "admm")
 RECIPES = {
     "deep_compression": Recipe("deep_compression", sparsity=0.92, format="ri", entropy="huffman"),
-    "lsc": Recipe("lsc", sparsity=0.95, format="lsc", entropy="ans"),
+    "lsc": Recipe("lsc", sparsity=0.95, prune="gradual", format="lsc", entropy="ans"),
 }
 
 
@@ -131,21 +135,41 @@ class Retrain:
 
 
 def _prune(params, rc: Recipe, retrain: Retrain | None, where: Where, progress: bool):
-    if rc.prune == "magnitude":
-        distribution = "global" if not isinstance(rc.sparsity, Mapping) else "uniform"
-        masks = distributed_magnitude(params, rc.sparsity, distribution, where=where)
+    """Prune per the recipe: (params with exact zeros, masks)."""
+    if rc.prune not in PRUNE_METHODS:
+        raise LscError(f"recipe prune must be one of {PRUNE_METHODS}, got {rc.prune!r}")
+    per_layer = isinstance(rc.sparsity, Mapping)
+    if rc.prune == "magnitude" or (rc.prune == "gradual" and retrain is None):
+        masks = distributed_magnitude(
+            params, rc.sparsity, "uniform" if per_layer else "global", where=where
+        )
         return apply(params, masks), masks
-    if rc.prune != "admm":
-        raise LscError(f"recipe prune must be 'magnitude' or 'admm', got {rc.prune!r}")
     if retrain is None:
         raise LscError("recipe prune='admm' trains: pass retrain=Retrain(loss_fn, data, steps)")
-    opt = admm(
-        retrain.optimizer, rc.sparsity, rho=retrain.admm_rho, every=retrain.admm_every, where=where
-    )
-    params, state = retrain.run(
-        params, opt, retrain.admm_every * retrain.admm_rounds, progress=progress, desc="admm"
-    )
-    masks = admm_masks(state)
+    if rc.prune == "gradual":
+        final = max(rc.sparsity.values(), default=0.0) if per_layer else rc.sparsity
+        end = max(1, (3 * retrain.steps) // 4)
+        schedule = polynomial(0.0, final, 0, end, frequency=max(1, end // 20))
+        opt = gradual(
+            retrain.optimizer,
+            schedule,
+            distribution=rc.sparsity if per_layer else "global",
+            where=where,
+        )
+        params, state = retrain.run(params, opt, retrain.steps, progress=progress, desc="gradual")
+        masks = state.masks
+    else:
+        opt = admm(
+            retrain.optimizer,
+            rc.sparsity,
+            rho=retrain.admm_rho,
+            every=retrain.admm_every,
+            where=where,
+        )
+        params, state = retrain.run(
+            params, opt, retrain.admm_every * retrain.admm_rounds, progress=progress, desc="admm"
+        )
+        masks = admm_masks(state)
     return apply(params, masks), masks
 
 
@@ -159,11 +183,11 @@ def compress(
 ) -> CompressedModel:
     """Compress a parameter pytree into a `CompressedModel` (save it with `lscjax.save`).
 
-    Stages: prune the selected leaves (magnitude or ADMM); retrain the kept weights with
-    `keep_masks` (if `retrain`); k-means-quantize each selected leaf to its bits (zeros keep
-    the 0 code); fine-tune the centroids with `shared_centroids` (if `retrain`); encode each
-    selected leaf with the recipe's format and entropy coder. Unselected leaves (biases, norms)
-    are stored losslessly.
+    Stages: prune the selected leaves (one-shot magnitude, gradual over the retrain steps, or
+    ADMM); retrain the kept weights with `keep_masks` (if `retrain`); k-means-quantize each
+    selected leaf to its bits (zeros keep the 0 code); fine-tune the centroids with
+    `shared_centroids` (if `retrain`); encode each selected leaf with the recipe's format and
+    entropy coder. Unselected leaves (biases, norms) are stored losslessly.
 
     Args:
       params: a pytree of float arrays (nested dicts, as Flax params).

@@ -102,16 +102,17 @@ class CompressedModel:
         quantized), ready for `lscjax.flax.compressed_apply`; other leaves dense.
 
         Args:
-          block: b or (b_in, b_out) for every kernel; None: an LSC leaf keeps its own block,
-            other formats use DEFAULT_BLOCK.
+          block: b or (b_in, b_out) for every kernel (default DEFAULT_BLOCK). The serving block
+            is independent of the block LSC chose for storage (often large on unstructured
+            masks: the size that minimizes bits, not the one that multiplies fastest).
         """
         from lscjax._src.flax.linen import to_block_sparse
 
-        params = self.quantized_params()
-        for path, enc in self.encoded.items():
-            leaf_block = block or enc.options.get("block") or DEFAULT_BLOCK
-            params = to_block_sparse(params, block=leaf_block, where=lambda p, _, q=path: p == q)
-        return params
+        return to_block_sparse(
+            self.quantized_params(),
+            block=DEFAULT_BLOCK if block is None else block,
+            where=lambda p, _: p in self.encoded,
+        )
 
     def layers(self) -> list[LayerStats]:
         """Per-layer storage, in file order."""
@@ -222,7 +223,7 @@ def load(path: str | os.PathLike, *, layout: str = "dense", block=None):
       layout: "dense" (nested dicts of float arrays), "quantized" (QArray leaves where
         quantized), "block_sparse" (BlockSparse kernels, for `lscjax.flax.compressed_apply`),
         or "model" (the CompressedModel itself, e.g. for reports).
-      block: the block size for "block_sparse" (default: the encoding's own block for LSC).
+      block: the serving block for "block_sparse" (default DEFAULT_BLOCK = 32).
 
     Raises:
       FormatError: the file is truncated, corrupted, foreign or of an unknown version.

@@ -91,7 +91,7 @@ def run_demo(
     )
     dense_acc = accuracy(apply_fn, params, x_test, y_test)
     print(
-        f"dense LeNet-5: test accuracy {100 * dense_acc:.2f}% ({time.perf_counter() - started:.0f} s)"
+        f"dense {name}: test accuracy {100 * dense_acc:.2f}% ({time.perf_counter() - started:.0f} s)"
     )
 
     retrain = Retrain(
