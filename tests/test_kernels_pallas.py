@@ -34,7 +34,7 @@ def _operands(rng, m, shape, block, density, dtype):
 
 
 @pytest.mark.parametrize("name", sorted(KERNELS))
-@settings(max_examples=6)
+@settings(max_examples=4)
 @given(
     m=st.sampled_from([1, 5, 16, 70]),
     shape=st.sampled_from([(32, 48), (40, 17), (64, 64)]),
