@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import lscjax
@@ -23,6 +23,7 @@ def weights_and_k(draw):
     return (mags * signs).reshape(shape).astype(np.float32), draw(st.integers(0, n))
 
 
+@settings(max_examples=15)
 @given(weights_and_k())
 def test_keeps_exactly_the_k_largest(case):
     w, k = case
@@ -34,6 +35,7 @@ def test_keeps_exactly_the_k_largest(case):
         assert np.abs(w[kept]).min() > np.abs(w[~kept]).max()
 
 
+@settings(max_examples=15)
 @given(weights_and_k())
 def test_idempotent(case):
     w, k = case
