@@ -19,6 +19,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 
 from lscjax._src.kernels.codes import lookup
+from lscjax._src.kernels.operands import prepare_operands
 
 try:  # Triton compiler parameters: present in JAX 0.10.x and 0.11.x.
     from jax.experimental.pallas import triton as pl_triton
@@ -52,15 +53,10 @@ def block_matmul(x, blocks, indices, counts, codebook=None, *, block_m=None, int
     Returns:
       [M, R * b_out] of ``result_type(x, values)``, accumulated in float32.
     """
-    m = x.shape[0]
-    rows, _, b_half, b_out = blocks.shape
-    coded = codebook is not None
-    b_in = 2 * b_half if coded else b_half
-    dtype = jnp.result_type(x.dtype, (codebook if coded else blocks).dtype)
-    bm = block_m or row_tile(m)
-    padded_m = -(-m // bm) * bm
-    x = jnp.pad(x.astype(dtype), ((0, padded_m - m), (0, 0)))
-    n_codes = codebook.shape[0] if coded else 0
+    op = prepare_operands(x, blocks, codebook, block_m or row_tile(x.shape[0]))
+    x, m, bm, padded_m, dtype = op.x, op.m, op.bm, op.padded_m, op.dtype
+    rows, b_in, b_half, b_out = op.rows, op.b_in, op.b_half, op.b_out
+    coded, n_codes = op.coded, op.n_codes
 
     def kernel(x_ref, blocks_ref, indices_ref, counts_ref, *refs):
         *codebook_ref, out_ref = refs

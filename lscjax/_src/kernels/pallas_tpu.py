@@ -16,6 +16,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
 from lscjax._src.kernels.codes import lookup
+from lscjax._src.kernels.operands import prepare_operands
 
 
 def row_tile(m: int) -> int:
@@ -38,15 +39,10 @@ def block_matmul(x, blocks, indices, counts, codebook=None, *, block_m=None, int
     Returns:
       [M, R * b_out] of ``result_type(x, values)``, accumulated in float32.
     """
-    m = x.shape[0]
-    rows, kmax, b_half, b_out = blocks.shape
-    coded = codebook is not None
-    b_in = 2 * b_half if coded else b_half
-    dtype = jnp.result_type(x.dtype, (codebook if coded else blocks).dtype)
-    bm = block_m or row_tile(m)
-    padded_m = -(-m // bm) * bm
-    x = jnp.pad(x.astype(dtype), ((0, padded_m - m), (0, 0)))
-    n_codes = codebook.shape[0] if coded else 0
+    op = prepare_operands(x, blocks, codebook, block_m or row_tile(x.shape[0]))
+    x, m, bm, padded_m, dtype = op.x, op.m, op.bm, op.padded_m, op.dtype
+    rows, kmax, b_in, b_half, b_out = op.rows, op.kmax, op.b_in, op.b_half, op.b_out
+    coded, n_codes = op.coded, op.n_codes
 
     def slot(r, k, counts_ref):
         return jnp.minimum(k, jnp.maximum(counts_ref[r] - 1, 0))
