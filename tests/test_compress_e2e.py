@@ -148,3 +148,24 @@ def test_cli_bad_input_one_line_error(tmp_path, capsys):
     assert cli_main(["report", str(tmp_path / "bad.lsc")]) == 1
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "not an lscjax file" in err
+
+
+@pytest.mark.parametrize("stored, serve, expect", [(16, None, 16), (16, 8, 8), (None, None, None)])
+def test_block_sparse_layout_direct_or_reblocked(stored, serve, expect):
+    rng = np.random.default_rng(0)
+    params = {
+        "Dense_0": {"kernel": rng.normal(size=(96, 40)).astype(np.float32)},
+        "Dense_1": {"kernel": rng.normal(size=(40, 10)).astype(np.float32)},
+    }
+    options = {} if stored is None else {"block": stored}
+    model = lscjax.compress(params, lscjax.recipe("lsc", sparsity=0.8, format_options=options))
+    served = model.block_sparse_params(serve)
+    dense = model.params()
+    for name in params:
+        kernel = served[name]["kernel"]
+        stored_block = model.encoded[f"{name}/kernel"].options["block"]
+        want = expect or (stored_block if stored_block <= 64 else 32)
+        assert kernel.block == (want, want)
+        np.testing.assert_array_equal(
+            np.asarray(kernel.todense()), np.asarray(dense[name]["kernel"])
+        )

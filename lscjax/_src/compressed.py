@@ -36,6 +36,7 @@ RAW_DTYPES = (
 )
 LAYOUTS = ("dense", "quantized", "block_sparse", "model")
 DEFAULT_BLOCK = 32
+MAX_DIRECT_BLOCK = 64
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,17 +102,34 @@ class CompressedModel:
         """The params with every compressed kernel as a `BlockSparse` (codes + codebook where
         quantized), ready for `lscjax.flax.compressed_apply`; other leaves dense.
 
+        An LSC leaf whose stored block suits serving (equal to `block`, or at most
+        MAX_DIRECT_BLOCK when `block` is None) is decoded straight to the block layout
+        (`BlockSparse.from_encoded`, never through a dense matrix). Other leaves are re-blocked:
+        LSC often stores unstructured masks in large blocks (the size that minimizes bits, not
+        the one that multiplies fastest); encode with ``format_options={"block": 32}`` to get
+        files that load directly.
+
         Args:
-          block: b or (b_in, b_out) for every kernel (default DEFAULT_BLOCK). The serving block
-            is independent of the block LSC chose for storage (often large on unstructured
-            masks: the size that minimizes bits, not the one that multiplies fastest).
+          block: b for every kernel, or None: the stored LSC block where it suits serving, else
+            DEFAULT_BLOCK.
         """
         from lscjax._src.flax.linen import to_block_sparse
+        from lscjax._src.sparse.block_sparse import BlockSparse
 
+        def direct(enc) -> bool:
+            stored = enc.options.get("block") if enc.format == "lsc" else None
+            if stored is None or len(enc.shape) < 2:
+                return False
+            return stored == block if block is not None else stored <= MAX_DIRECT_BLOCK
+
+        leaves = {
+            p: BlockSparse.from_encoded(e) if direct(e) else self.leaf(p)
+            for p, e in self.encoded.items()
+        }
         return to_block_sparse(
-            self.quantized_params(),
+            nest(leaves | self.raw),
             block=DEFAULT_BLOCK if block is None else block,
-            where=lambda p, _: p in self.encoded,
+            where=lambda p, _: p in self.encoded and not direct(self.encoded[p]),
         )
 
     def layers(self) -> list[LayerStats]:
