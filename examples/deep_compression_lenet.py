@@ -3,7 +3,7 @@
 prune + masked retraining -> per-layer k-means (8-bit conv, 5-bit fc) -> centroid fine-tuning ->
 relative-index (RI) storage, then Huffman coding of the codes and of the index gaps.
 
-    python examples/deep_compression_lenet.py                      # full data (~8 min, 2 cores)
+    python examples/deep_compression_lenet.py                      # full data (~8 CPU minutes)
     python examples/deep_compression_lenet.py --epochs 0.2 --retrain-epochs 0.1 \\
         --finetune-epochs 0.1 --models lenet300                    # a quick smoke run
 
