@@ -201,3 +201,16 @@ def test_errors(x, kwargs, match):
         matmul(x, w, **kwargs)
     with pytest.raises(LscError, match="BlockSparse"):
         matmul(np.ones((2, 8), np.float32), np.ones((8, 8), np.float32))
+
+
+@pytest.mark.parametrize("chunk_bytes", [1, 3000, 2**30])
+def test_coded_xla_path_in_chunks_matches_dense(monkeypatch, chunk_bytes):
+    """Large dequantized temporaries are split over block rows (padded to whole chunks)."""
+    monkeypatch.setattr("lscjax._src.sparse.matmul.DEQUANT_CHUNK_BYTES", chunk_bytes)
+    rng = np.random.default_rng(4)
+    codebook = np.concatenate([[0.0], rng.standard_normal(15)]).astype(np.float32)
+    codes = rng.integers(1, 16, (40, 36)) * (rng.random((40, 36)) < 0.4)  # R = 9: odd chunks
+    w = BlockSparse.from_codes(codes.astype(np.uint8), codebook, 4, bits=4)
+    x = rng.standard_normal((3, 40)).astype(np.float32)
+    y = jax.jit(matmul)(x, w)
+    assert rel_error(y, dense_ref(x, codebook[codes])) <= TOLERANCE[jnp.dtype(jnp.float32)]

@@ -10,6 +10,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 from lscjax._src.errors import LscError
 from lscjax._src.kernels import pallas_gpu, pallas_tpu, reference
@@ -67,10 +68,42 @@ def _layout(blocks, codebook, indices, counts, cfg: _Config) -> BlockSparse:
     return BlockSparse(blocks, indices, counts, codebook, cfg.shape, cfg.block, cfg.bits)
 
 
+# Largest dequantized temporary (bytes) the XLA path makes at once. Above ~20 MB, XLA:CPU's
+# fresh allocation of the temporary costs page faults on every call (measured: 4-bit codes at
+# 4096^2, b=64, Kmax=26 took 35-40 ms in one piece, ~5 ms in chunks of <= 8 MB).
+DEQUANT_CHUNK_BYTES = 8 * 2**20
+
+
+def _xla_coded(x, w: BlockSparse):
+    """XLA path for coded blocks: dequantize and multiply in chunks of block rows (lax.map)."""
+    rows = w.blocks.shape[0]
+    row_bytes = w.kmax * w.block[0] * w.block[1] * jnp.dtype(w.dtype).itemsize
+    n_chunks = min(rows, -(-rows * row_bytes // DEQUANT_CHUNK_BYTES))
+    if n_chunks <= 1:
+        return reference.block_matmul(x, w.block_values(), w.indices)
+    per_chunk = -(-rows // n_chunks)
+    pad = n_chunks * per_chunk - rows
+
+    def split(a):  # [R, ...] -> [n_chunks, per_chunk, ...]; padded rows have counts 0
+        a = jnp.pad(a, [(0, pad)] + [(0, 0)] * (a.ndim - 1))
+        return a.reshape(n_chunks, per_chunk, *a.shape[1:])
+
+    def chunk(args):
+        blocks, indices, counts = args
+        part = BlockSparse(blocks, indices, counts, w.codebook, w.shape, w.block, w.bits)
+        return reference.block_matmul(x, part.block_values(), indices)  # [M, per_chunk * b_out]
+
+    y = lax.map(chunk, (split(w.blocks), split(w.indices), split(w.counts)))
+    y = y.transpose(1, 0, 2).reshape(x.shape[0], -1)
+    return y[:, : rows * w.block[1]]
+
+
 def _forward(x, blocks, codebook, indices, counts, cfg: _Config):
     w = _layout(blocks, codebook, indices, counts, cfg)
     if cfg.kernel == "xla":
-        return reference.block_matmul(x, w.block_values(), indices)
+        if cfg.bits is not None:
+            return _xla_coded(x, w)
+        return reference.block_matmul(x, blocks, indices)
     kernel = pallas_gpu if cfg.kernel == "pallas_gpu" else pallas_tpu
     if cfg.bits == 4:  # dequantized inside the kernel
         return kernel.block_matmul(x, blocks, indices, counts, codebook, interpret=cfg.interpret)
