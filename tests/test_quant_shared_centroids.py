@@ -123,3 +123,26 @@ def test_update_without_params_raises():
     opt = lscjax.train.shared_centroids(optax.sgd(0.1), q)
     with pytest.raises(LscError, match="params"):
         opt.update(dense, opt.init(dense))
+
+
+def test_single_argument_form_inits_from_the_qarray_tree():
+    rng = np.random.default_rng(3)
+    params = {
+        "Dense_0": {
+            "kernel": jnp.asarray(rng.normal(size=(12, 6)), jnp.float32),
+            "bias": jnp.zeros(6),
+        }
+    }
+    q = lscjax.quant.kmeans(lscjax.prune.apply(params, lscjax.prune.magnitude(params, 0.5)), 3)
+    dense = lscjax.quant.dequantize(q)
+    grads = jax.tree_util.tree_map(
+        lambda w: jnp.asarray(rng.normal(size=w.shape), jnp.float32), dense
+    )
+    two = lscjax.train.shared_centroids(optax.sgd(0.1), q)
+    one = lscjax.train.shared_centroids(optax.sgd(0.1))
+    u2, s2 = two.update(grads, two.init(dense), dense)
+    u1, s1 = one.update(grads, one.init(q), dense)
+    chex.assert_trees_all_equal(u1, u2)
+    chex.assert_trees_all_equal(s1.quantized, s2.quantized)
+    with pytest.raises(lscjax.LscError, match="no QArray"):
+        one.init(dense)

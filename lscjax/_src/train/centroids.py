@@ -14,7 +14,7 @@ import optax
 
 from lscjax._src.errors import LscError
 from lscjax._src.quant.grads import centroid_grads, fixed_entries
-from lscjax._src.quant.qarray import QArray, check_qarray, is_qarray
+from lscjax._src.quant.qarray import QArray, check_qarray, dequantize, is_qarray
 from lscjax._src.tree import path_str
 
 
@@ -57,7 +57,9 @@ def _trainable(quantized, params):
     return _paired(quantized, lambda _, q, leaf: leaf if q is None else q.codebook, params)
 
 
-def shared_centroids(inner: optax.GradientTransformation, qparams) -> optax.GradientTransformation:
+def shared_centroids(
+    inner: optax.GradientTransformation, qparams=None
+) -> optax.GradientTransformation:
     """Wrap `inner` so that training moves only the shared values (centroids) of `qparams`.
 
     Train the dense params ``lscjax.quant.dequantize(qparams)`` with this optimizer. At each
@@ -72,7 +74,9 @@ def shared_centroids(inner: optax.GradientTransformation, qparams) -> optax.Grad
     Args:
       inner: any optax GradientTransformation (it sees codebooks in place of quantized weights).
       qparams: the params with QArray leaves (e.g. from `lscjax.quant.kmeans`), same tree
-        structure as the dense params being trained.
+        structure as the dense params being trained. None: ``init`` takes this QArray tree
+        instead of the dense params (``shared_centroids(inner).init(qparams)``); pass that
+        state to the training loop with the dense ``dequantize(qparams)``.
 
     Returns:
       An optax GradientTransformation with state `SharedCentroidsState`. Its ``update`` needs
@@ -88,12 +92,25 @@ def shared_centroids(inner: optax.GradientTransformation, qparams) -> optax.Grad
       >>> params, state = lscjax.models.fit(apply_fn, lscjax.quant.dequantize(q), opt, x, y,
       ...                                   steps=1000)
       >>> q = lscjax.train.quantized_params(params, state)
+      >>> opt = lscjax.train.shared_centroids(optax.adam(1e-4))  # or: init from the QArrays
+      >>> params, state = lscjax.models.fit(apply_fn, lscjax.quant.dequantize(q), opt, x, y,
+      ...                                   steps=1000, opt_state=opt.init(q))
     """
 
     def init(params):
-        _checked(qparams, params)
-        # Own buffers: training loops donate the optimizer state, which must not free qparams.
-        quantized = jax.tree_util.tree_map(jnp.copy, _paired(qparams, lambda _, q, leaf: q, params))
+        if qparams is None:  # shared_centroids(inner).init(qparams): the QArray tree itself
+            return init_from(params, dequantize(params))
+        return init_from(qparams, params)
+
+    def init_from(qtree, params):
+        if not any(is_qarray(leaf) for leaf in jax.tree_util.tree_leaves(qtree, is_leaf=is_qarray)):
+            raise LscError(
+                "shared_centroids found no QArray: pass the quantized tree, as "
+                "shared_centroids(inner, qparams) or shared_centroids(inner).init(qparams)"
+            )
+        _checked(qtree, params)
+        # Own buffers: training loops donate the optimizer state, which must not free qtree.
+        quantized = jax.tree_util.tree_map(jnp.copy, _paired(qtree, lambda _, q, leaf: q, params))
         return SharedCentroidsState(quantized, inner.init(_trainable(quantized, params)))
 
     def update(updates, state, params=None):
