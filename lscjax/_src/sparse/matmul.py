@@ -68,9 +68,9 @@ def _layout(blocks, codebook, indices, counts, cfg: _Config) -> BlockSparse:
     return BlockSparse(blocks, indices, counts, codebook, cfg.shape, cfg.block, cfg.bits)
 
 
-# Largest dequantized temporary (bytes) the XLA path makes at once. Above ~20 MB, XLA:CPU's
-# fresh allocation of the temporary costs page faults on every call (measured: 4-bit codes at
-# 4096^2, b=64, Kmax=26 took 35-40 ms in one piece, ~5 ms in chunks of <= 8 MB).
+# Largest dequantized temporary (bytes) the XLA path makes at once. With one temporary above
+# ~20 MB every XLA:CPU call was slow (4-bit codes at 4096^2, b=64, Kmax=26: 35-40 ms in one piece,
+# ~5-7 ms in chunks of <= 8 MB), consistent with the page faults of a fresh large allocation.
 DEQUANT_CHUNK_BYTES = 8 * 2**20
 
 
