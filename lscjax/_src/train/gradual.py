@@ -171,7 +171,9 @@ def gradual(
             )
             scale = {p: s / schedule.final if schedule.final else 0.0 for p, s in finals.items()}
         return map_selected(
-            lambda p, w: ranked_mask(jnp.abs(w), _keep(w.size, sparsity * scale[p])),
+            lambda p, w: ranked_mask(
+                jnp.abs(w), _keep(w.size, jnp.clip(sparsity * scale[p], 0, 1))
+            ),
             params,
             where=where,
         )
