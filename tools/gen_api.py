@@ -7,6 +7,7 @@ python tools/gen_api.py --check  # exit 1 if docs/api.md is out of date
 import argparse
 import importlib
 import inspect
+import re
 import sys
 from pathlib import Path
 
@@ -34,6 +35,7 @@ def describe(module_name: str) -> list[str]:
         kind = "class" if inspect.isclass(obj) else "function" if callable(obj) else "value"
         try:
             signature = str(inspect.signature(obj)) if callable(obj) else ""
+            signature = re.sub(r" at 0x[0-9a-f]+", "", signature)  # reprs of default objects
         except (TypeError, ValueError):
             signature = "(...)"
         lines += [f"### `{module_name}.{name}{signature}`", "", f"*{kind}*", ""]
