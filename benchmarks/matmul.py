@@ -181,7 +181,9 @@ def main():
     parser.add_argument(
         "--quick", action="store_true", help="only the goal point (batch 16, density 10%)"
     )
-    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "matmul.json"))
+    parser.add_argument(
+        "--out", help="JSON path (default: benchmarks/results/matmul.json; --quick writes none)"
+    )
     args = parser.parse_args()
     rows = run(args.reps, args.quick)
     pool_dense(rows)
@@ -207,9 +209,12 @@ def main():
         size=SIZE,
         goal=GOAL,
     )
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(dict(meta=meta, rows=rows), indent=1))
-    print(f"wrote {args.out}")
+    if args.out is None and args.quick:
+        return
+    out = Path(args.out or Path(__file__).parent / "results" / "matmul.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(dict(meta=meta, rows=rows), indent=1))
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":
