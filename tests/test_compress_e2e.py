@@ -21,7 +21,7 @@ from lscjax.models import LeNet300
 
 @pytest.fixture(scope="module")
 def trained():
-    """LeNet-300-100 trained briefly on 3,000 embedded images (a real, non-random weight set)."""
+    """LeNet-300-100 trained briefly on the first 3,000 training images (real, non-random weights)."""
     x, y = lscjax.data.fashion_mnist("train")
     x, y = x[:3000], y[:3000]
     model = LeNet300()
@@ -169,3 +169,20 @@ def test_block_sparse_layout_direct_or_reblocked(stored, serve, expect):
         np.testing.assert_array_equal(
             np.asarray(kernel.todense()), np.asarray(dense[name]["kernel"])
         )
+
+
+@pytest.mark.parametrize(
+    "entry, message",
+    [
+        ({"path": "b", "kind": "raw", "dtype": "float32", "shape": [5]}, "needs 20 bytes"),
+        ({"path": "b", "kind": "raw", "dtype": "object", "shape": [4]}, "unknown raw dtype"),
+        ({"path": "b", "kind": "raw", "dtype": "float32", "shape": [-4]}, "non-negative"),
+        ({"path": "b", "kind": "pickle"}, "unknown kind"),
+    ],
+)
+def test_sections_with_valid_crcs_but_bad_contents(entry, message):
+    from lscjax._src import container
+
+    data = container.pack({}, [(entry, b"\x00" * 16)])  # CRCs are right: the checks behind them run
+    with pytest.raises(FormatError, match=message):
+        from_bytes(data)

@@ -193,10 +193,11 @@ def _raw_leaf(entry: dict, payload) -> np.ndarray:
     ):
         raise FormatError(f"section {path!r}: shape must be a list of non-negative ints")
     np_dtype = jnp.dtype(dtype)
-    if int(np.prod(shape, dtype=np.float64)) * np_dtype.itemsize != len(payload):
+    needed = int(np.prod(shape, dtype=np.float64)) * np_dtype.itemsize  # float: no overflow
+    if needed != len(payload):
         raise FormatError(
-            f"section {path!r}: shape {shape} of {dtype} needs "
-            f"{int(np.prod(shape, dtype=np.float64)) * np_dtype.itemsize} bytes, the section has {len(payload)}"
+            f"section {path!r}: shape {shape} of {dtype} needs {needed} bytes, "
+            f"the section has {len(payload)}"
         )
     return np.frombuffer(payload, dtype=np_dtype).reshape(shape).copy()
 
