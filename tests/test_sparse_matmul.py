@@ -1,5 +1,7 @@
 """sparse.matmul (XLA path) against the dense product of the decoded weight; grads; vmap; retrace."""
 
+import dataclasses
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -10,6 +12,7 @@ from hypothesis import strategies as st
 
 from lscjax import LscError
 from lscjax._src.kernels.reference import TOLERANCE
+from lscjax._src.sparse.block_sparse import row_groups
 from lscjax._src.sparse.random import random_block_kernel
 from lscjax.sparse import BlockSparse, matmul, resolve_impl
 
@@ -203,14 +206,34 @@ def test_errors(x, kwargs, match):
         matmul(np.ones((2, 8), np.float32), np.ones((8, 8), np.float32))
 
 
-@pytest.mark.parametrize("chunk_bytes", [1, 3000, 2**30])
-def test_coded_xla_path_in_chunks_matches_dense(monkeypatch, chunk_bytes):
-    """Large dequantized temporaries are split over block rows (padded to whole chunks)."""
-    monkeypatch.setattr("lscjax._src.sparse.matmul.DEQUANT_CHUNK_BYTES", chunk_bytes)
+def test_row_groups_by_hand(monkeypatch):
+    """Rows in descending count order, cut into groups padded to their own longest row."""
+    monkeypatch.setattr("lscjax._src.sparse.block_sparse.MIN_GROUP_ROWS", 2)
+    counts = np.array([1, 5, 3, 0, 2, 4])  # sorted: 5 4 | 3 2 | 1 0
+    assert row_groups(counts, slot_bytes=4) == (5, 3, 1)
+    monkeypatch.setattr("lscjax._src.sparse.block_sparse.GROUP_BYTES", 5 * 4)  # one Kmax-padded row
+    assert row_groups(counts, slot_bytes=4) == (5, 4, 3, 2, 1, 1)  # one row per group
+    assert row_groups(np.zeros(0, int), slot_bytes=4) == (1,)
+
+
+@pytest.mark.parametrize("group_bytes", [1, 3000, 2**30])
+@pytest.mark.parametrize("bits", [None, 4])
+def test_row_group_plans_match_dense(monkeypatch, group_bytes, bits):
+    """Every plan (one group, a few, one row each; reordered or not) gives x @ W."""
+    monkeypatch.setattr("lscjax._src.sparse.block_sparse.GROUP_BYTES", group_bytes)
+    monkeypatch.setattr("lscjax._src.sparse.block_sparse.MIN_GROUP_ROWS", 2)
     rng = np.random.default_rng(4)
     codebook = np.concatenate([[0.0], rng.standard_normal(15)]).astype(np.float32)
-    codes = rng.integers(1, 16, (40, 36)) * (rng.random((40, 36)) < 0.4)  # R = 9: odd chunks
-    w = BlockSparse.from_codes(codes.astype(np.uint8), codebook, 4, bits=4)
+    mask = random_block_kernel(rng, (40, 36), 4, 0.4) != 0  # R = 9 rows of unequal length
+    codes = rng.integers(1, 16, (40, 36)) * mask
+    kernel = codebook[codes]
+    if bits is None:
+        w = BlockSparse.from_dense(kernel, 4)
+    else:
+        w = BlockSparse.from_codes(codes.astype(np.uint8), codebook, 4, bits=4)
+    assert min(w.row_groups) < w.kmax  # rows differ in length: the plan reorders
+    unplanned = dataclasses.replace(w, row_groups=None)
     x = rng.standard_normal((3, 40)).astype(np.float32)
-    y = jax.jit(matmul)(x, w)
-    assert rel_error(y, dense_ref(x, codebook[codes])) <= TOLERANCE[jnp.dtype(jnp.float32)]
+    for v in (w, unplanned):
+        y = jax.jit(matmul)(x, v)
+        assert rel_error(y, dense_ref(x, kernel)) <= TOLERANCE[jnp.dtype(jnp.float32)]

@@ -32,6 +32,7 @@ class BlockSparseLinear(nnx.Module):
         self.codebook = None if kernel.codebook is None else nnx.Param(kernel.codebook)
         self.bias = None if layer.bias is None else nnx.Param(layer.bias[...])
         self.shape, self.block, self.bits = tuple(kernel.shape), tuple(kernel.block), kernel.bits
+        self.row_groups = kernel.row_groups
         self.dtype = layer.dtype
         self.path, self.impl, self.interpret = path, impl, interpret
 
@@ -46,6 +47,7 @@ class BlockSparseLinear(nnx.Module):
             self.shape,
             self.block,
             self.bits,
+            self.row_groups,
         )
 
     def _bias(self):

@@ -18,7 +18,8 @@ def gather_x(x: jax.Array, indices: jax.Array, b_in: int) -> jax.Array:
     m = x.shape[0]
     rows, kmax = indices.shape
     xt = x.reshape(m, -1, b_in).transpose(1, 0, 2)  # [C, M, b_in]
-    return xt[indices].transpose(0, 2, 1, 3).reshape(rows, m, kmax * b_in)
+    xg = xt.at[indices].get(mode="promise_in_bounds")  # BlockSparse indices lie in [0, C)
+    return xg.transpose(0, 2, 1, 3).reshape(rows, m, kmax * b_in)
 
 
 def block_matmul(x: jax.Array, values: jax.Array, indices: jax.Array) -> jax.Array:

@@ -10,7 +10,6 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-from jax import lax
 
 from lscjax._src.errors import LscError
 from lscjax._src.kernels import pallas_gpu, pallas_tpu, reference
@@ -27,6 +26,7 @@ class _Config(NamedTuple):
     bits: int | None
     kernel: str  # "xla" | "pallas_gpu" | "pallas_tpu"
     interpret: bool
+    row_groups: tuple | None
 
 
 def _is_pow2_tile(n: int) -> bool:
@@ -65,45 +65,47 @@ def resolve_impl(impl: str, w: BlockSparse, interpret: bool = False) -> str:
 
 
 def _layout(blocks, codebook, indices, counts, cfg: _Config) -> BlockSparse:
-    return BlockSparse(blocks, indices, counts, codebook, cfg.shape, cfg.block, cfg.bits)
+    return BlockSparse(
+        blocks, indices, counts, codebook, cfg.shape, cfg.block, cfg.bits, cfg.row_groups
+    )
 
 
-# Largest dequantized temporary (bytes) the XLA path makes at once. With one temporary above
-# ~20 MB every XLA:CPU call was slow (4-bit codes at 4096^2, b=64, Kmax=26: 35-40 ms in one piece,
-# ~5-7 ms in chunks of <= 8 MB), consistent with the page faults of a fresh large allocation.
-DEQUANT_CHUNK_BYTES = 8 * 2**20
+def _xla(x, w: BlockSparse):
+    """XLA path: each row group of `w.groups()` gathered, dequantized and multiplied on its own.
 
-
-def _xla_coded(x, w: BlockSparse):
-    """XLA path for coded blocks: dequantize and multiply in chunks of block rows (lax.map)."""
-    rows = w.blocks.shape[0]
-    row_bytes = w.kmax * w.block[0] * w.block[1] * jnp.dtype(w.dtype).itemsize
-    n_chunks = min(rows, -(-rows * row_bytes // DEQUANT_CHUNK_BYTES))
-    if n_chunks <= 1:
-        return reference.block_matmul(x, w.block_values(), w.indices)
-    per_chunk = -(-rows // n_chunks)
-    pad = n_chunks * per_chunk - rows
-
-    def split(a):  # [R, ...] -> [n_chunks, per_chunk, ...]; padded rows have counts 0
-        a = jnp.pad(a, [(0, pad)] + [(0, 0)] * (a.ndim - 1))
-        return a.reshape(n_chunks, per_chunk, *a.shape[1:])
-
-    def chunk(args):
-        blocks, indices, counts = args
-        part = BlockSparse(blocks, indices, counts, w.codebook, w.shape, w.block, w.bits)
-        return reference.block_matmul(x, part.block_values(), indices)  # [M, per_chunk * b_out]
-
-    y = lax.map(chunk, (split(w.blocks), split(w.indices), split(w.counts)))
-    y = y.transpose(1, 0, 2).reshape(x.shape[0], -1)
-    return y[:, : rows * w.block[1]]
+    Groups padded to their own longest row are taken in descending-count order (an in-jit stable
+    argsort of the counts, as when the plan was made) and the output block rows are put back in
+    order by a gather; groups all of length Kmax keep the stored order (plain slices).
+    """
+    rows, kmax = w.indices.shape
+    groups = w.groups()
+    size = -(-rows // len(groups))
+    order = jnp.argsort(-w.counts, stable=True) if min(groups) < kmax else None
+    parts = []
+    for g, k in enumerate(groups):
+        sel = slice(g * size, (g + 1) * size)
+        take = sel if order is None else order[sel]
+        part = BlockSparse(
+            w.blocks[take, :k],
+            w.indices[take, :k],
+            w.counts[take],
+            w.codebook,
+            w.shape,
+            w.block,
+            w.bits,
+        )
+        parts.append(reference.block_matmul(x, part.block_values(), part.indices))
+    y = jnp.concatenate(parts, axis=1)  # [M, R * b_out], rows in group order
+    if order is not None:
+        m, b_out = x.shape[0], w.block[1]
+        y = y.reshape(m, rows, b_out)[:, jnp.argsort(order)].reshape(m, rows * b_out)
+    return y
 
 
 def _forward(x, blocks, codebook, indices, counts, cfg: _Config):
     w = _layout(blocks, codebook, indices, counts, cfg)
     if cfg.kernel == "xla":
-        if cfg.bits is not None:
-            return _xla_coded(x, w)
-        return reference.block_matmul(x, blocks, indices)
+        return _xla(x, w)
     kernel = pallas_gpu if cfg.kernel == "pallas_gpu" else pallas_tpu
     if cfg.bits == 4:  # dequantized inside the kernel
         return kernel.block_matmul(x, blocks, indices, counts, codebook, interpret=cfg.interpret)
@@ -169,7 +171,7 @@ def matmul(x: jax.Array, w: BlockSparse, *, impl: str = "auto", interpret: bool 
     if x.ndim < 1 or x.shape[-1] != k:
         raise LscError(f"matmul: x of shape {x.shape} does not match W of input size {k}")
     kernel = resolve_impl(impl, w, interpret)
-    cfg = _Config(tuple(w.shape), tuple(w.block), w.bits, kernel, bool(interpret))
+    cfg = _Config(tuple(w.shape), tuple(w.block), w.bits, kernel, bool(interpret), w.row_groups)
     cols = -(-k // w.block[0])
     lead = x.shape[:-1]
     x2 = jnp.pad(x.reshape(-1, k), ((0, 0), (0, cols * w.block[0] - k)))
