@@ -55,6 +55,27 @@ def test_block_magnitude_matches_oracle(shape, block, reduce, sparsity):
         assert scores[kept_blocks].min() >= scores[~kept_blocks].max()
 
 
+@pytest.mark.parametrize("shape, block", [((64, 48), (8, 8)), ((3, 3, 8, 20), (4, 4))])
+@pytest.mark.parametrize("sparsity", [0.0, 0.7])
+def test_balanced_blocks_keep_each_columns_best(shape, block, sparsity):
+    """Each output block column keeps its own top round(C * (1 - s)) blocks: equal ELL rows."""
+    w = np.random.default_rng(len(shape)).normal(size=shape).astype(np.float32)
+    mask = np.asarray(
+        block_magnitude({"kernel": w}, sparsity, block=block, balanced=True)["kernel"]
+    )
+    scores = block_oracle(w, block, "l2")
+    b0, b1 = block
+    kept = mask.reshape(-1, shape[-1])[::b0, ::b1]  # constant on blocks (checked above)
+    per_column = round(scores.shape[0] * (1 - sparsity))
+    for j in range(scores.shape[1]):
+        best = np.argsort(-scores[:, j], kind="stable")[:per_column]
+        np.testing.assert_array_equal(np.flatnonzero(kept[:, j]), np.sort(best))
+    sparse = lscjax.sparse.BlockSparse.from_dense(np.where(mask, w, 0), block)
+    assert set(np.asarray(sparse.counts).tolist()) == {per_column} and sparse.kmax == max(
+        1, per_column
+    )
+
+
 def test_block_magnitude_planted_blocks():
     w = np.full((8, 8), 0.01, np.float32)
     w[0:4, 4:8] = 1.0

@@ -1,5 +1,6 @@
 """Block magnitude pruning and N:M (n of every m) pruning: structured masks for sparse kernels."""
 
+import jax
 import jax.numpy as jnp
 
 from lscjax._src.errors import LscError
@@ -43,9 +44,15 @@ def block_magnitude(
     *,
     block: tuple[int, int] = (4, 4),
     reduce: str = "l2",
+    balanced: bool = False,
     where: Where = None,
 ):
     """Masks that keep whole b0 x b1 blocks: the highest-scoring ``round(n_blocks * (1 - s))``.
+
+    With `balanced`, every output block column keeps the same number of blocks, its own
+    highest-scoring ``round(n_row_blocks * (1 - s))`` (balanced sparsity, Yao et al. 2019): the
+    rows of the BlockSparse layout then have equal length, so the padded layout carries no
+    padding and `lscjax.sparse.matmul` does no wasted work.
 
     Args:
       params: pytree of arrays.
@@ -53,6 +60,7 @@ def block_magnitude(
       block: (b0, b1) tile shape over the matrix [prod(shape[:-1]), shape[-1]] (see
         `block_scores`), aligned with the BlockSparse inference layout.
       reduce: block score: "l2", "l1" or "max".
+      balanced: keep the same number of blocks in each output block column.
       where: selection (default: 'kernel' leaves with ndim >= 2).
 
     Returns:
@@ -78,8 +86,12 @@ def block_magnitude(
             raise LscError(f"leaf {path!r}: block pruning needs ndim >= 2, got shape {w.shape}")
 
     def one(_, w):
-        scores = block_scores(w, block, reduce)
-        keep = topk_mask(scores, keep_count(scores.size, sparsity))
+        scores = block_scores(w, block, reduce)  # [input blocks, output blocks]
+        if balanced:
+            per_column = keep_count(scores.shape[0], sparsity)
+            keep = jax.vmap(lambda s: topk_mask(s, per_column), in_axes=1, out_axes=1)(scores)
+        else:
+            keep = topk_mask(scores, keep_count(scores.size, sparsity))
         full = jnp.repeat(jnp.repeat(keep, block[0], axis=0), block[1], axis=1)
         rows = w.size // w.shape[-1]
         return full[:rows, : w.shape[-1]].reshape(w.shape)

@@ -48,8 +48,8 @@ CODE_BITS = (4, 8)
 # temporary above ~20 MB every XLA:CPU call was slow (4-bit codes at 4096^2, b=64: 35-40 ms in
 # one piece, ~5-7 ms in pieces of <= 8 MB), consistent with the page faults of a fresh large
 # allocation.
-MAX_ROW_GROUPS = 8
-MIN_GROUP_ROWS = 8
+MAX_ROW_GROUPS = 16
+MIN_GROUP_ROWS = 4
 GROUP_BYTES = 8 * 2**20
 
 
