@@ -210,10 +210,15 @@ def test_row_groups_by_hand(monkeypatch):
     """Rows in descending count order, cut into groups padded to their own longest row."""
     monkeypatch.setattr("lscjax._src.sparse.block_sparse.MIN_GROUP_ROWS", 2)
     counts = np.array([1, 5, 3, 0, 2, 4])  # sorted: 5 4 | 3 2 | 1 0
-    assert row_groups(counts, slot_bytes=4) == (5, 3, 1)
+    equal = np.full(6, 3)
+    for coded in (False, True):
+        assert row_groups(counts, slot_bytes=4, coded=coded) == (5, 3, 1)
+        assert row_groups(np.zeros(0, int), slot_bytes=4, coded=coded) == (1,)
+    assert row_groups(equal, slot_bytes=4, coded=True) == (3, 3, 3)
+    assert row_groups(equal, slot_bytes=4, coded=False) == (3,)  # float rows multiplied in place
     monkeypatch.setattr("lscjax._src.sparse.block_sparse.GROUP_BYTES", 5 * 4)  # one Kmax-padded row
-    assert row_groups(counts, slot_bytes=4) == (5, 4, 3, 2, 1, 1)  # one row per group
-    assert row_groups(np.zeros(0, int), slot_bytes=4) == (1,)
+    assert row_groups(counts, slot_bytes=4, coded=False) == (5, 4, 3, 2, 1, 1)  # a row per group
+    assert row_groups(equal, slot_bytes=4, coded=False) == (3, 3, 3, 3, 3, 3)  # 12 B > 20 / 2
 
 
 @pytest.mark.parametrize("group_bytes", [1, 3000, 2**30])

@@ -117,29 +117,39 @@ def ell_from_coords(out_rows, in_cols, tiles, n_rows: int):
     return blocks, indices.astype(np.int32), counts
 
 
-def row_groups(counts: np.ndarray, slot_bytes: int) -> tuple[int, ...]:
+def row_groups(counts: np.ndarray, slot_bytes: int, *, coded: bool) -> tuple[int, ...]:
     """The row-group plan of a layout: the padded row length of each group.
 
     Args:
       counts: int [R], non-zero blocks per output block row (concrete).
       slot_bytes: bytes of one dequantized block (b_in * b_out * itemsize of the values).
+      coded: whether the blocks are codes (dequantized per group, so a group is a fresh small
+        temporary either way) rather than float values (which a slice of whole rows multiplies in
+        place, and a shortened or reordered group copies).
 
     Returns:
-      ``(k_0, ..., k_{n-1})``: the rows sorted by descending count (stable) are cut into n groups
-      of ``ceil(R / n)`` rows (the last may be shorter); ``k_g >= 1`` is the largest count of
-      group g. n is ``min(MAX_ROW_GROUPS, R // MIN_GROUP_ROWS)``, raised until a group's
-      Kmax-padded blocks fit GROUP_BYTES, at least 1 and at most R.
+      ``(k_0, ..., k_{n-1})``: the rows sorted by descending count (stable) are cut into groups
+      of ``ceil(R / min(MAX_ROW_GROUPS, R // MIN_GROUP_ROWS))`` rows, fewer where a group's
+      Kmax-padded blocks would exceed GROUP_BYTES (the last group may be shorter); ``k_g >= 1``
+      is the largest count of group g. Float values whose groups would all keep length Kmax
+      (equal rows) are split by GROUP_BYTES alone.
     """
     counts = np.asarray(counts)
     rows = counts.size
-    kmax = max(1, int(counts.max(initial=0)))
-    by_bytes = -(-rows * kmax * slot_bytes // GROUP_BYTES)
-    n = max(1, min(rows, max(min(MAX_ROW_GROUPS, rows // MIN_GROUP_ROWS), by_bytes)))
     if rows == 0:
         return (1,)
-    size = -(-rows // n)
+    kmax = max(1, int(counts.max()))
+    by_bytes = -(-rows // max(1, GROUP_BYTES // (kmax * slot_bytes)))  # groups that fit
     ordered = np.sort(counts)[::-1]
-    return tuple(max(1, int(ordered[start])) for start in range(0, rows, size))
+
+    def plan(n: int) -> tuple[int, ...]:
+        size = -(-rows // min(rows, n))  # then ceil(R / len(plan)) == size, as matmul assumes
+        return tuple(max(1, int(ordered[start])) for start in range(0, rows, size))
+
+    groups = plan(max(min(MAX_ROW_GROUPS, rows // MIN_GROUP_ROWS), by_bytes))
+    if not coded and min(groups) == kmax:
+        groups = plan(by_bytes)
+    return groups
 
 
 def _ell_from_blocked(blocked: np.ndarray, nonzero: np.ndarray):
@@ -214,14 +224,14 @@ class BlockSparse:
         return sum(math.prod(a.shape) * jnp.dtype(a.dtype).itemsize for a in arrays)
 
     def groups(self) -> tuple[int, ...]:
-        """The static row-group plan: `row_groups`, or Kmax for every group when that is None.
+        """The static row-group plan: `row_groups`, or the plan of equal rows when that is None.
 
-        Groups split by `GROUP_BYTES` only; with no group shorter than Kmax, the XLA path keeps
-        the rows in their stored order.
+        With no group shorter than Kmax, the XLA path keeps the rows in their stored order.
         """
         if self.row_groups is not None:
             return self.row_groups
-        return row_groups(np.full(self.blocks.shape[0], self.kmax), _slot_bytes(self))
+        rows = np.full(self.blocks.shape[0], self.kmax)
+        return row_groups(rows, _slot_bytes(self), coded=self.bits is not None)
 
     def valid(self) -> jax.Array:
         """bool [R, Kmax]: True at the slots holding a non-zero block (not padding)."""
@@ -399,7 +409,7 @@ def _slot_bytes(w: BlockSparse) -> int:
 
 def _planned(w: BlockSparse) -> BlockSparse:
     """`w` (concrete NumPy counts) with device counts and its `row_groups` plan recorded."""
-    plan = row_groups(w.counts, _slot_bytes(w))
+    plan = row_groups(w.counts, _slot_bytes(w), coded=w.bits is not None)
     return dataclasses.replace(w, counts=jnp.asarray(w.counts), row_groups=plan)
 
 
