@@ -216,16 +216,17 @@ def test_row_groups_by_hand(monkeypatch):
         assert row_groups(np.zeros(0, int), slot_bytes=4, coded=coded) == (1,)
     assert row_groups(equal, slot_bytes=4, coded=True) == (3, 3, 3)
     assert row_groups(equal, slot_bytes=4, coded=False) == (3,)  # float rows multiplied in place
-    monkeypatch.setattr("lscjax._src.sparse.block_sparse.GROUP_BYTES", 5 * 4)  # one Kmax-padded row
+    monkeypatch.setattr("lscjax._src.sparse.block_sparse.TEMP_BYTES", 5 * 4)  # one Kmax-padded row
     assert row_groups(counts, slot_bytes=4, coded=False) == (5, 4, 3, 2, 1, 1)  # a row per group
     assert row_groups(equal, slot_bytes=4, coded=False) == (3, 3, 3, 3, 3, 3)  # 12 B > 20 / 2
 
 
-@pytest.mark.parametrize("group_bytes", [1, 3000, 2**30])
+@pytest.mark.parametrize("temp_bytes", [1, 3000, 2**30])
 @pytest.mark.parametrize("bits", [None, 4])
-def test_row_group_plans_match_dense(monkeypatch, group_bytes, bits):
-    """Every plan (one group, a few, one row each; reordered or not) gives x @ W."""
-    monkeypatch.setattr("lscjax._src.sparse.block_sparse.GROUP_BYTES", group_bytes)
+def test_row_group_plans_match_dense(monkeypatch, temp_bytes, bits):
+    """Every plan (one group, a few, one row each; reordered or not) gives x @ W, whether x's
+    rows are gathered at once or in pieces (of 1 row at 1 byte, a few at 3000, the last padded)."""
+    monkeypatch.setattr("lscjax._src.sparse.block_sparse.TEMP_BYTES", temp_bytes)
     monkeypatch.setattr("lscjax._src.sparse.block_sparse.MIN_GROUP_ROWS", 2)
     rng = np.random.default_rng(4)
     codebook = np.concatenate([[0.0], rng.standard_normal(15)]).astype(np.float32)
@@ -238,7 +239,7 @@ def test_row_group_plans_match_dense(monkeypatch, group_bytes, bits):
         w = BlockSparse.from_codes(codes.astype(np.uint8), codebook, 4, bits=4)
     assert min(w.row_groups) < w.kmax  # rows differ in length: the plan reorders
     unplanned = dataclasses.replace(w, row_groups=None)
-    x = rng.standard_normal((3, 40)).astype(np.float32)
+    x = rng.standard_normal((7, 40)).astype(np.float32)
     for v in (w, unplanned):
         y = jax.jit(matmul)(x, v)
         assert rel_error(y, dense_ref(x, kernel)) <= TOLERANCE[jnp.dtype(jnp.float32)]

@@ -44,13 +44,14 @@ CODE_BITS = (4, 8)
 
 # Row-group plan of the XLA path: at most MAX_ROW_GROUPS groups of at least MIN_GROUP_ROWS rows
 # (each group is one gather + batched matmul, which XLA:CPU can run concurrently with the
-# others), and more groups when the dequantized blocks exceed GROUP_BYTES per group: with one
-# temporary above ~20 MB every XLA:CPU call was slow (4-bit codes at 4096^2, b=64: 35-40 ms in
-# one piece, ~5-7 ms in pieces of <= 8 MB), consistent with the page faults of a fresh large
-# allocation.
+# others), and more groups when a group's dequantized blocks would exceed TEMP_BYTES.
 MAX_ROW_GROUPS = 16
 MIN_GROUP_ROWS = 4
-GROUP_BYTES = 8 * 2**20
+# Largest temporary the XLA path makes at once (a row group's dequantized blocks; the gathered x
+# of a piece of x's rows). XLA:CPU was several times slower on larger ones (4-bit codes at 4096^2,
+# b=64: 35-40 ms with one 25 MB temporary, 5-7 ms in pieces of <= 8 MB; [4096, 4096] @ 10% blocks
+# of 32: 0.82 s with the whole gathered x, 0.25 s in pieces of <= 8 MB, dense 0.49 s).
+TEMP_BYTES = 8 * 2**20
 
 
 def as_block(block) -> tuple[int, int]:
@@ -130,16 +131,16 @@ def row_groups(counts: np.ndarray, slot_bytes: int, *, coded: bool) -> tuple[int
     Returns:
       ``(k_0, ..., k_{n-1})``: the rows sorted by descending count (stable) are cut into groups
       of ``ceil(R / min(MAX_ROW_GROUPS, R // MIN_GROUP_ROWS))`` rows, fewer where a group's
-      Kmax-padded blocks would exceed GROUP_BYTES (the last group may be shorter); ``k_g >= 1``
+      Kmax-padded blocks would exceed TEMP_BYTES (the last group may be shorter); ``k_g >= 1``
       is the largest count of group g. Float values whose groups would all keep length Kmax
-      (equal rows) are split by GROUP_BYTES alone.
+      (equal rows) are split by TEMP_BYTES alone.
     """
     counts = np.asarray(counts)
     rows = counts.size
     if rows == 0:
         return (1,)
     kmax = max(1, int(counts.max()))
-    by_bytes = -(-rows // max(1, GROUP_BYTES // (kmax * slot_bytes)))  # groups that fit
+    by_bytes = -(-rows // max(1, TEMP_BYTES // (kmax * slot_bytes)))  # groups that fit
     ordered = np.sort(counts)[::-1]
 
     def plan(n: int) -> tuple[int, ...]:

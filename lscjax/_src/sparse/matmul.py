@@ -10,9 +10,11 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 from lscjax._src.errors import LscError
 from lscjax._src.kernels import pallas_gpu, pallas_tpu, reference
+from lscjax._src.sparse import block_sparse
 from lscjax._src.sparse.block_sparse import BlockSparse
 
 IMPLS = ("auto", "xla", "pallas", "pallas_gpu", "pallas_tpu")
@@ -102,10 +104,29 @@ def _xla(x, w: BlockSparse):
     return y
 
 
+def _xla_in_row_pieces(x, w: BlockSparse):
+    """`_xla` over pieces of x's rows, each gathering <= TEMP_BYTES of x blocks.
+
+    The gathered x is [slots, M, b_in] (slots: the groups' padded rows), hundreds of MB at large
+    M (conv patches, big batches). The pieces run in sequence (lax.map); coded blocks are
+    dequantized in each.
+    """
+    m = x.shape[0]
+    size = -(-w.indices.shape[0] // len(w.groups()))
+    slots = size * sum(w.groups())
+    piece = max(1, block_sparse.TEMP_BYTES // (slots * w.block[0] * x.dtype.itemsize))
+    if m <= piece:
+        return _xla(x, w)
+    n = -(-m // piece)
+    piece = -(-m // n)  # n pieces of equal rows, the last zero-padded
+    xs = jnp.pad(x, ((0, n * piece - m), (0, 0))).reshape(n, piece, x.shape[1])
+    return lax.map(lambda xp: _xla(xp, w), xs).reshape(n * piece, -1)[:m]
+
+
 def _forward(x, blocks, codebook, indices, counts, cfg: _Config):
     w = _layout(blocks, codebook, indices, counts, cfg)
     if cfg.kernel == "xla":
-        return _xla(x, w)
+        return _xla_in_row_pieces(x, w)
     kernel = pallas_gpu if cfg.kernel == "pallas_gpu" else pallas_tpu
     if cfg.bits == 4:  # dequantized inside the kernel
         return kernel.block_matmul(x, blocks, indices, counts, codebook, interpret=cfg.interpret)
