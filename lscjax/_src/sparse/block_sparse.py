@@ -246,7 +246,9 @@ class BlockSparse:
         if self.bits is None:
             return self.blocks
         codes = unpack_nibbles(self.blocks) if self.bits == 4 else self.blocks
-        values = jnp.take(self.codebook, codes.astype(jnp.int32), mode="clip")
+        values = self.codebook.at[codes.astype(jnp.int32)].get(
+            mode="promise_in_bounds"
+        )  # < n_codes
         return jnp.where(self.valid()[:, :, None, None], values, jnp.zeros((), values.dtype))
 
     def todense(self) -> jax.Array:
