@@ -17,7 +17,8 @@ Prints ratios (time / dense, BCOO / sparse) and writes benchmarks/results/matmul
 are given against the row's own dense minimum and against the pooled dense baseline (the best
 dense time of the batch size over all rows: the same computation); goals use the pooled one.
 
-Usage: python benchmarks/matmul.py [--reps 40] [--quick]
+Usage: python benchmarks/matmul.py [--reps 40] [--quick] [--out PATH]
+       python benchmarks/matmul.py --table PATH   (a results file as a Markdown table)
 """
 
 import argparse
@@ -175,6 +176,30 @@ def pool_dense(rows: list[dict]) -> None:
         )
 
 
+def markdown_table(results: dict) -> str:
+    """A results file's rows as the Markdown table of docs/results/sparse.md."""
+    meta = results["meta"]
+    lines = [
+        f"JAX {meta['jax']}, backend {meta['backend']}, {meta['cpu_count']} CPUs, load average "
+        f"at the end {tuple(round(a, 1) for a in meta['load_average'])}, best of {meta['reps']} "
+        "interleaved runs.",
+        "",
+        "| block | density | mask | batch | Kmax / mean | dense ms (pooled) | f32 ms | 4-bit ms "
+        "| f32 / dense | 4-bit / dense | BCOO / f32 |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results["rows"]:
+        t = r["times_ms"]
+        bcoo = f"{r['bcoo_over_float']:.0f}x" if r["bcoo_over_float"] else "-"
+        lines.append(
+            f"| {r['block']} | {r['density']:.0%} | {r['mask']} | {r['batch']} | "
+            f"{r['kmax']} / {r['mean_count']:.1f} | {r['dense_pooled_ms']:.2f} | "
+            f"{t['sparse_f32']:.2f} | {t['sparse_4bit']:.2f} | "
+            f"{r['float_over_dense_pooled']:.3f} | {r['codes4_over_dense_pooled']:.3f} | {bcoo} |"
+        )
+    return "\n".join(lines)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=40)
@@ -184,7 +209,11 @@ def main():
     parser.add_argument(
         "--out", help="JSON path (default: benchmarks/results/matmul.json; --quick writes none)"
     )
+    parser.add_argument("--table", help="print this results file as a Markdown table and exit")
     args = parser.parse_args()
+    if args.table:
+        print(markdown_table(json.loads(Path(args.table).read_text())))
+        return
     rows = run(args.reps, args.quick)
     pool_dense(rows)
     goal_rows = [r for r in rows if r["batch"] == GOAL["batch"] and r["density"] == GOAL["density"]]
