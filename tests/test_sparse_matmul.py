@@ -91,7 +91,9 @@ def _kept_blocks_dense(w: BlockSparse, blocks, codebook=None):
         ("pallas_tpu", (40, 24), (8, 8), (3,)),
     ],
 )
-def test_grads_match_dense_vjp(impl, shape, block, batch):
+@pytest.mark.parametrize("temp_bytes", [2**30, 64])  # 64: x's rows in pieces of one
+def test_grads_match_dense_vjp(monkeypatch, impl, shape, block, batch, temp_bytes):
+    monkeypatch.setattr("lscjax._src.sparse.block_sparse.TEMP_BYTES", temp_bytes)
     rng = np.random.default_rng(0)
     w = BlockSparse.from_dense(random_block_kernel(rng, shape, block, 0.5), block)
     x = jnp.asarray(rng.standard_normal((*batch, shape[0])), jnp.float32)
@@ -112,7 +114,9 @@ def test_grads_match_dense_vjp(impl, shape, block, batch):
 
 
 @pytest.mark.parametrize("bits", [4, 8])
-def test_codebook_grads_match_dense_vjp(bits):
+@pytest.mark.parametrize("temp_bytes", [2**30, 64])
+def test_codebook_grads_match_dense_vjp(monkeypatch, bits, temp_bytes):
+    monkeypatch.setattr("lscjax._src.sparse.block_sparse.TEMP_BYTES", temp_bytes)
     rng = np.random.default_rng(1)
     codebook = jnp.asarray(np.concatenate([[0.0], rng.standard_normal(2**bits - 1)]), jnp.float32)
     codes = rng.integers(1, 2**bits, (24, 20))

@@ -104,23 +104,47 @@ def _xla(x, w: BlockSparse):
     return y
 
 
-def _xla_in_row_pieces(x, w: BlockSparse):
-    """`_xla` over pieces of x's rows, each gathering <= TEMP_BYTES of x blocks.
+def _row_pieces(a, gathered_row_bytes: int):
+    """a [M, F] as zero-padded pieces [n, piece, F] whose gathered x fits TEMP_BYTES, or None.
 
-    The gathered x is [slots, M, b_in] (slots: the groups' padded rows), hundreds of MB at large
-    M (conv patches, big batches). The pieces run in sequence (lax.map); coded blocks are
-    dequantized in each.
+    The gathered x is [slots, M, b_in], hundreds of MB at large M (conv patches, big batches);
+    ``gathered_row_bytes`` is its size per row of x. Arrays of the same M and row bytes are cut
+    alike. None when all M rows fit in one piece.
     """
-    m = x.shape[0]
-    size = -(-w.indices.shape[0] // len(w.groups()))
-    slots = size * sum(w.groups())
-    piece = max(1, block_sparse.TEMP_BYTES // (slots * w.block[0] * x.dtype.itemsize))
+    m = a.shape[0]
+    piece = max(1, block_sparse.TEMP_BYTES // gathered_row_bytes)
     if m <= piece:
-        return _xla(x, w)
+        return None
     n = -(-m // piece)
     piece = -(-m // n)  # n pieces of equal rows, the last zero-padded
-    xs = jnp.pad(x, ((0, n * piece - m), (0, 0))).reshape(n, piece, x.shape[1])
-    return lax.map(lambda xp: _xla(xp, w), xs).reshape(n * piece, -1)[:m]
+    return jnp.pad(a, ((0, n * piece - m), (0, 0))).reshape(n, piece, a.shape[1])
+
+
+def _xla_in_row_pieces(x, w: BlockSparse):
+    """`_xla` over `_row_pieces` of x, in sequence (lax.map); coded blocks dequantized in each."""
+    size = -(-w.indices.shape[0] // len(w.groups()))
+    xs = _row_pieces(x, size * sum(w.groups()) * w.block[0] * x.dtype.itemsize)
+    if xs is None:
+        return _xla(x, w)
+    return lax.map(lambda xp: _xla(xp, w), xs).reshape(-1, w.blocks.shape[0] * w.block[1])[
+        : x.shape[0]
+    ]
+
+
+def _vjp_in_row_pieces(x, values, indices, valid, g):
+    """`reference.block_matmul_vjp` over `_row_pieces` of x and g, summing the dvalues in f32."""
+    rows, kmax, b_in, _ = values.shape
+    row_bytes = rows * kmax * b_in * x.dtype.itemsize
+    xs, gs = _row_pieces(x, row_bytes), _row_pieces(g, row_bytes)
+    if xs is None:
+        return reference.block_matmul_vjp(x, values, indices, valid, g)
+
+    def piece(dvalues, xg):
+        dx, dv = reference.block_matmul_vjp(xg[0], values, indices, valid, xg[1])
+        return dvalues + dv.astype(jnp.float32), dx
+
+    dvalues, dxs = lax.scan(piece, jnp.zeros(values.shape, jnp.float32), (xs, gs))
+    return dxs.reshape(-1, x.shape[1])[: x.shape[0]], dvalues.astype(values.dtype)
 
 
 def _forward(x, blocks, codebook, indices, counts, cfg: _Config):
@@ -147,12 +171,12 @@ def _product_bwd(cfg, residuals, g):
     x, blocks, codebook, indices, counts = residuals
     w = _layout(blocks, codebook, indices, counts, cfg)
     if cfg.bits is None:
-        dx, dblocks = reference.block_matmul_vjp(x, blocks, indices, w.valid(), g)
+        dx, dblocks = _vjp_in_row_pieces(x, blocks, indices, w.valid(), g)
         return dx, dblocks, None, None, None
     values, pull = jax.vjp(
         lambda cb: _layout(blocks, cb, indices, counts, cfg).block_values(), codebook
     )
-    dx, dvalues = reference.block_matmul_vjp(x, values, indices, w.valid(), g)
+    dx, dvalues = _vjp_in_row_pieces(x, values, indices, w.valid(), g)
     return dx, None, pull(dvalues)[0], None, None
 
 
