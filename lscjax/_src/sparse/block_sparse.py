@@ -144,7 +144,7 @@ def row_groups(counts: np.ndarray, slot_bytes: int, *, coded: bool) -> tuple[int
     ordered = np.sort(counts)[::-1]
 
     def plan(n: int) -> tuple[int, ...]:
-        size = -(-rows // min(rows, n))  # then ceil(R / len(plan)) == size, as matmul assumes
+        size = -(-rows // min(rows, n))  # then ceil(R / len(plan)) == size: `rows_per_group`
         return tuple(max(1, int(ordered[start])) for start in range(0, rows, size))
 
     groups = plan(max(min(MAX_ROW_GROUPS, rows // MIN_GROUP_ROWS), by_bytes))
@@ -233,6 +233,11 @@ class BlockSparse:
             return self.row_groups
         rows = np.full(self.blocks.shape[0], self.kmax)
         return row_groups(rows, _slot_bytes(self), coded=self.bits is not None)
+
+    @property
+    def rows_per_group(self) -> int:
+        """Rows of each group of `groups()` in descending-count order (the last may have fewer)."""
+        return -(-self.blocks.shape[0] // len(self.groups()))
 
     def valid(self) -> jax.Array:
         """bool [R, Kmax]: True at the slots holding a non-zero block (not padding)."""

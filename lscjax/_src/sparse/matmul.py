@@ -80,8 +80,7 @@ def _xla(x, w: BlockSparse):
     order by a gather; groups all of length Kmax keep the stored order (plain slices).
     """
     rows, kmax = w.indices.shape
-    groups = w.groups()
-    size = -(-rows // len(groups))
+    groups, size = w.groups(), w.rows_per_group
     order = jnp.argsort(-w.counts, stable=True) if min(groups) < kmax else None
     parts = []
     for g, k in enumerate(groups):
@@ -122,8 +121,8 @@ def _row_pieces(a, gathered_row_bytes: int):
 
 def _xla_in_row_pieces(x, w: BlockSparse):
     """`_xla` over `_row_pieces` of x, in sequence (lax.map); coded blocks dequantized in each."""
-    size = -(-w.indices.shape[0] // len(w.groups()))
-    xs = _row_pieces(x, size * sum(w.groups()) * w.block[0] * x.dtype.itemsize)
+    slots = w.rows_per_group * sum(w.groups())
+    xs = _row_pieces(x, slots * w.block[0] * x.dtype.itemsize)
     if xs is None:
         return _xla(x, w)
     return lax.map(lambda xp: _xla(xp, w), xs).reshape(-1, w.blocks.shape[0] * w.block[1])[
