@@ -46,7 +46,8 @@ def test_conv_matches_dense(x_shape, kernel_shape, strides, padding, block, dila
     want = dense_conv(x, kernel, strides, padding, dilation)
     got = f(x, w)
     assert got.shape == want.shape
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    # float32 sums of up to 500 products in another order: error relative to the output scale
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6 * float(np.abs(want).max()))
 
 
 @pytest.mark.parametrize("padding", ["VALID", "SAME", ((2, 0), (1, 3))])

@@ -10,20 +10,24 @@ from jax import lax
 
 
 def gather_x(x: jax.Array, indices: jax.Array, b_in: int) -> jax.Array:
-    """x [M, C * b_in] -> the input blocks of every slot, [R, M, Kmax * b_in].
+    """x [M, C * b_in] -> the input block of every slot, [R, Kmax, M, b_in].
 
-    x is viewed as [C, M, b_in] before the gather, so each gathered block is a contiguous row
-    block and the result has the block-row (batch) axis first, as XLA:CPU's batched dot wants.
+    x is viewed as [C, M, b_in] before the gather, so each gathered block is one contiguous
+    [M, b_in] tile and the slot axes come first, as the batch axes of XLA:CPU's batched dot.
     """
     m = x.shape[0]
-    rows, kmax = indices.shape
     xt = x.reshape(m, -1, b_in).transpose(1, 0, 2)  # [C, M, b_in]
-    xg = xt.at[indices].get(mode="promise_in_bounds")  # BlockSparse indices lie in [0, C)
-    return xg.transpose(0, 2, 1, 3).reshape(rows, m, kmax * b_in)
+    return xt.at[indices].get(mode="promise_in_bounds")  # BlockSparse indices lie in [0, C)
 
 
 def block_matmul(x: jax.Array, values: jax.Array, indices: jax.Array) -> jax.Array:
     """``y[:, r] = sum_k x[:, indices[r, k]] @ values[r, k]`` by gather + batched matmul, no scatter.
+
+    One [M, b_in] @ [b_in, b_out] product per slot (batch axes R and Kmax), summed over the
+    slots of each row. XLA:CPU fuses the sum into the batched dot and spreads the R * Kmax
+    products over the cores; batching over rows alone, each a [M, Kmax * b_in] @
+    [Kmax * b_in, b_out] product, needs a transposed copy of the gathered x and ran on one core
+    (2-3x slower at 4096^2, batch 16: docs/results/sparse.md).
 
     Args:
       x: [M, C * b_in], any float dtype.
@@ -33,15 +37,16 @@ def block_matmul(x: jax.Array, values: jax.Array, indices: jax.Array) -> jax.Arr
     Returns:
       [M, R * b_out] of ``result_type(x, values)``, accumulated in float32 (or wider).
     """
-    rows, kmax, b_in, b_out = values.shape
+    rows, _, _, b_out = values.shape
     out_dtype = jnp.result_type(x.dtype, values.dtype)
     acc = jnp.promote_types(out_dtype, jnp.float32)
-    y = lax.dot_general(
-        gather_x(x, indices, b_in),
-        values.reshape(rows, kmax * b_in, b_out),
-        (((2,), (1,)), ((0,), (0,))),
+    per_slot = lax.dot_general(
+        gather_x(x, indices, values.shape[2]),
+        values,
+        (((3,), (2,)), ((0, 1), (0, 1))),
         preferred_element_type=acc,
-    )  # [R, M, b_out]
+    )  # [R, Kmax, M, b_out]
+    y = per_slot.sum(axis=1)  # [R, M, b_out]
     return y.transpose(1, 0, 2).reshape(x.shape[0], rows * b_out).astype(out_dtype)
 
 
@@ -64,8 +69,8 @@ def block_matmul_vjp(x, values, indices, valid, g):
     cols = x.shape[1] // b_in
     acc = jnp.promote_types(jnp.result_type(x.dtype, values.dtype, g.dtype), jnp.float32)
     gb = g.reshape(m, rows, b_out)
-    xg = gather_x(x, indices, b_in).reshape(rows, m, kmax, b_in)
-    dvalues = jnp.einsum("rmki,mro->rkio", xg, gb, preferred_element_type=acc)
+    xg = gather_x(x, indices, b_in)  # [R, Kmax, M, b_in]
+    dvalues = jnp.einsum("rkmi,mro->rkio", xg, gb, preferred_element_type=acc)
     dvalues = jnp.where(valid[:, :, None, None], dvalues, 0).astype(values.dtype)
     contrib = jnp.einsum("mro,rkio->rkmi", gb, values, preferred_element_type=acc)
     dx = jax.ops.segment_sum(
