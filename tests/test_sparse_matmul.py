@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from lscjax import LscError
 from lscjax._src.kernels.reference import TOLERANCE
+from lscjax._src.sparse import matmul as sparse_matmul
 from lscjax._src.sparse.block_sparse import row_groups
 from lscjax._src.sparse.random import random_block_kernel
 from lscjax.sparse import BlockSparse, matmul, resolve_impl
@@ -222,14 +223,16 @@ def test_row_groups_by_hand(monkeypatch):
     assert row_groups(equal, slot_bytes=4, coded=False) == (3,)  # float rows multiplied in place
     monkeypatch.setattr("lscjax._src.sparse.block_sparse.TEMP_BYTES", 5 * 4)  # one Kmax-padded row
     assert row_groups(counts, slot_bytes=4, coded=False) == (5, 4, 3, 2, 1, 1)  # a row per group
-    assert row_groups(equal, slot_bytes=4, coded=False) == (3, 3, 3, 3, 3, 3)  # 12 B > 20 / 2
+    assert row_groups(equal, slot_bytes=4, coded=True) == (3, 3, 3, 3, 3, 3)  # 12 B > 20 / 2
+    assert row_groups(equal, slot_bytes=4, coded=False) == (3,)  # in place: no temporary
 
 
 @pytest.mark.parametrize("temp_bytes", [1, 3000, 2**30])
 @pytest.mark.parametrize("bits", [None, 4])
 def test_row_group_plans_match_dense(monkeypatch, temp_bytes, bits):
     """Every plan (one group, a few, one row each; reordered or not) gives x @ W, whether x's
-    rows are gathered at once or in pieces (of 1 row at 1 byte, a few at 3000, the last padded)."""
+    rows are gathered at once or in pieces (of 1 row at 1 byte, a few at 3000, the last padded),
+    and for float values also with x of at most b_in rows (rows kept in stored order)."""
     monkeypatch.setattr("lscjax._src.sparse.block_sparse.TEMP_BYTES", temp_bytes)
     monkeypatch.setattr("lscjax._src.sparse.block_sparse.MIN_GROUP_ROWS", 2)
     rng = np.random.default_rng(4)
@@ -243,7 +246,10 @@ def test_row_group_plans_match_dense(monkeypatch, temp_bytes, bits):
         w = BlockSparse.from_codes(codes.astype(np.uint8), codebook, 4, bits=4)
     assert min(w.row_groups) < w.kmax  # rows differ in length: the plan reorders
     unplanned = dataclasses.replace(w, row_groups=None)
-    x = rng.standard_normal((7, 40)).astype(np.float32)
-    for v in (w, unplanned):
-        y = jax.jit(matmul)(x, v)
-        assert rel_error(y, dense_ref(x, kernel)) <= TOLERANCE[jnp.dtype(jnp.float32)]
+    in_place = (w.kmax,) if bits is None else w.row_groups  # float rows are not copied
+    assert sparse_matmul._plan(w, 3) == in_place and sparse_matmul._plan(w, 7) == w.row_groups
+    for m in (3, 7):  # <= and > b_in = 4
+        x = rng.standard_normal((m, 40)).astype(np.float32)
+        for v in (w, unplanned):
+            y = jax.jit(matmul)(x, v)
+            assert rel_error(y, dense_ref(x, kernel)) <= TOLERANCE[jnp.dtype(jnp.float32)]

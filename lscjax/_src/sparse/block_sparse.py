@@ -43,8 +43,8 @@ from lscjax._src.quant.qarray import QArray, check_qarray
 CODE_BITS = (4, 8)
 
 # Row-group plan of the XLA path: at most MAX_ROW_GROUPS groups of at least MIN_GROUP_ROWS rows
-# (each group is one gather + batched matmul, which XLA:CPU can run concurrently with the
-# others), and more groups when a group's dequantized blocks would exceed TEMP_BYTES.
+# (each group is one gather + batched matmul, padded to its own longest row), and more groups
+# when a group's dequantized blocks would exceed TEMP_BYTES.
 MAX_ROW_GROUPS = 16
 MIN_GROUP_ROWS = 4
 # Largest temporary the XLA path makes at once (a row group's dequantized blocks; the gathered x
@@ -133,7 +133,7 @@ def row_groups(counts: np.ndarray, slot_bytes: int, *, coded: bool) -> tuple[int
       of ``ceil(R / min(MAX_ROW_GROUPS, R // MIN_GROUP_ROWS))`` rows, fewer where a group's
       Kmax-padded blocks would exceed TEMP_BYTES (the last group may be shorter); ``k_g >= 1``
       is the largest count of group g. Float values whose groups would all keep length Kmax
-      (equal rows) are split by TEMP_BYTES alone.
+      (equal rows) are one group, multiplied in place.
     """
     counts = np.asarray(counts)
     rows = counts.size
@@ -144,13 +144,19 @@ def row_groups(counts: np.ndarray, slot_bytes: int, *, coded: bool) -> tuple[int
     ordered = np.sort(counts)[::-1]
 
     def plan(n: int) -> tuple[int, ...]:
-        size = -(-rows // min(rows, n))  # then ceil(R / len(plan)) == size: `rows_per_group`
+        size = -(-rows // min(rows, n))  # then `rows_per_group(rows, plan)` == size
         return tuple(max(1, int(ordered[start])) for start in range(0, rows, size))
 
     groups = plan(max(min(MAX_ROW_GROUPS, rows // MIN_GROUP_ROWS), by_bytes))
     if not coded and min(groups) == kmax:
-        groups = plan(by_bytes)
+        groups = (kmax,)
     return groups
+
+
+def rows_per_group(rows: int, groups: tuple[int, ...]) -> int:
+    """Rows of each group of a plan of `rows` rows, in descending-count order (the last may
+    have fewer)."""
+    return -(-rows // len(groups))
 
 
 def _ell_from_blocked(blocked: np.ndarray, nonzero: np.ndarray):
@@ -233,11 +239,6 @@ class BlockSparse:
             return self.row_groups
         rows = np.full(self.blocks.shape[0], self.kmax)
         return row_groups(rows, _slot_bytes(self), coded=self.bits is not None)
-
-    @property
-    def rows_per_group(self) -> int:
-        """Rows of each group of `groups()` in descending-count order (the last may have fewer)."""
-        return -(-self.blocks.shape[0] // len(self.groups()))
 
     def valid(self) -> jax.Array:
         """bool [R, Kmax]: True at the slots holding a non-zero block (not padding)."""
