@@ -24,10 +24,10 @@ def block_matmul(x: jax.Array, values: jax.Array, indices: jax.Array) -> jax.Arr
     """``y[:, r] = sum_k x[:, indices[r, k]] @ values[r, k]`` by gather + batched matmul, no scatter.
 
     One [M, b_in] @ [b_in, b_out] product per slot (batch axes R and Kmax), summed over the
-    slots of each row. XLA:CPU fuses the sum into the batched dot and spreads the R * Kmax
-    products over the cores; batching over rows alone, each a [M, Kmax * b_in] @
-    [Kmax * b_in, b_out] product, needs a transposed copy of the gathered x and ran on one core
-    (2-3x slower at 4096^2, batch 16: docs/results/sparse.md).
+    slots of each row: XLA:CPU fuses the sum into the batched dot (one YNNPACK call over
+    R * Kmax small products). Batching over rows alone, each a [M, Kmax * b_in] @
+    [Kmax * b_in, b_out] product, needs a transposed copy of the gathered x and was 1.2-1.5x
+    slower at 4096^2, batch 16 (docs/results/sparse.md).
 
     Args:
       x: [M, C * b_in], any float dtype.

@@ -1,0 +1,119 @@
+"""Row-group plans of the XLA path against each other, at and around matmul.py's goal point.
+
+The XLA path multiplies a BlockSparse row group by row group (`lscjax.sparse.BlockSparse.row_groups`):
+rows sorted by descending count, cut into n groups, each padded only to its own longest row.
+Fewer groups pad more; more groups cost more calls into XLA:CPU's batched dot, and reordering
+float rows copies their blocks. This times, for W 4096 x 4096 float32 at 10% block density
+(random and balanced masks, blocks 32 and 64) and x of 16 and 64 rows, the forward product with
+float values and with 4-bit codes under:
+
+* ``in place``: one group of length Kmax in stored order (no copy of float rows);
+* ``n=2, 4, 8, 16``: the sorted plan cut into n groups (reordered unless all rows are equal).
+
+Each plan runs through the same `_xla` the library uses, with the plan forced (the library picks
+`lscjax._src.sparse.matmul._plan`). Every sparse run follows a dense ``x @ W`` run, whose 64 MB
+evict the sparse weights from the caches (timed cold, as in a model). Ratios are to the dense
+runs of the same interleaved rounds: best of `--reps` (min / min) and median / median. Writes
+benchmarks/results/matmul_plans.json.
+
+Usage: python benchmarks/matmul_plans.py [--reps 40] [--out PATH]
+"""
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from matmul import SIZE, best_times, coded
+
+from lscjax._src.sparse import block_sparse
+from lscjax._src.sparse.matmul import _xla
+from lscjax._src.sparse.random import random_block_kernel
+from lscjax.sparse import BlockSparse
+
+DENSITY = 0.10
+GROUP_COUNTS = (2, 4, 8, 16)
+
+
+def sorted_plan(counts: np.ndarray, n: int) -> tuple[int, ...]:
+    """The descending-count plan of `counts` cut into n groups (as `row_groups` cuts them)."""
+    ordered = np.sort(counts)[::-1]
+    size = -(-ordered.size // n)
+    return tuple(max(1, int(ordered[start])) for start in range(0, ordered.size, size))
+
+
+def run(reps: int) -> list[dict]:
+    rng = np.random.default_rng(0)
+    forward = jax.jit(_xla, static_argnums=2)
+    rows = []
+    for block in (32, 64):
+        for mask in ("random", "balanced"):
+            kernel = random_block_kernel(
+                rng, (SIZE, SIZE), block, DENSITY, balanced=mask == "balanced"
+            )
+            weights = {"f32": BlockSparse.from_dense(kernel, block)}
+            weights["4bit"], _ = coded(rng, kernel, block)
+            counts = np.asarray(weights["f32"].counts)
+            plans = {"in place": (int(counts.max()),)}
+            plans.update({f"n={n}": sorted_plan(counts, n) for n in GROUP_COUNTS})
+            for batch in (16, 64):
+                x = jnp.asarray(rng.standard_normal((batch, SIZE)), jnp.float32)
+                dense = jax.jit(lambda x, w: x @ w)
+                fns, args = {}, {}
+                for storage, w in weights.items():
+                    for name, plan in plans.items():
+                        # dense first: its 64 MB evict the sparse weights (cold, as in a model)
+                        fns[f"dense before {storage} {name}"] = dense
+                        args[f"dense before {storage} {name}"] = (x, jnp.asarray(kernel))
+                        fns[f"{storage} {name}"] = forward
+                        args[f"{storage} {name}"] = (x, w, plan)
+                best, median = best_times(fns, args, reps)
+                dense_keys = [k for k in fns if k.startswith("dense")]
+                best["dense"] = min(best[k] for k in dense_keys)
+                median["dense"] = float(np.median([median[k] for k in dense_keys]))
+                row = dict(block=block, mask=mask, batch=batch, kmax=int(counts.max()), plans={})
+                for key in fns:
+                    if key.startswith("dense"):
+                        continue
+                    storage, name = key.split(" ", 1)
+                    row["plans"][key] = dict(
+                        storage=storage,
+                        plan=list(plans[name]),
+                        ms=best[key] * 1e3,
+                        over_dense=best[key] / best["dense"],
+                        median_over_dense=median[key] / median["dense"],
+                    )
+                row["dense_ms"] = best["dense"] * 1e3
+                rows.append(row)
+                text = "  ".join(
+                    f"{k}={v['over_dense']:.3f}/{v['median_over_dense']:.3f}"
+                    for k, v in row["plans"].items()
+                )
+                print(f"b={block} {mask:8s} batch={batch:2d} (best/median of dense) {text}")
+    return rows
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--reps", type=int, default=40)
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results/matmul_plans.json"))
+    args = parser.parse_args()
+    rows = run(args.reps)
+    meta = dict(
+        jax=jax.__version__,
+        cpu_count=os.cpu_count(),
+        load_average=os.getloadavg(),
+        reps=args.reps,
+        size=SIZE,
+        density=DENSITY,
+        max_row_groups=block_sparse.MAX_ROW_GROUPS,
+    )
+    Path(args.out).write_text(json.dumps(dict(meta=meta, rows=rows), indent=1))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
