@@ -38,16 +38,10 @@ DENSITY = 0.10
 GROUP_COUNTS = (2, 4, 8, 16)
 
 
-def sorted_plan(counts: np.ndarray, n: int) -> tuple[int, ...]:
-    """The descending-count plan of `counts` cut into n groups (as `row_groups` cuts them)."""
-    ordered = np.sort(counts)[::-1]
-    size = -(-ordered.size // n)
-    return tuple(max(1, int(ordered[start])) for start in range(0, ordered.size, size))
-
-
 def run(reps: int) -> list[dict]:
     rng = np.random.default_rng(0)
     forward = jax.jit(_xla, static_argnums=2)
+    dense = jax.jit(lambda x, w: x @ w)
     rows = []
     for block in (32, 64):
         for mask in ("random", "balanced"):
@@ -56,18 +50,18 @@ def run(reps: int) -> list[dict]:
             )
             weights = {"f32": BlockSparse.from_dense(kernel, block)}
             weights["4bit"], _ = coded(rng, kernel, block)
+            w_dense = jnp.asarray(kernel)
             counts = np.asarray(weights["f32"].counts)
             plans = {"in place": (int(counts.max()),)}
-            plans.update({f"n={n}": sorted_plan(counts, n) for n in GROUP_COUNTS})
+            plans.update({f"n={n}": block_sparse.sorted_plan(counts, n) for n in GROUP_COUNTS})
             for batch in (16, 64):
                 x = jnp.asarray(rng.standard_normal((batch, SIZE)), jnp.float32)
-                dense = jax.jit(lambda x, w: x @ w)
                 fns, args = {}, {}
                 for storage, w in weights.items():
                     for name, plan in plans.items():
                         # dense first: its 64 MB evict the sparse weights (cold, as in a model)
                         fns[f"dense before {storage} {name}"] = dense
-                        args[f"dense before {storage} {name}"] = (x, jnp.asarray(kernel))
+                        args[f"dense before {storage} {name}"] = (x, w_dense)
                         fns[f"{storage} {name}"] = forward
                         args[f"{storage} {name}"] = (x, w, plan)
                 best, median = best_times(fns, args, reps)

@@ -26,7 +26,7 @@ def block_matmul(x: jax.Array, values: jax.Array, indices: jax.Array) -> jax.Arr
     One [M, b_in] @ [b_in, b_out] product per slot (batch axes R and Kmax), summed over the
     slots of each row: XLA:CPU fuses the sum into the batched dot (one YNNPACK call over
     R * Kmax small products). Batching over rows alone, each a [M, Kmax * b_in] @
-    [Kmax * b_in, b_out] product, needs a transposed copy of the gathered x and was 1.2-1.5x
+    [Kmax * b_in, b_out] product, needs a transposed copy of the gathered x and was 1.15-1.45x
     slower at 4096^2, batch 16 (docs/results/sparse.md).
 
     Args:

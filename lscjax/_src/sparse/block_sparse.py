@@ -45,8 +45,8 @@ CODE_BITS = (4, 8)
 # Row-group plan of the XLA path: at most MAX_ROW_GROUPS groups of at least MIN_GROUP_ROWS rows
 # (each group is one gather + batched matmul, padded to its own longest row), and more groups
 # when a group's dequantized blocks would exceed TEMP_BYTES. Each group costs a call into
-# XLA:CPU's batched dot: 4-bit codes at 4096^2, batch 16, 10% balanced blocks of 64 took 0.29
-# of dense in 2 or 4 groups, 0.41 in 16 (median of 60 interleaved runs).
+# XLA:CPU's batched dot: 4-bit codes at 4096^2, batch 16, 10% balanced blocks of 64 took 0.32
+# of dense in 2 or 4 groups, 0.39 in 16 (median, `benchmarks/matmul_plans.py`).
 MAX_ROW_GROUPS = 4
 MIN_GROUP_ROWS = 4
 # Largest temporary the XLA path makes at once (a row group's dequantized blocks; the gathered x
@@ -143,16 +143,19 @@ def row_groups(counts: np.ndarray, slot_bytes: int, *, coded: bool) -> tuple[int
         return (1,)
     kmax = max(1, int(counts.max()))
     by_bytes = -(-rows // max(1, TEMP_BYTES // (kmax * slot_bytes)))  # groups that fit
-    ordered = np.sort(counts)[::-1]
-
-    def plan(n: int) -> tuple[int, ...]:
-        size = -(-rows // min(rows, n))  # then `rows_per_group(rows, plan)` == size
-        return tuple(max(1, int(ordered[start])) for start in range(0, rows, size))
-
-    groups = plan(max(min(MAX_ROW_GROUPS, rows // MIN_GROUP_ROWS), by_bytes))
+    groups = sorted_plan(counts, max(min(MAX_ROW_GROUPS, rows // MIN_GROUP_ROWS), by_bytes))
     if not coded and min(groups) == kmax:
         groups = (kmax,)
     return groups
+
+
+def sorted_plan(counts: np.ndarray, n: int) -> tuple[int, ...]:
+    """The rows of `counts` (int [R], concrete, R >= 1) sorted by descending count and cut into
+    at most n groups of `rows_per_group` rows: the longest count of each group (>= 1)."""
+    ordered = np.sort(np.asarray(counts))[::-1]
+    rows = ordered.size
+    size = -(-rows // min(rows, n))  # then `rows_per_group(rows, plan)` == size
+    return tuple(max(1, int(ordered[start])) for start in range(0, rows, size))
 
 
 def rows_per_group(rows: int, groups: tuple[int, ...]) -> int:

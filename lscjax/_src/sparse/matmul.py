@@ -76,10 +76,11 @@ def _plan(w: BlockSparse, m: int) -> tuple[int, ...]:
     """The row groups `_xla` multiplies for an x of m rows: `w.groups()`, except for float
     values and m <= b_in, one group of length Kmax in stored order.
 
-    Reordering float rows copies every block, which at so few rows of x costs more than
-    multiplying the padding (4096^2, batch 16, 10% random blocks of 32: 0.30 vs 0.49 of dense;
-    at batch 64: 0.47 vs 0.67 the other way round). Coded groups are dequantized into a fresh
-    temporary either way.
+    Reordering float rows copies every block, which at few rows of x costs more than
+    multiplying the padding (`benchmarks/matmul_plans.py`, 4096^2, 10% random blocks of 32,
+    batch 16: 0.28 of dense in place, 0.40 in 4 or 16 sorted groups); at large batches the
+    padding's FLOPs dominate (batch 1024: 0.72 in place, 0.59 in groups, exploratory). Coded
+    groups are dequantized into a fresh temporary either way.
     """
     if w.bits is None and m <= w.block[0]:
         return (w.kmax,)
