@@ -60,6 +60,24 @@ def best_times(fns: dict, args: dict, reps: int) -> tuple[dict, dict]:
     return best, {name: float(np.median(t)) for name, t in times.items()}
 
 
+def write_results(path, rows: list[dict], **meta) -> None:
+    """Write ``{"meta": ..., "rows": rows}`` as JSON to `path`; meta gets the JAX version, the
+    backend and device, the CPU and its load average at the end, and the given entries."""
+    meta = dict(
+        jax=jax.__version__,
+        backend=jax.default_backend(),
+        device=str(jax.devices()[0]),
+        cpu=platform.processor() or platform.machine(),
+        cpu_count=os.cpu_count(),
+        load_average=os.getloadavg(),
+        **meta,
+    )
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(dict(meta=meta, rows=rows), indent=1))
+    print(f"wrote {path}")
+
+
 def dense_forms(x, w):
     """The dense products to time: {name: (jitted fn, args)}; every one computes x @ W."""
     wt = jnp.asarray(w.T)  # [out, in]
@@ -227,23 +245,15 @@ def main():
             f"GOAL b={r['block']} {r['mask']}: f32<=0.2 {met[0]}, 4bit<=0.25 {met[1]}, "
             f"bcoo>=20x {met[2]}"
         )
-    meta = dict(
-        jax=jax.__version__,
-        backend=jax.default_backend(),
-        device=str(jax.devices()[0]),
-        cpu=platform.processor() or platform.machine(),
-        cpu_count=os.cpu_count(),
-        load_average=os.getloadavg(),
+    if args.out is None and args.quick:
+        return
+    write_results(
+        args.out or Path(__file__).parent / "results" / "matmul.json",
+        rows,
         reps=args.reps,
         size=SIZE,
         goal=GOAL,
     )
-    if args.out is None and args.quick:
-        return
-    out = Path(args.out or Path(__file__).parent / "results" / "matmul.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(dict(meta=meta, rows=rows), indent=1))
-    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

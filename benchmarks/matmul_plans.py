@@ -20,14 +20,12 @@ Usage: python benchmarks/matmul_plans.py [--reps 40] [--out PATH]
 """
 
 import argparse
-import json
-import os
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from matmul import SIZE, best_times, coded
+from matmul import SIZE, best_times, coded, write_results
 
 from lscjax._src.sparse import block_sparse
 from lscjax._src.sparse.matmul import _xla
@@ -96,17 +94,14 @@ def main():
     parser.add_argument("--out", default=str(Path(__file__).parent / "results/matmul_plans.json"))
     args = parser.parse_args()
     rows = run(args.reps)
-    meta = dict(
-        jax=jax.__version__,
-        cpu_count=os.cpu_count(),
-        load_average=os.getloadavg(),
+    write_results(
+        args.out,
+        rows,
         reps=args.reps,
         size=SIZE,
         density=DENSITY,
         max_row_groups=block_sparse.MAX_ROW_GROUPS,
     )
-    Path(args.out).write_text(json.dumps(dict(meta=meta, rows=rows), indent=1))
-    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lscjax import LscError
+from lscjax._src.kernels import reference
 from lscjax._src.kernels.reference import TOLERANCE
 from lscjax._src.sparse import matmul as sparse_matmul
 from lscjax._src.sparse.block_sparse import row_groups
@@ -93,8 +94,8 @@ def _kept_blocks_dense(w: BlockSparse, blocks, codebook=None):
     ],
 )
 @pytest.mark.parametrize("temp_bytes", [2**30, 64])  # 64: x's rows in pieces of one
-def test_grads_match_dense_vjp(monkeypatch, impl, shape, block, batch, temp_bytes):
-    monkeypatch.setattr("lscjax._src.sparse.block_sparse.TEMP_BYTES", temp_bytes)
+def test_grads_match_dense_vjp(set_trace_constant, impl, shape, block, batch, temp_bytes):
+    set_trace_constant("lscjax._src.sparse.block_sparse.TEMP_BYTES", temp_bytes)
     rng = np.random.default_rng(0)
     w = BlockSparse.from_dense(random_block_kernel(rng, shape, block, 0.5), block)
     x = jnp.asarray(rng.standard_normal((*batch, shape[0])), jnp.float32)
@@ -116,8 +117,8 @@ def test_grads_match_dense_vjp(monkeypatch, impl, shape, block, batch, temp_byte
 
 @pytest.mark.parametrize("bits", [4, 8])
 @pytest.mark.parametrize("temp_bytes", [2**30, 64])
-def test_codebook_grads_match_dense_vjp(monkeypatch, bits, temp_bytes):
-    monkeypatch.setattr("lscjax._src.sparse.block_sparse.TEMP_BYTES", temp_bytes)
+def test_codebook_grads_match_dense_vjp(set_trace_constant, bits, temp_bytes):
+    set_trace_constant("lscjax._src.sparse.block_sparse.TEMP_BYTES", temp_bytes)
     rng = np.random.default_rng(1)
     codebook = jnp.asarray(np.concatenate([[0.0], rng.standard_normal(2**bits - 1)]), jnp.float32)
     codes = rng.integers(1, 2**bits, (24, 20))
@@ -229,11 +230,11 @@ def test_row_groups_by_hand(monkeypatch):
 
 @pytest.mark.parametrize("temp_bytes", [1, 3000, 2**30])
 @pytest.mark.parametrize("bits", [None, 4])
-def test_row_group_plans_match_dense(monkeypatch, temp_bytes, bits):
+def test_row_group_plans_match_dense(monkeypatch, set_trace_constant, temp_bytes, bits):
     """Every plan (one group, a few, one row each; reordered or not) gives x @ W, whether x's
     rows are gathered at once or in pieces (of 1 row at 1 byte, a few at 3000, the last padded),
     and for float values also with x of at most b_in rows (rows kept in stored order)."""
-    monkeypatch.setattr("lscjax._src.sparse.block_sparse.TEMP_BYTES", temp_bytes)
+    set_trace_constant("lscjax._src.sparse.block_sparse.TEMP_BYTES", temp_bytes)
     monkeypatch.setattr("lscjax._src.sparse.block_sparse.MIN_GROUP_ROWS", 2)
     rng = np.random.default_rng(4)
     codebook = np.concatenate([[0.0], rng.standard_normal(15)]).astype(np.float32)
@@ -253,3 +254,33 @@ def test_row_group_plans_match_dense(monkeypatch, temp_bytes, bits):
         for v in (w, unplanned):
             y = jax.jit(matmul)(x, v)
             assert rel_error(y, dense_ref(x, kernel)) <= TOLERANCE[jnp.dtype(jnp.float32)]
+
+
+@pytest.mark.parametrize("slot_form_max_rows", [0, 2**62])  # the row form always; never
+@pytest.mark.parametrize("bits", [None, 4])
+def test_product_forms_match_dense(set_trace_constant, slot_form_max_rows, bits):
+    """The slot- and row-batched products (reference.block_matmul) both give x @ W, for x of 1
+    row and of several, with rows of unequal length (padded slots) and coded blocks."""
+    set_trace_constant("lscjax._src.kernels.reference.SLOT_FORM_MAX_ROWS", slot_form_max_rows)
+    rng = np.random.default_rng(5)
+    codebook = np.concatenate([[0.0], rng.standard_normal(15)]).astype(np.float32)
+    codes = rng.integers(1, 16, (40, 36)) * (random_block_kernel(rng, (40, 36), 4, 0.4) != 0)
+    if bits is None:
+        w = BlockSparse.from_dense(codebook[codes], 4)
+    else:
+        w = BlockSparse.from_codes(codes.astype(np.uint8), codebook, 4, bits=4)
+    assert len(set(np.asarray(w.counts).tolist())) > 1
+    for m in (1, 6):
+        x = rng.standard_normal((m, 40)).astype(np.float32)
+        y = jax.jit(matmul)(x, w)
+        assert rel_error(y, dense_ref(x, codebook[codes])) <= TOLERANCE[jnp.dtype(jnp.float32)]
+
+
+def test_many_rows_match_dense():
+    """x of more than SLOT_FORM_MAX_ROWS rows (the row form; conv patches, big batches) gives
+    x @ W."""
+    rng = np.random.default_rng(6)
+    kernel = random_block_kernel(rng, (40, 36), 8, 0.5)
+    x = rng.standard_normal((reference.SLOT_FORM_MAX_ROWS + 77, 40)).astype(np.float32)
+    y = jax.jit(matmul)(x, BlockSparse.from_dense(kernel, 8))
+    assert rel_error(y, dense_ref(x, kernel)) <= TOLERANCE[jnp.dtype(jnp.float32)]

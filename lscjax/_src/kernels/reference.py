@@ -20,14 +20,24 @@ def gather_x(x: jax.Array, indices: jax.Array, b_in: int) -> jax.Array:
     return xt.at[indices].get(mode="promise_in_bounds")  # BlockSparse indices lie in [0, C)
 
 
+# Rows of x above which `block_matmul` batches over block rows instead of slots. The slot form's
+# fused sum over Kmax writes every [M, b_out] product into the row's accumulator, which XLA:CPU
+# does several times slower once M reaches a few thousand rows (small layers at large batches,
+# conv patches); from 2 rows up to this bound it avoids the row form's transposed copy of the
+# gathered x, which at M = 1 is free (`benchmarks/matmul_forms.py`).
+SLOT_FORM_MAX_ROWS = 1024
+
+
 def block_matmul(x: jax.Array, values: jax.Array, indices: jax.Array) -> jax.Array:
     """``y[:, r] = sum_k x[:, indices[r, k]] @ values[r, k]`` by gather + batched matmul, no scatter.
 
-    One [M, b_in] @ [b_in, b_out] product per slot (batch axes R and Kmax), summed over the
-    slots of each row: XLA:CPU fuses the sum into the batched dot (one YNNPACK call over
-    R * Kmax small products). Batching over rows alone, each a [M, Kmax * b_in] @
-    [Kmax * b_in, b_out] product, needs a transposed copy of the gathered x and was 1.15-1.45x
-    slower at 4096^2, batch 16 (docs/results/sparse.md).
+    Two forms of the same product, chosen by x's row count M:
+
+    * slot-batched (1 < M <= SLOT_FORM_MAX_ROWS): one [M, b_in] @ [b_in, b_out] product per
+      slot (batch axes R and Kmax), summed over the slots of each row; XLA:CPU fuses the sum
+      into the batched dot (one YNNPACK call over R * Kmax small products);
+    * row-batched (M = 1 and larger M): one [M, Kmax * b_in] @ [Kmax * b_in, b_out] product per
+      row, on the gathered x transposed to [R, M, Kmax * b_in].
 
     Args:
       x: [M, C * b_in], any float dtype.
@@ -37,17 +47,24 @@ def block_matmul(x: jax.Array, values: jax.Array, indices: jax.Array) -> jax.Arr
     Returns:
       [M, R * b_out] of ``result_type(x, values)``, accumulated in float32 (or wider).
     """
-    rows, _, _, b_out = values.shape
+    m = x.shape[0]
+    rows, kmax, b_in, b_out = values.shape
     out_dtype = jnp.result_type(x.dtype, values.dtype)
     acc = jnp.promote_types(out_dtype, jnp.float32)
-    per_slot = lax.dot_general(
-        gather_x(x, indices, values.shape[2]),
-        values,
-        (((3,), (2,)), ((0, 1), (0, 1))),
-        preferred_element_type=acc,
-    )  # [R, Kmax, M, b_out]
-    y = per_slot.sum(axis=1)  # [R, M, b_out]
-    return y.transpose(1, 0, 2).reshape(x.shape[0], rows * b_out).astype(out_dtype)
+    xg = gather_x(x, indices, b_in)  # [R, Kmax, M, b_in]
+    if m == 1 or m > SLOT_FORM_MAX_ROWS:
+        y = lax.dot_general(
+            xg.transpose(0, 2, 1, 3).reshape(rows, m, kmax * b_in),
+            values.reshape(rows, kmax * b_in, b_out),
+            (((2,), (1,)), ((0,), (0,))),
+            preferred_element_type=acc,
+        )  # [R, M, b_out]
+    else:
+        per_slot = lax.dot_general(
+            xg, values, (((3,), (2,)), ((0, 1), (0, 1))), preferred_element_type=acc
+        )  # [R, Kmax, M, b_out]
+        y = per_slot.sum(axis=1)  # [R, M, b_out]
+    return y.transpose(1, 0, 2).reshape(m, rows * b_out).astype(out_dtype)
 
 
 def block_matmul_vjp(x, values, indices, valid, g):

@@ -1,0 +1,141 @@
+"""The XLA path's two product forms against each other, by x's row count M.
+
+`lscjax._src.kernels.reference.block_matmul` multiplies the gathered x either slot-batched (one
+[M, b_in] @ [b_in, b_out] product per slot, summed over each row's slots) or row-batched (one
+[M, Kmax * b_in] @ [Kmax * b_in, b_out] product per row, on a transposed copy of the gathered x),
+and picks by M (`SLOT_FORM_MAX_ROWS`). This compiles `lscjax.sparse.matmul` with each form forced
+and times both against dense ``x @ W``, for float32 weights of 10% random block density:
+
+* W 4096 x 4096, blocks 32 and 64 (the shape of benchmarks/matmul.py);
+* the matrix views of LeNet-5's kernels served in examples/serve_compressed.py (16 x 16 blocks):
+  conv1 25 x 20 with every block kept, conv2 500 x 50 and fc1 800 x 500 at 10%; a batch of 256
+  images gives conv1 147,456 patch rows and conv2 16,384.
+
+Each sparse run follows a dense run (for the large W, its 64 MB evict the sparse weights).
+Ratios use the best of `--reps` interleaved runs. Writes benchmarks/results/matmul_forms.json.
+
+Usage: python benchmarks/matmul_forms.py [--reps 15] [--out PATH]
+"""
+
+import argparse
+import json
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from matmul import SIZE, best_times, write_results
+
+from lscjax._src.kernels import reference
+from lscjax._src.sparse.random import random_block_kernel
+from lscjax.sparse import BlockSparse, matmul
+
+LARGE_M = (1, 16, 256, 1024, 2048)
+SMALL_M = (1, 16, 256, 1024, 2048, 4096, 16384)
+CASES = (  # name, matrix shape, block, block density, rows of x
+    ("4096^2 b=32", (SIZE, SIZE), 32, 0.10, LARGE_M),
+    ("4096^2 b=64", (SIZE, SIZE), 64, 0.10, LARGE_M),
+    ("LeNet-5 conv1", (25, 20), 16, 1.0, (*SMALL_M, 147456)),
+    ("LeNet-5 conv2", (500, 50), 16, 0.10, SMALL_M),
+    ("LeNet-5 fc1", (800, 500), 16, 0.10, SMALL_M),
+)
+FORMS = {"slot": 2**62, "row": 0, "library": None}  # SLOT_FORM_MAX_ROWS: forced, or the default
+
+
+def compiled(x, w, form: str):
+    """`matmul(x, w)` compiled with the product form forced ("slot", "row") or as the library
+    picks it per piece of x's rows ("library").
+
+    The form is read at trace time, and JAX caches traces by function: the caches are cleared
+    before and after tracing with the forced value.
+    """
+    default = reference.SLOT_FORM_MAX_ROWS
+    reference.SLOT_FORM_MAX_ROWS = default if FORMS[form] is None else FORMS[form]
+    jax.clear_caches()
+    try:
+        return jax.jit(matmul).lower(x, w).compile()
+    finally:
+        reference.SLOT_FORM_MAX_ROWS = default
+        jax.clear_caches()
+
+
+def run(reps: int) -> list[dict]:
+    rng = np.random.default_rng(0)
+    dense = jax.jit(lambda x, w: x @ w)
+    rows = []
+    for name, shape, block, density, batches in CASES:
+        kernel = random_block_kernel(rng, shape, block, density)
+        w = BlockSparse.from_dense(kernel, block)
+        w_dense = jnp.asarray(kernel)
+        for m in batches:
+            x = jnp.asarray(rng.standard_normal((m, shape[0])), jnp.float32)
+            fns, args = {}, {}
+            for form in FORMS:
+                fns[f"dense before {form}"], args[f"dense before {form}"] = dense, (x, w_dense)
+                fns[form], args[form] = compiled(x, w, form), (x, w)
+                np.testing.assert_allclose(fns[form](x, w), x @ kernel, rtol=2e-3, atol=2e-3)
+            best, _ = best_times(fns, args, reps)
+            dense_s = min(best[f"dense before {form}"] for form in FORMS)
+            row = dict(
+                case=name,
+                shape=list(shape),
+                block=block,
+                density=density,
+                m=m,
+                kmax=int(w.kmax),
+                dense_ms=dense_s * 1e3,
+                slot_ms=best["slot"] * 1e3,
+                row_ms=best["row"] * 1e3,
+                library_ms=best["library"] * 1e3,
+            )
+            rows.append(row)
+            print(
+                f"{name:14s} M={m:6d} dense {row['dense_ms']:9.3f} ms  "
+                f"slot/dense {best['slot'] / dense_s:6.3f}  row/dense {best['row'] / dense_s:6.3f}  "
+                f"row/slot {best['row'] / best['slot']:5.2f}  "
+                f"library/dense {best['library'] / dense_s:6.3f}",
+                flush=True,
+            )
+    return rows
+
+
+def markdown_table(results: dict) -> str:
+    """A results file's rows as a Markdown table."""
+    meta = results["meta"]
+    lines = [
+        f"JAX {meta['jax']}, {meta['cpu_count']} CPUs, load average at the end "
+        f"{tuple(round(a, 1) for a in meta['load_average'])}, best of {meta['reps']} "
+        f"interleaved runs; the library takes the slot form for pieces of x of up to "
+        f"{meta['slot_form_max_rows']} rows.",
+        "",
+        "| weight | M | dense ms | slot / dense | row / dense | library / dense | row / slot |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in results["rows"]:
+        lines.append(
+            f"| {r['case']} | {r['m']} | {r['dense_ms']:.3f} | {r['slot_ms'] / r['dense_ms']:.3f} | "
+            f"{r['row_ms'] / r['dense_ms']:.3f} | {r['library_ms'] / r['dense_ms']:.3f} | "
+            f"{r['row_ms'] / r['slot_ms']:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--reps", type=int, default=15)
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results/matmul_forms.json"))
+    parser.add_argument("--table", help="print this results file as a Markdown table and exit")
+    args = parser.parse_args()
+    if args.table:
+        print(markdown_table(json.loads(Path(args.table).read_text())))
+        return
+    write_results(
+        args.out,
+        run(args.reps),
+        reps=args.reps,
+        slot_form_max_rows=reference.SLOT_FORM_MAX_ROWS,
+    )
+
+
+if __name__ == "__main__":
+    main()
