@@ -11,12 +11,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import lscjax
-from lscjax import FormatError
+from lscjax import FormatError, LscError
 from lscjax._src.checkpoints import flatten
 from lscjax._src.cli import main as cli_main
 from lscjax._src.compressed import from_bytes, to_bytes
 from lscjax._src.container import PREFIX_BYTES
+from lscjax._src.sparse.random import random_block_kernel
 from lscjax.models import LeNet300
+from lscjax.sparse import BlockSparse
 
 
 @pytest.fixture(scope="module")
@@ -186,3 +188,26 @@ def test_sections_with_valid_crcs_but_bad_contents(entry, message):
     data = container.pack({}, [(entry, b"\x00" * 16)])  # CRCs are right: the checks behind them run
     with pytest.raises(FormatError, match=message):
         from_bytes(data)
+
+
+@pytest.mark.parametrize("stored", [8, None])  # decoded straight to blocks, or re-blocked
+def test_block_sparse_layout_max_density(stored, tmp_path):
+    """Kernels storing more than `max_density` of their blocks are served dense (dequantized)."""
+    rng = np.random.default_rng(1)
+    params = {
+        "Dense_0": {"kernel": random_block_kernel(rng, (96, 40), 8, 0.25)},
+        "Dense_1": {"kernel": rng.normal(size=(40, 10)).astype(np.float32)},
+    }
+    options = {} if stored is None else {"block": stored}
+    model = lscjax.compress(params, lscjax.recipe("lsc", sparsity=0.5, format_options=options))
+    lscjax.save(tmp_path / "m.lsc", model)
+    served = lscjax.load(tmp_path / "m.lsc", layout="block_sparse", block=8, max_density=0.5)
+    dense = model.params()
+    assert isinstance(served["Dense_0"]["kernel"], BlockSparse)
+    assert served["Dense_0"]["kernel"].block_density <= 0.25
+    assert not isinstance(served["Dense_1"]["kernel"], BlockSparse)  # all 10 blocks non-zero
+    np.testing.assert_array_equal(served["Dense_1"]["kernel"], dense["Dense_1"]["kernel"])
+    everything = model.block_sparse_params(8)
+    assert isinstance(everything["Dense_1"]["kernel"], BlockSparse)
+    with pytest.raises(LscError, match="max_density"):
+        model.block_sparse_params(8, max_density=2)

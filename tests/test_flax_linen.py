@@ -10,6 +10,7 @@ import pytest
 
 import lscjax
 from lscjax import LscError
+from lscjax._src.sparse.random import random_block_kernel
 from lscjax.flax import compressed_apply, to_block_sparse, to_dense
 from lscjax.models import LeNet5, LeNet300
 from lscjax.quant import QArray
@@ -127,3 +128,41 @@ def test_errors_name_the_path():
         to_block_sparse({"Dense_0": {"kernel": jnp.full((4, 4), jnp.nan)}})
     with pytest.raises(LscError, match="impl"):
         compressed_apply(GeneralNet().apply, impl="gpu")
+
+
+def test_max_density_keeps_nearly_dense_kernels():
+    """Kernels above `max_density` (fraction of non-zero blocks, counted by hand) stay as they
+    are, float or QArray; the rest become BlockSparse; the mix serves like dense apply."""
+    model = LeNet300()
+    x = jax.random.uniform(jax.random.key(5), (2, 28, 28, 1))
+    params = model.init(jax.random.key(0), x)["params"]
+    rng = np.random.default_rng(1)
+    sparse_kernel = random_block_kernel(rng, (784, 300), 16, 0.2)
+    codebook = np.concatenate([[0.0], rng.standard_normal(15) * 0.1]).astype(np.float32)
+    dense_codes = QArray(
+        jnp.asarray(rng.integers(1, 16, (300, 100)), jnp.uint8),
+        jnp.asarray(codebook),
+        "kmeans",
+        4,
+        (300, 100),
+    )  # every block non-zero
+    params = {
+        **params,
+        "Dense_0": {**params["Dense_0"], "kernel": jnp.asarray(sparse_kernel)},
+        "Dense_1": {**params["Dense_1"], "kernel": dense_codes},
+    }
+    blocks = np.abs(np.pad(sparse_kernel, ((0, 0), (0, 4)))).reshape(49, 16, 19, 16).sum((1, 3))
+    density = np.count_nonzero(blocks) / blocks.size
+    assert 0.15 < density < 0.25
+    sparse = to_block_sparse(params, block=16, max_density=0.5)
+    assert sparse["Dense_0"]["kernel"].block_density == pytest.approx(density)
+    assert sparse["Dense_1"]["kernel"] is dense_codes  # 100% of the blocks: kept as it was
+    assert sparse["Dense_2"]["kernel"] is params["Dense_2"]["kernel"]  # init: dense
+    everything = to_block_sparse(params, block=16)  # max_density 1: every kernel
+    assert all(isinstance(everything[f"Dense_{i}"]["kernel"], BlockSparse) for i in range(3))
+    mixed = {**sparse, "Dense_1": {**sparse["Dense_1"], "kernel": dense_codes.dequantize()}}
+    decoded = {**params, "Dense_1": mixed["Dense_1"]}
+    got = jax.jit(compressed_apply(model.apply))({"params": mixed}, x)
+    np.testing.assert_allclose(got, model.apply({"params": decoded}, x), rtol=1e-5, atol=1e-5)
+    with pytest.raises(LscError, match="max_density"):
+        to_block_sparse(params, max_density=1.5)

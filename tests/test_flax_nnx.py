@@ -8,6 +8,7 @@ import pytest
 from flax import nnx
 
 from lscjax import LscError
+from lscjax._src.sparse.random import random_block_kernel
 from lscjax.flax import BlockSparseConv, BlockSparseLinear, to_block_sparse_nnx
 from lscjax.sparse import BlockSparse
 
@@ -94,3 +95,17 @@ def test_errors():
     grouped = nnx.Conv(4, 4, (3, 3), feature_group_count=2, rngs=nnx.Rngs(0))
     with pytest.raises(LscError, match="grouped"):
         to_block_sparse_nnx(grouped)
+
+
+def test_max_density_leaves_nearly_dense_layers():
+    net = _pruned_net()
+    rng = np.random.default_rng(0)
+    net.layers[0].kernel[...] = jnp.asarray(random_block_kernel(rng, (294, 40), 4, 0.3))
+    net.layers[1].kernel[...] = jnp.ones((40, 10))  # every block non-zero
+    sparse = to_block_sparse_nnx(net, block=4, max_density=0.9)
+    assert isinstance(sparse.layers[0], BlockSparseLinear)
+    assert type(sparse.layers[1]) is nnx.Linear
+    x = jax.random.normal(jax.random.key(2), (2, 14, 14, 1))
+    np.testing.assert_allclose(sparse(x), net(x), rtol=1e-5, atol=1e-5)
+    with pytest.raises(LscError, match="max_density"):
+        to_block_sparse_nnx(net, max_density=-0.1)

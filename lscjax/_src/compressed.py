@@ -98,7 +98,7 @@ class CompressedModel:
         paths = list(self.encoded) + list(self.raw)
         return nest({p: _dense(self.leaf(p)) for p in paths})
 
-    def block_sparse_params(self, block=None) -> dict:
+    def block_sparse_params(self, block=None, *, max_density: float = 1.0) -> dict:
         """The params with every compressed kernel as a `BlockSparse` (codes + codebook where
         quantized), ready for `lscjax.flax.compressed_apply`; other leaves dense.
 
@@ -112,9 +112,19 @@ class CompressedModel:
         Args:
           block: b for every kernel, or None: the stored LSC block where it suits serving, else
             DEFAULT_BLOCK.
+          max_density: a kernel with a larger fraction of non-zero blocks is given dense
+            (dequantized) instead: nearly dense kernels are faster dense (see
+            `lscjax.flax.to_block_sparse`).
+
+        Raises:
+          LscError: `max_density` outside [0, 1].
         """
-        from lscjax._src.flax.linen import to_block_sparse
+        from lscjax._src.flax.layers import check_max_density
+        from lscjax._src.flax.linen import block_sparse_leaf
         from lscjax._src.sparse.block_sparse import BlockSparse
+
+        check_max_density(max_density)
+        serving_block = DEFAULT_BLOCK if block is None else block
 
         def direct(enc) -> bool:
             stored = enc.options.get("block") if enc.format == "lsc" else None
@@ -122,15 +132,18 @@ class CompressedModel:
                 return False
             return stored == block if block is not None else stored <= MAX_DIRECT_BLOCK
 
-        leaves = {
-            p: BlockSparse.from_encoded(e) if direct(e) else self.leaf(p)
-            for p, e in self.encoded.items()
-        }
-        return to_block_sparse(
-            nest(leaves | self.raw),
-            block=DEFAULT_BLOCK if block is None else block,
-            where=lambda p, _: p in self.encoded and not direct(self.encoded[p]),
-        )
+        def served(path: str, enc):
+            leaf = None if direct(enc) else self.leaf(path)
+            w = (
+                BlockSparse.from_encoded(enc)
+                if leaf is None
+                else block_sparse_leaf(path, leaf, serving_block)
+            )
+            if w.block_density <= max_density:
+                return w
+            return _dense(self.leaf(path) if leaf is None else leaf)
+
+        return nest({p: served(p, e) for p, e in self.encoded.items()} | self.raw)
 
     def layers(self) -> list[LayerStats]:
         """Per-layer storage, in file order."""
@@ -234,7 +247,7 @@ def save(path: str | os.PathLike, model: CompressedModel) -> int:
     return len(data)
 
 
-def load(path: str | os.PathLike, *, layout: str = "dense", block=None):
+def load(path: str | os.PathLike, *, layout: str = "dense", block=None, max_density: float = 1.0):
     """Read an .lsc file.
 
     Args:
@@ -242,11 +255,14 @@ def load(path: str | os.PathLike, *, layout: str = "dense", block=None):
       layout: "dense" (nested dicts of float arrays), "quantized" (QArray leaves where
         quantized), "block_sparse" (BlockSparse kernels, for `lscjax.flax.compressed_apply`),
         or "model" (the CompressedModel itself, e.g. for reports).
-      block: the serving block for "block_sparse" (default DEFAULT_BLOCK = 32).
+      block: the serving block for "block_sparse" (default: the stored LSC block where it suits
+        serving, else DEFAULT_BLOCK = 32; see `CompressedModel.block_sparse_params`).
+      max_density: for "block_sparse", kernels with a larger fraction of non-zero blocks are
+        given dense (dequantized): nearly dense kernels are faster dense.
 
     Raises:
       FormatError: the file is truncated, corrupted, foreign or of an unknown version.
-      LscError: an unknown layout.
+      LscError: an unknown layout, `max_density` outside [0, 1].
     """
     if layout not in LAYOUTS:
         raise LscError(f"layout must be one of {LAYOUTS}, got {layout!r}")
@@ -256,5 +272,5 @@ def load(path: str | os.PathLike, *, layout: str = "dense", block=None):
     if layout == "quantized":
         return model.quantized_params()
     if layout == "block_sparse":
-        return model.block_sparse_params(block)
+        return model.block_sparse_params(block, max_density=max_density)
     return model.params()

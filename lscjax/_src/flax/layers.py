@@ -15,6 +15,13 @@ from lscjax._src.sparse.conv import conv
 from lscjax._src.sparse.matmul import matmul
 
 
+def check_max_density(max_density: float) -> None:
+    """Raise LscError unless `max_density` (the conversions' bound on a kernel's fraction of
+    non-zero blocks) is in [0, 1]."""
+    if not 0.0 <= max_density <= 1.0:
+        raise LscError(f"max_density must be in [0, 1], got {max_density!r}")
+
+
 def _out_dtype(layer, x, kernel: BlockSparse, bias):
     if getattr(layer, "dtype", None) is not None:
         return jnp.dtype(layer.dtype)

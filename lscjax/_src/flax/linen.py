@@ -8,7 +8,7 @@ import jax
 import numpy as np
 
 from lscjax._src.errors import LscError
-from lscjax._src.flax.layers import conv_layer, dense
+from lscjax._src.flax.layers import check_max_density, conv_layer, dense
 from lscjax._src.quant.qarray import is_qarray
 from lscjax._src.sparse.block_sparse import BlockSparse
 from lscjax._src.sparse.matmul import IMPLS
@@ -20,7 +20,7 @@ def _shape_proxy(leaf):
     return np.broadcast_to(np.float32(0), leaf.shape) if is_qarray(leaf) else leaf
 
 
-def to_block_sparse(params, block=(32, 32), *, where: Where = None):
+def to_block_sparse(params, block=(32, 32), *, where: Where = None, max_density: float = 1.0):
     """Replace the selected kernels of `params` by `BlockSparse` (float values or codes).
 
     Args:
@@ -29,6 +29,11 @@ def to_block_sparse(params, block=(32, 32), *, where: Where = None):
       block: b or (b_in, b_out), the block of every converted kernel.
       where: selection (default: leaves named 'kernel' with ndim >= 2; a QArray counts as an
         array of its dense shape).
+      max_density: a selected kernel with a larger fraction of non-zero blocks
+        (`BlockSparse.block_density`) stays as it is. Nearly dense kernels are faster dense: on
+        CPU the block-sparse product takes 0.4-0.9 of the dense time at 25% of the blocks of a
+        4096^2 kernel, and LeNet-5's conv1 with all its blocks is several times slower than
+        dense at large batches (docs/results/sparse.md).
 
     Returns:
       The params with BlockSparse at the selected leaves (QArray -> coded blocks via
@@ -36,25 +41,32 @@ def to_block_sparse(params, block=(32, 32), *, where: Where = None):
 
     Raises:
       LscError: a selected leaf that is not a float array or QArray, or has NaN/Inf; bad `block`
-        (the message names the leaf path).
+        (the message names the leaf path); `max_density` outside [0, 1].
     """
+    check_max_density(max_density)
     chosen = selection(jax.tree_util.tree_map(_shape_proxy, params, is_leaf=is_qarray), where)
 
     def convert(kp, leaf):
         path = path_str(kp)
         if leaf is None or not chosen.get(path, False):
             return leaf
-        try:
-            if is_qarray(leaf):
-                return BlockSparse.from_qarray(leaf, block, path=path)
-            check_float_leaf(path, leaf)
-            return BlockSparse.from_dense(leaf, block)
-        except LscError as err:
-            raise LscError(f"leaf {path!r}: {err}") from err
+        w = block_sparse_leaf(path, leaf, block)
+        return w if w.block_density <= max_density else leaf
 
     return jax.tree_util.tree_map_with_path(
         convert, params, is_leaf=lambda x: x is None or is_qarray(x)
     )
+
+
+def block_sparse_leaf(path: str, leaf, block) -> BlockSparse:
+    """One kernel (float array or QArray) as a BlockSparse; errors name the leaf `path`."""
+    try:
+        if is_qarray(leaf):
+            return BlockSparse.from_qarray(leaf, block, path=path)
+        check_float_leaf(path, leaf)
+        return BlockSparse.from_dense(leaf, block)
+    except LscError as err:
+        raise LscError(f"leaf {path!r}: {err}") from err
 
 
 def _is_block_sparse(x) -> bool:

@@ -6,7 +6,7 @@ import jax
 from flax import nnx
 
 from lscjax._src.errors import LscError
-from lscjax._src.flax.layers import conv_layer, dense
+from lscjax._src.flax.layers import check_max_density, conv_layer, dense
 from lscjax._src.sparse.block_sparse import BlockSparse
 from lscjax._src.sparse.matmul import IMPLS
 from lscjax._src.tree import check_float_leaf
@@ -89,6 +89,7 @@ def to_block_sparse_nnx(
     where: Callable[[str, nnx.Module], bool] | None = None,
     impl: str = "auto",
     interpret: bool = False,
+    max_density: float = 1.0,
 ) -> nnx.Module:
     """A copy of `model` whose `nnx.Linear` / `nnx.Conv` modules run block-sparse.
 
@@ -102,16 +103,19 @@ def to_block_sparse_nnx(
       where: ``(path, layer) -> bool`` choosing layers ('/'-joined attribute path, e.g.
         'layers/0'); default: every Linear and Conv.
       impl, interpret: passed to `lscjax.sparse.matmul` by the swapped layers.
+      max_density: a selected layer whose kernel has a larger fraction of non-zero blocks
+        (`BlockSparse.block_density`) is not swapped (see `lscjax.flax.to_block_sparse`).
 
     Returns:
       The swapped model (a new module graph).
 
     Raises:
-      LscError: bad `impl`, a kernel that is not float or has NaN/Inf, a grouped or masked Conv
-        (the message names the layer path).
+      LscError: bad `impl` or `max_density`, a kernel that is not float or has NaN/Inf, a
+        grouped or masked Conv (the message names the layer path).
     """
     if impl not in IMPLS:
         raise LscError(f"impl must be one of {IMPLS}, got {impl!r}")
+    check_max_density(max_density)
 
     def swap(parts, node):
         if type(node) not in (nnx.Linear, nnx.Conv):
@@ -122,6 +126,8 @@ def to_block_sparse_nnx(
         weight = node.kernel[...]
         check_float_leaf(path + "/kernel", weight)
         kernel = BlockSparse.from_dense(weight, block)
+        if kernel.block_density > max_density:
+            return node
         cls = BlockSparseLinear if type(node) is nnx.Linear else BlockSparseConv
         return cls(node, kernel, path=path, impl=impl, interpret=interpret)
 

@@ -229,6 +229,15 @@ class BlockSparse:
         return self.indices.shape[1]
 
     @property
+    def block_density(self) -> float:
+        """Fraction of the R x C blocks of the matrix view that are stored (reads ``counts``:
+        concrete weights only, not under jit)."""
+        if isinstance(self.counts, jax.core.Tracer):
+            raise LscError("block_density reads the counts: not available under jit")
+        rows, cols = grid(self.shape, self.block)
+        return int(np.sum(np.asarray(self.counts))) / (rows * cols)
+
+    @property
     def nbytes(self) -> int:
         """Bytes of the device arrays: blocks, indices, counts and codebook."""
         arrays = [self.blocks, self.indices, self.counts]
