@@ -31,7 +31,7 @@ def to_block_sparse(params, block=(32, 32), *, where: Where = None, max_density:
         array of its dense shape).
       max_density: a selected kernel with a larger fraction of non-zero blocks
         (`BlockSparse.block_density`) stays as it is. Nearly dense kernels are faster dense: on
-        CPU the block-sparse product takes 0.4-0.9 of the dense time at 25% of the blocks of a
+        CPU the block-sparse product takes 0.35-0.94 of the dense time at 25% of the blocks of a
         4096^2 kernel, and LeNet-5's conv1 with all its blocks is several times slower than
         dense at large batches (docs/results/sparse.md).
 
