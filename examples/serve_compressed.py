@@ -43,7 +43,7 @@ def latency_ms(fn, params, x, reps: int) -> float:
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=float, default=2, help="dense training epochs")
-    parser.add_argument("--retrain-epochs", type=float, default=1, help="masked retraining")
+    parser.add_argument("--retrain-epochs", type=float, default=2, help="masked retraining")
     parser.add_argument("--block-sparsity", type=float, default=0.9, help="conv2 and fc1")
     parser.add_argument("--block", type=int, default=16)
     parser.add_argument("--bits", type=int, default=4)
@@ -83,7 +83,7 @@ def main(argv=None):
     params, _ = lscjax.models.fit(
         apply_fn,
         params,
-        lscjax.train.keep_masks(optax.adam(3e-4), masks),
+        lscjax.train.keep_masks(optax.adam(1e-3), masks),
         x_train,
         y_train,
         steps=max(1, int(args.retrain_epochs * steps_per_epoch)),
