@@ -1,0 +1,157 @@
+"""Block-sparse matmul on a GPU (the Pallas Triton kernel) against dense bfloat16 ``x @ W``.
+
+Issue 5's GPU protocol, ready for a session that is lent a GPU (none was, so far): every timed
+call multiplies x by each of `--sets` different weight sets in turn (``lax.map`` over stacked
+weights, one dispatch), so no set is still in the L2 cache when it comes round again (H100: 50 MB
+of L2; 64 sets of an 8192^2 bf16 kernel are 8 GB). Time per product = call time / sets.
+
+* goal point: N = K = 8192, blocks of 64, 90% block sparsity (10% of the blocks kept, random
+  positions), batch 16: bf16 block values (goal: <= 0.15 of dense) and 4-bit codes with a bf16
+  codebook (goal: >= 15x faster than dense);
+* the CPU table's grid (benchmarks/matmul.py): 4096^2, batch 1/16/64, blocks 32/64, 5/10/25%.
+
+Random masks give the sets different Kmax; they are zero-padded to the largest (the GPU kernel
+loops over each row's own count, so padding costs no work). Prints ratios and writes JSON with
+the device and JAX version. ``--smoke`` runs the same code on CPU in interpret mode at toy sizes
+(tests/test_benchmarks.py), to keep the script working where no GPU is.
+
+Usage: python benchmarks/matmul_gpu.py [--sets 64] [--reps 20] [--out PATH]
+       python benchmarks/matmul_gpu.py --smoke
+"""
+
+import argparse
+import dataclasses
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+from matmul import best_times, write_results
+
+from lscjax._src.sparse.random import random_block_kernel
+from lscjax.sparse import BlockSparse, matmul
+
+GOAL = {"size": 8192, "block": 64, "density": 0.10, "batch": 16, "bf16": 0.15, "4bit_speedup": 15}
+TABLE = {"size": 4096, "batches": (1, 16, 64), "blocks": (32, 64), "densities": (0.05, 0.10, 0.25)}
+SMOKE = {"size": 256, "batches": (1, 16), "blocks": (32,), "densities": (0.25,)}
+
+
+def weight_set(rng, size: int, block: int, density: float, sets: int):
+    """`sets` random kernels as stacked dense bf16 [S, K, N], bf16-valued and 4-bit BlockSparse.
+
+    Returns:
+      (dense bf16 [S, size, size], BlockSparse of bf16 values, BlockSparse of 4-bit codes with a
+      bf16 codebook, the first set's codes as a dense float32 [size, size]); each BlockSparse is
+      the S sets stacked along a new leading axis, padded to a common Kmax.
+    """
+    dense, values, codes = [], [], []
+    for _ in range(sets):
+        kernel = random_block_kernel(rng, (size, size), block, density)
+        codebook = jnp.asarray(np.concatenate([[0.0], np.sort(rng.standard_normal(15))]))
+        code = np.where(kernel != 0, rng.integers(1, 16, kernel.shape), 0).astype(np.uint8)
+        dense.append(jnp.asarray(kernel, jnp.bfloat16))
+        values.append(BlockSparse.from_dense(dense[-1], block))
+        codes.append(BlockSparse.from_codes(code, codebook.astype(jnp.bfloat16), block))
+        if len(codes) == 1:
+            first_codes = np.asarray(codebook.astype(jnp.bfloat16), np.float32)[code]
+    return jnp.stack(dense), _stacked(values), _stacked(codes), first_codes
+
+
+def _check(got, x, w) -> None:
+    """Assert the first set's product `got` [M, N] matches x @ w in float32 (bf16 tolerance)."""
+    want = np.asarray(x, np.float32) @ np.asarray(w, np.float32)
+    scale = np.abs(want).max()
+    np.testing.assert_allclose(np.asarray(got, np.float32), want, rtol=3e-2, atol=3e-2 * scale)
+
+
+def _stacked(weights: list[BlockSparse]) -> BlockSparse:
+    """BlockSparse weights (same shape and block) padded to one Kmax and stacked on axis 0."""
+    kmax = max(w.kmax for w in weights)
+
+    def padded(w: BlockSparse) -> BlockSparse:
+        extra = kmax - w.kmax
+        blocks = jnp.pad(w.blocks, ((0, 0), (0, extra), (0, 0), (0, 0)))
+        indices = jnp.pad(w.indices, ((0, 0), (0, extra)), mode="edge")
+        return dataclasses.replace(w, blocks=blocks, indices=indices, row_groups=None)
+
+    return jax.tree_util.tree_map(lambda *a: jnp.stack(a), *[padded(w) for w in weights])
+
+
+def run(sets: int, reps: int, smoke: bool) -> list[dict]:
+    rng = np.random.default_rng(0)
+    interpret = smoke  # on CPU the Triton kernel runs in Pallas interpret mode
+    impl = "pallas_gpu"
+    dense_fn = jax.jit(lambda x, ws: lax.map(lambda w: x @ w, ws))
+    sparse_fn = jax.jit(
+        lambda x, ws: lax.map(lambda w: matmul(x, w, impl=impl, interpret=interpret), ws)
+    )
+    grid = SMOKE if smoke else TABLE
+    points = [
+        (GOAL["size"] if not smoke else SMOKE["size"], GOAL["block"], GOAL["density"], (16,), True)
+    ]
+    points += [
+        (grid["size"], b, d, grid["batches"], False)
+        for b in grid["blocks"]
+        for d in grid["densities"]
+    ]
+    rows = []
+    for size, block, density, batches, goal in points:
+        dense, values, codes, first_codes = weight_set(rng, size, block, density, sets)
+        for batch in batches:
+            x = jnp.asarray(rng.standard_normal((batch, size)), jnp.bfloat16)
+            _check(sparse_fn(x, values)[0], x, dense[0])
+            _check(sparse_fn(x, codes)[0], x, first_codes)
+            fns = {"dense": dense_fn, "bf16": sparse_fn, "4bit": sparse_fn}
+            args = {"dense": (x, dense), "bf16": (x, values), "4bit": (x, codes)}
+            best, median = best_times(fns, args, reps)
+            per = {k: v / sets for k, v in best.items()}
+            row = dict(
+                goal_point=goal,
+                size=size,
+                block=block,
+                density=density,
+                batch=batch,
+                sets=sets,
+                us_per_product={k: v * 1e6 for k, v in per.items()},
+                median_us_per_product={k: v / sets * 1e6 for k, v in median.items()},
+                bf16_over_dense=per["bf16"] / per["dense"],
+                dense_over_4bit=per["dense"] / per["4bit"],
+            )
+            rows.append(row)
+            print(
+                f"{'GOAL ' if goal else ''}N=K={size} b={block} d={density:.2f} batch={batch:2d} "
+                f"dense {per['dense'] * 1e6:9.1f} us  bf16/dense {row['bf16_over_dense']:.3f}  "
+                f"dense/4bit {row['dense_over_4bit']:.1f}x",
+                flush=True,
+            )
+    return rows
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sets", type=int, help="weight sets rotated (default 64; smoke 2)")
+    parser.add_argument("--reps", type=int, help="interleaved rounds (default 20; smoke 2)")
+    parser.add_argument("--smoke", action="store_true", help="CPU, interpret mode, toy sizes")
+    parser.add_argument("--out", help="JSON path (default benchmarks/results/matmul_gpu.json)")
+    args = parser.parse_args()
+    sets = args.sets or (2 if args.smoke else 64)
+    reps = args.reps or (2 if args.smoke else 20)
+    if not args.smoke and jax.default_backend() != "gpu":
+        raise SystemExit(f"needs a GPU (backend is {jax.default_backend()!r}); try --smoke")
+    rows = run(sets, reps, args.smoke)
+    for row in rows:
+        if row["goal_point"]:
+            print(
+                f"GOAL bf16 <= {GOAL['bf16']}: {row['bf16_over_dense'] <= GOAL['bf16']}, "
+                f"4-bit >= {GOAL['4bit_speedup']}x: "
+                f"{row['dense_over_4bit'] >= GOAL['4bit_speedup']}"
+            )
+    if args.smoke and args.out is None:
+        return
+    default = Path(__file__).parent / "results" / "matmul_gpu.json"
+    write_results(args.out or default, rows, sets=sets, reps=reps, smoke=args.smoke, goal=GOAL)
+
+
+if __name__ == "__main__":
+    main()
