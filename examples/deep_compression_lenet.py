@@ -59,8 +59,7 @@ def run(name: str, args, data) -> dict:
         return max(1, int(epochs * steps_per_epoch))
 
     model = MODELS[name]()
-    apply_fn = lambda p, x: model.apply({"params": p}, x)  # noqa: E731
-    params = model.init(jax.random.key(args.seed), np.zeros((1, 28, 28, 1), np.float32))["params"]
+    params, apply_fn = lscjax.models.init(model, args.seed)
     common = dict(batch_size=args.batch_size, progress=args.progress)
 
     def fit(params, optimizer, epochs, seed):

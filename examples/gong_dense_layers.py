@@ -11,8 +11,6 @@ paper), and prints the compression ratio of the kernels (32-bit dense bits over 
 
 import argparse
 
-import jax
-import numpy as np
 import optax
 
 import lscjax
@@ -49,8 +47,7 @@ def main(argv=None):
     x_test, y_test = lscjax.data.fashion_mnist("test")
     print(f"data: {lscjax.data.data_dir()} ({len(y_train)} train / {len(y_test)} test)")
     model = lscjax.models.LeNet300()
-    apply_fn = lambda p, x: model.apply({"params": p}, x)  # noqa: E731
-    params = model.init(jax.random.key(args.seed), np.zeros((1, 28, 28, 1), np.float32))["params"]
+    params, apply_fn = lscjax.models.init(model, args.seed)
     steps = max(1, int(args.epochs * len(y_train) // args.batch_size))
     params, _ = lscjax.models.fit(
         apply_fn,

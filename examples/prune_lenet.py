@@ -8,8 +8,6 @@ Prints dense and pruned test accuracy and the per-layer sparsity table.
 
 import argparse
 
-import jax
-import numpy as np
 import optax
 
 import lscjax
@@ -37,8 +35,7 @@ def main(argv=None):
         return max(1, int(epochs * steps_per_epoch))
 
     model = lscjax.models.LeNet300()
-    apply_fn = lambda p, x: model.apply({"params": p}, x)  # noqa: E731
-    params = model.init(jax.random.key(args.seed), np.zeros((1, 28, 28, 1), np.float32))["params"]
+    params, apply_fn = lscjax.models.init(model, args.seed)
     common = dict(batch_size=args.batch_size, progress=True)
     params, _ = lscjax.models.fit(
         apply_fn, params, optax.adam(1e-3), x_train, y_train, steps=steps(args.epochs), **common

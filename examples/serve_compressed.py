@@ -60,8 +60,7 @@ def main(argv=None):
     steps_per_epoch = len(x_train) // 128
 
     model = lscjax.models.LeNet5()
-    apply_fn = lambda p, x: model.apply({"params": p}, x)  # noqa: E731
-    params = model.init(jax.random.key(args.seed), np.zeros((1, 28, 28, 1), np.float32))["params"]
+    params, apply_fn = lscjax.models.init(model, args.seed)
     params, _ = lscjax.models.fit(
         apply_fn,
         params,

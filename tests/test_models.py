@@ -19,12 +19,19 @@ def test_weight_counts(model, weights, biases):
     assert sum(n for p, n in sizes.items() if p.endswith("bias")) == biases
 
 
+def test_init_is_linen_init_and_apply():
+    model = LeNet5()
+    params, apply_fn = lscjax.models.init(model, seed=3)
+    want = model.init(jax.random.key(3), np.zeros((1, 28, 28, 1), np.float32))["params"]
+    jax.tree_util.tree_map(np.testing.assert_array_equal, params, want)
+    x = jax.random.uniform(jax.random.key(1), (2, 28, 28, 1))
+    np.testing.assert_array_equal(apply_fn(params, x), model.apply({"params": want}, x))
+
+
 def test_fit_learns_and_masked_fit_keeps_zeros():
-    model = LeNet300()
-    apply_fn = lambda p, x: model.apply({"params": p}, x)  # noqa: E731
+    params, apply_fn = lscjax.models.init(LeNet300())
     x, y = lscjax.data.fashion_mnist("train")
     x, y = x[:3000], y[:3000]
-    params = model.init(jax.random.key(0), np.zeros((1, 28, 28, 1), np.float32))["params"]
     before = lscjax.models.accuracy(apply_fn, params, x, y)
     params, _ = lscjax.models.fit(apply_fn, params, optax.adam(1e-3), x, y, steps=150)
     after = lscjax.models.accuracy(apply_fn, params, x, y)

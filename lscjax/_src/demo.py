@@ -21,7 +21,7 @@ from lscjax._src.data import EMBEDDED_DIR, fashion_mnist
 from lscjax._src.errors import LscError
 from lscjax._src.flax.linen import compressed_apply
 from lscjax._src.loop import accuracy, classifier_loss, fit
-from lscjax._src.models import LeNet5, LeNet300, prepare
+from lscjax._src.models import LeNet5, LeNet300, init, prepare
 from lscjax._src.report import format_storage_report, storage_report
 
 BATCH = 64
@@ -76,8 +76,7 @@ def run_demo(
     if model not in MODELS:
         raise LscError(f"unknown model {model!r}; expected one of {sorted(MODELS)}")
     name, model = model, MODELS[model]()
-    apply_fn = lambda p, x: model.apply({"params": p}, x)  # noqa: E731
-    params = model.init(jax.random.key(0), np.zeros((1, 28, 28, 1), np.float32))["params"]
+    params, apply_fn = init(model, 0)
     started = time.perf_counter()
     params, _ = fit(
         apply_fn,

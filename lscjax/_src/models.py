@@ -4,7 +4,10 @@ Both take images as float32 [N, 28, 28, 1] (or [N, 28, 28]) and return logits fl
 Parameter paths: LeNet300 'Dense_0..2/kernel|bias'; LeNet5 'Conv_0..1', 'Dense_0..1'.
 """
 
+from collections.abc import Callable
+
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 
@@ -43,3 +46,18 @@ class LeNet5(nn.Module):
 def prepare(images) -> jnp.ndarray:
     """uint8 images [N, 28, 28] -> float32 [N, 28, 28, 1] scaled to [0, 1]."""
     return jnp.asarray(images, jnp.float32)[..., None] / 255.0
+
+
+def init(model: nn.Module, seed: int = 0) -> tuple[dict, Callable]:
+    """A classifier of 28 x 28 images, ready to train: its params and its apply function.
+
+    Args:
+      model: a Linen module taking float32 [N, 28, 28, 1] (e.g. `LeNet5()`, `LeNet300()`).
+      seed: the ``jax.random.key`` seed of the initialization.
+
+    Returns:
+      (params, apply_fn): ``model.init(...)["params"]`` and
+      ``apply_fn(params, x) = model.apply({"params": params}, x)``, as `fit` and `accuracy` take.
+    """
+    params = model.init(jax.random.key(seed), jnp.zeros((1, 28, 28, 1), jnp.float32))["params"]
+    return params, lambda p, x: model.apply({"params": p}, x)
