@@ -29,15 +29,21 @@ from lscjax.sparse import BlockSparse
 PRUNED = ("Conv_1/kernel", "Dense_0/kernel")
 
 
-def latency_ms(fn, params, x, reps: int) -> float:
-    """Median wall time (ms) of the jitted ``fn(params, x)`` after one compile call."""
-    jax.block_until_ready(fn(params, x))
-    times = []
-    for _ in range(reps):
-        start = time.perf_counter()
+def latency_ms(calls: dict, x, reps: int) -> dict:
+    """Median wall time (ms) of each jitted ``fn(params, x)`` of ``calls = {name: (fn, params)}``.
+
+    After one compile call each, the calls take turns (one of each per round), so load drifts on
+    a shared machine hit all of them alike.
+    """
+    for fn, params in calls.values():
         jax.block_until_ready(fn(params, x))
-        times.append(time.perf_counter() - start)
-    return 1e3 * float(np.median(times))
+    times = {name: [] for name in calls}
+    for _ in range(reps):
+        for name, (fn, params) in calls.items():
+            start = time.perf_counter()
+            jax.block_until_ready(fn(params, x))
+            times[name].append(time.perf_counter() - start)
+    return {name: 1e3 * float(np.median(t)) for name, t in times.items()}
 
 
 def main(argv=None):
@@ -145,14 +151,21 @@ def main(argv=None):
             f"blocks kept {int(np.sum(w.counts))} Kmax {w.kmax}"
         )
     print(
-        "\nlatency (ms, median of jitted calls): batch, compressed (all BlockSparse), ratio to "
+        "\nlatency (ms, median of interleaved jitted calls): batch, compressed (all BlockSparse), ratio to "
         "dense, compressed (mixed), ratio, dense"
     )
     for batch in (1, 256):
         x = x_all[:batch]
-        t_sparse = latency_ms(serve, {"params": sparse}, x, args.reps)
-        t_mixed = latency_ms(serve, {"params": mixed}, x, args.reps)
-        t_dense = latency_ms(dense, {"params": decoded}, x, args.reps)
+        t = latency_ms(
+            {
+                "sparse": (serve, {"params": sparse}),
+                "mixed": (serve, {"params": mixed}),
+                "dense": (dense, {"params": decoded}),
+            },
+            x,
+            args.reps,
+        )
+        t_sparse, t_mixed, t_dense = t["sparse"], t["mixed"], t["dense"]
         print(
             f"  {batch:4d}  {t_sparse:8.3f} {t_sparse / t_dense:6.2f}  "
             f"{t_mixed:8.3f} {t_mixed / t_dense:6.2f}  {t_dense:8.3f}"
