@@ -20,7 +20,6 @@ Usage: python benchmarks/matmul_gpu.py [--sets 64] [--reps 20] [--out PATH]
 """
 
 import argparse
-import dataclasses
 from pathlib import Path
 
 import jax
@@ -30,7 +29,7 @@ from jax import lax
 from matmul import best_times, write_results
 
 from lscjax._src.sparse.random import random_block_kernel
-from lscjax.sparse import BlockSparse, matmul
+from lscjax.sparse import BlockSparse, matmul, stack
 
 GOAL = {"size": 8192, "block": 64, "density": 0.10, "batch": 16, "bf16": 0.15, "4bit_speedup": 15}
 TABLE = {"size": 4096, "batches": (1, 16, 64), "blocks": (32, 64), "densities": (0.05, 0.10, 0.25)}
@@ -43,7 +42,8 @@ def weight_set(rng, size: int, block: int, density: float, sets: int):
     Returns:
       (dense bf16 [S, size, size], BlockSparse of bf16 values, BlockSparse of 4-bit codes with a
       bf16 codebook, the first set's codes as a dense float32 [size, size]); each BlockSparse is
-      the S sets stacked along a new leading axis, padded to a common Kmax.
+      the S sets stacked along a new leading axis (`lscjax.sparse.stack`: padded to a common
+      Kmax).
     """
     dense, values, codes = [], [], []
     for _ in range(sets):
@@ -55,7 +55,7 @@ def weight_set(rng, size: int, block: int, density: float, sets: int):
         codes.append(BlockSparse.from_codes(code, codebook.astype(jnp.bfloat16), block))
         if len(codes) == 1:
             first_codes = np.asarray(codebook.astype(jnp.bfloat16), np.float32)[code]
-    return jnp.stack(dense), _stacked(values), _stacked(codes), first_codes
+    return jnp.stack(dense), stack(values), stack(codes), first_codes
 
 
 def _check(got, x, w) -> None:
@@ -63,19 +63,6 @@ def _check(got, x, w) -> None:
     want = np.asarray(x, np.float32) @ np.asarray(w, np.float32)
     scale = np.abs(want).max()
     np.testing.assert_allclose(np.asarray(got, np.float32), want, rtol=3e-2, atol=3e-2 * scale)
-
-
-def _stacked(weights: list[BlockSparse]) -> BlockSparse:
-    """BlockSparse weights (same shape and block) padded to one Kmax and stacked on axis 0."""
-    kmax = max(w.kmax for w in weights)
-
-    def padded(w: BlockSparse) -> BlockSparse:
-        extra = kmax - w.kmax
-        blocks = jnp.pad(w.blocks, ((0, 0), (0, extra), (0, 0), (0, 0)))
-        indices = jnp.pad(w.indices, ((0, 0), (0, extra)), mode="edge")
-        return dataclasses.replace(w, blocks=blocks, indices=indices, row_groups=None)
-
-    return jax.tree_util.tree_map(lambda *a: jnp.stack(a), *[padded(w) for w in weights])
 
 
 def run(sets: int, reps: int, smoke: bool) -> list[dict]:

@@ -16,7 +16,7 @@ from lscjax._src.kernels.reference import TOLERANCE
 from lscjax._src.sparse import matmul as sparse_matmul
 from lscjax._src.sparse.block_sparse import row_groups
 from lscjax._src.sparse.random import random_block_kernel
-from lscjax.sparse import BlockSparse, matmul, resolve_impl
+from lscjax.sparse import BlockSparse, matmul, resolve_impl, stack
 
 SIZES = st.sampled_from([1, 7, 16, 33, 48])
 BATCHES = st.sampled_from([(), (1,), (5,), (2, 3)])
@@ -284,3 +284,50 @@ def test_many_rows_match_dense():
     x = rng.standard_normal((reference.SLOT_FORM_MAX_ROWS + 77, 40)).astype(np.float32)
     y = jax.jit(matmul)(x, BlockSparse.from_dense(kernel, 8))
     assert rel_error(y, dense_ref(x, kernel)) <= TOLERANCE[jnp.dtype(jnp.float32)]
+
+
+@pytest.mark.parametrize("bits", [None, 4])
+def test_stacked_weights_under_vmap_and_scan(bits):
+    """`stack` pads weights of different Kmax and plans to one layout: vmap over the weight
+    sets and lax.scan over layers give every weight's own dense product."""
+    rng = np.random.default_rng(7)
+    codebook = np.concatenate([[0.0], rng.standard_normal(15)]).astype(np.float32)
+    kernels, weights = [], []
+    for density in (0.2, 0.5, 0.9):  # different Kmax and row-group plans
+        codes = rng.integers(1, 16, (32, 32)) * (
+            random_block_kernel(rng, (32, 32), 4, density) != 0
+        )
+        kernels.append(codebook[codes] / 4)
+        if bits is None:
+            weights.append(BlockSparse.from_dense(kernels[-1], 4))
+        else:
+            weights.append(BlockSparse.from_codes(codes.astype(np.uint8), codebook / 4, 4, bits=4))
+    assert len({w.kmax for w in weights}) > 1
+    stacked = stack(weights)
+    assert stacked.blocks.shape[:3] == (3, 8, max(w.kmax for w in weights))
+    for i, w in enumerate(weights):
+        one = jax.tree_util.tree_map(lambda a, i=i: a[i], stacked)
+        np.testing.assert_array_equal(one.todense(), w.todense())
+    xs = jnp.asarray(rng.standard_normal((3, 5, 32)), jnp.float32)
+    ys = jax.jit(jax.vmap(matmul))(xs, stacked)
+    for i, kernel in enumerate(kernels):
+        assert rel_error(ys[i], dense_ref(xs[i], kernel)) <= 1e-5
+
+    def layer(y, w):
+        return jnp.tanh(matmul(y, w)), None
+
+    got, _ = jax.jit(lambda x, ws: jax.lax.scan(layer, x, ws))(xs[0], stacked)
+    want = np.asarray(xs[0], np.float64)
+    for kernel in kernels:
+        want = np.tanh(dense_ref(want, kernel))
+    assert rel_error(got, want) <= 1e-5
+
+
+def test_stack_errors():
+    w = BlockSparse.from_dense(np.ones((8, 8), np.float32), 4)
+    with pytest.raises(LscError, match="non-empty"):
+        stack([])
+    with pytest.raises(LscError, match="weight 1"):
+        stack([w, BlockSparse.from_dense(np.ones((8, 12), np.float32), 4)])
+    with pytest.raises(LscError, match="weight 1"):
+        stack([w, BlockSparse.from_dense(np.ones((8, 8), np.float32), 2)])
