@@ -166,3 +166,50 @@ def test_max_density_keeps_nearly_dense_kernels():
     np.testing.assert_allclose(got, model.apply({"params": decoded}, x), rtol=1e-5, atol=1e-5)
     with pytest.raises(LscError, match="max_density"):
         to_block_sparse(params, max_density=1.5)
+
+
+class Layer(nn.Module):
+    @nn.compact
+    def __call__(self, x, _):
+        return jnp.tanh(nn.Dense(32)(x)), None
+
+
+class ScannedNet(nn.Module):
+    """Three Dense layers under nn.scan (kernels stacked [3, 32, 32]), then a Dense head."""
+
+    @nn.compact
+    def __call__(self, x):
+        layers = nn.scan(Layer, variable_axes={"params": 0}, split_rngs={"params": True}, length=3)
+        x, _ = layers()(x, None)
+        return nn.Dense(10)(x)
+
+
+@pytest.mark.parametrize("quantized", [False, True])
+def test_scanned_layers_stacked(quantized):
+    """`stacked=` converts each layer of an nn.scan kernel and stacks them; the scan slices the
+    stacked BlockSparse back per layer, and the model equals dense apply."""
+    model = ScannedNet()
+    x = jax.random.normal(jax.random.key(6), (4, 32))
+    params = model.init(jax.random.key(0), x)["params"]
+    rng = np.random.default_rng(2)
+    layers = np.stack([random_block_kernel(rng, (32, 32), 8, d) for d in (0.2, 0.4, 0.6)])
+    params["ScanLayer_0"]["Dense_0"]["kernel"] = jnp.asarray(layers)
+    if quantized:
+        params = lscjax.quant.kmeans(
+            params, 4, where=lambda p, _: p == "ScanLayer_0/Dense_0/kernel"
+        )
+    scanned = lambda path, _: path.startswith("ScanLayer_0/")  # noqa: E731
+    sparse = to_block_sparse(params, block=8, stacked=scanned)
+    kernel = sparse["ScanLayer_0"]["Dense_0"]["kernel"]
+    assert isinstance(kernel, BlockSparse) and kernel.counts.shape == (3, 4)
+    assert kernel.bits == (4 if quantized else None)
+    decoded = lscjax.quant.dequantize(params)
+    want = model.apply({"params": decoded}, x)
+    got = jax.jit(compressed_apply(model.apply))({"params": sparse}, x)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    dense_stack = to_block_sparse(params, block=8, stacked=scanned, max_density=0.3)
+    # the stack keeps 40% of its blocks: over max_density, it stays as it was
+    assert (
+        dense_stack["ScanLayer_0"]["Dense_0"]["kernel"]
+        is params["ScanLayer_0"]["Dense_0"]["kernel"]
+    )

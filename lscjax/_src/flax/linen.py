@@ -9,8 +9,8 @@ import numpy as np
 
 from lscjax._src.errors import LscError
 from lscjax._src.flax.layers import check_max_density, conv_layer, dense
-from lscjax._src.quant.qarray import is_qarray
-from lscjax._src.sparse.block_sparse import BlockSparse
+from lscjax._src.quant.qarray import QArray, is_qarray
+from lscjax._src.sparse.block_sparse import BlockSparse, stack
 from lscjax._src.sparse.matmul import IMPLS
 from lscjax._src.tree import Where, check_float_leaf, path_str, selection
 
@@ -20,7 +20,14 @@ def _shape_proxy(leaf):
     return np.broadcast_to(np.float32(0), leaf.shape) if is_qarray(leaf) else leaf
 
 
-def to_block_sparse(params, block=(32, 32), *, where: Where = None, max_density: float = 1.0):
+def to_block_sparse(
+    params,
+    block=(32, 32),
+    *,
+    where: Where = None,
+    max_density: float = 1.0,
+    stacked: Where = None,
+):
     """Replace the selected kernels of `params` by `BlockSparse` (float values or codes).
 
     Args:
@@ -34,6 +41,12 @@ def to_block_sparse(params, block=(32, 32), *, where: Where = None, max_density:
         CPU the block-sparse product takes 0.35-0.94 of the dense time at 25% of the blocks of a
         4096^2 kernel, and LeNet-5's conv1 with all its blocks is several times slower than
         dense at large batches (docs/results/sparse.md).
+      stacked: selection (same forms as `where`; default: none) of the selected kernels whose
+        leading axis stacks layers, as Linen's ``nn.scan`` / ``nn.vmap`` with
+        ``variable_axes={"params": 0}`` store them ([L, in, out]): each layer's kernel is
+        converted and the L BlockSparse are stacked with `lscjax.sparse.stack`, which the lifted
+        transform slices back per layer. For `max_density`, a stack's density is that of all
+        its layers' blocks together.
 
     Returns:
       The params with BlockSparse at the selected leaves (QArray -> coded blocks via
@@ -44,18 +57,42 @@ def to_block_sparse(params, block=(32, 32), *, where: Where = None, max_density:
         (the message names the leaf path); `max_density` outside [0, 1].
     """
     check_max_density(max_density)
-    chosen = selection(jax.tree_util.tree_map(_shape_proxy, params, is_leaf=is_qarray), where)
+    proxy = jax.tree_util.tree_map(_shape_proxy, params, is_leaf=is_qarray)
+    chosen = selection(proxy, where)
+    layered = {} if stacked is None else selection(proxy, stacked)
 
     def convert(kp, leaf):
         path = path_str(kp)
         if leaf is None or not chosen.get(path, False):
             return leaf
-        w = block_sparse_leaf(path, leaf, block)
-        return w if w.block_density <= max_density else leaf
+        if not layered.get(path, False):
+            w = block_sparse_leaf(path, leaf, block)
+            return w if w.block_density <= max_density else leaf
+        layers = [
+            block_sparse_leaf(f"{path}[{i}]", one, block) for i, one in enumerate(_layers(leaf))
+        ]
+        density = sum(w.block_density for w in layers) / len(layers)
+        return stack(layers) if density <= max_density else leaf
 
     return jax.tree_util.tree_map_with_path(
         convert, params, is_leaf=lambda x: x is None or is_qarray(x)
     )
+
+
+def _layers(leaf) -> list:
+    """The per-layer kernels of a stacked kernel [L, ...] (float array or QArray).
+
+    A QArray with one code per weight and one codebook (k-means, per-layer binarize) is sliced
+    into QArrays sharing that codebook; other QArrays are dequantized first.
+    """
+    if not is_qarray(leaf):
+        return list(leaf)
+    if leaf.method in ("kmeans", "binarize") and leaf.codebook.ndim == 1:
+        return [
+            QArray(codes, leaf.codebook, leaf.method, leaf.bits, leaf.shape[1:])
+            for codes in leaf.codes
+        ]
+    return list(leaf.dequantize())
 
 
 def block_sparse_leaf(path: str, leaf, block) -> BlockSparse:
