@@ -213,3 +213,21 @@ def test_scanned_layers_stacked(quantized):
         dense_stack["ScanLayer_0"]["Dense_0"]["kernel"]
         is params["ScanLayer_0"]["Dense_0"]["kernel"]
     )
+
+
+def test_scanned_layers_from_a_file(tmp_path):
+    """An .lsc file of a scanned model loads with `stacked=` as per-layer BlockSparse stacks
+    and serves like the dense params loaded from the same file."""
+    model = ScannedNet()
+    x = jax.random.normal(jax.random.key(7), (4, 32))
+    params = model.init(jax.random.key(0), x)["params"]
+    compressed = lscjax.compress(params, lscjax.recipe("lsc", sparsity=0.9))
+    lscjax.save(tmp_path / "scan.lsc", compressed)
+    scanned = lambda path, _: path.startswith("ScanLayer_0/")  # noqa: E731
+    served = lscjax.load(tmp_path / "scan.lsc", layout="block_sparse", block=8, stacked=scanned)
+    kernel = served["ScanLayer_0"]["Dense_0"]["kernel"]
+    assert isinstance(kernel, BlockSparse) and kernel.shape == (32, 32)
+    assert kernel.counts.shape == (3, 4)
+    dense = lscjax.load(tmp_path / "scan.lsc")
+    got = jax.jit(compressed_apply(model.apply))({"params": served}, x)
+    np.testing.assert_allclose(got, model.apply({"params": dense}, x), rtol=1e-5, atol=1e-5)

@@ -19,6 +19,7 @@ from lscjax._src.coding.codec import decode, decode_qarray
 from lscjax._src.coding.encoded import Encoded
 from lscjax._src.errors import FormatError, LscError
 from lscjax._src.quant.qarray import QArray
+from lscjax._src.tree import Where, selection
 
 RAW_DTYPES = (
     "float32",
@@ -98,7 +99,9 @@ class CompressedModel:
         paths = list(self.encoded) + list(self.raw)
         return nest({p: _dense(self.leaf(p)) for p in paths})
 
-    def block_sparse_params(self, block=None, *, max_density: float = 1.0) -> dict:
+    def block_sparse_params(
+        self, block=None, *, max_density: float = 1.0, stacked: Where = None
+    ) -> dict:
         """The params with every compressed kernel as a `BlockSparse` (codes + codebook where
         quantized), ready for `lscjax.flax.compressed_apply`; other leaves dense.
 
@@ -115,6 +118,9 @@ class CompressedModel:
           max_density: a kernel with a larger fraction of non-zero blocks is given dense
             (dequantized) instead: nearly dense kernels are faster dense (see
             `lscjax.flax.to_block_sparse`).
+          stacked: selection (a ``(path, leaf) -> bool`` callable or a bool pytree; default
+            none) of kernels whose leading axis stacks layers (Linen ``nn.scan``): converted per
+            layer and stacked, as `lscjax.flax.to_block_sparse` does.
 
         Raises:
           LscError: `max_density` outside [0, 1].
@@ -125,6 +131,7 @@ class CompressedModel:
 
         check_max_density(max_density)
         serving_block = DEFAULT_BLOCK if block is None else block
+        layered = {} if stacked is None else selection(self._shape_proxies(), stacked)
 
         def direct(enc) -> bool:
             stored = enc.options.get("block") if enc.format == "lsc" else None
@@ -133,17 +140,30 @@ class CompressedModel:
             return stored == block if block is not None else stored <= MAX_DIRECT_BLOCK
 
         def served(path: str, enc):
-            leaf = None if direct(enc) else self.leaf(path)
+            layers = layered.get(path, False)
+            leaf = None if direct(enc) and not layers else self.leaf(path)
             w = (
                 BlockSparse.from_encoded(enc)
                 if leaf is None
-                else block_sparse_leaf(path, leaf, serving_block)
+                else block_sparse_leaf(path, leaf, serving_block, stacked=layers)
             )
             if w.block_density <= max_density:
                 return w
             return _dense(self.leaf(path) if leaf is None else leaf)
 
         return nest({p: served(p, e) for p, e in self.encoded.items()} | self.raw)
+
+    def _shape_proxies(self) -> dict:
+        """The params as nested zero-cost arrays of the leaves' dense shapes (for selections)."""
+
+        def shape(path: str) -> tuple:
+            if path in self.raw:
+                return self.raw[path].shape
+            enc = self.encoded[path]
+            return enc.quantized.shape if enc.quantized is not None else enc.shape
+
+        paths = list(self.encoded) + list(self.raw)
+        return nest({p: np.broadcast_to(np.float32(0), shape(p)) for p in paths})
 
     def layers(self) -> list[LayerStats]:
         """Per-layer storage, in file order."""
@@ -247,7 +267,14 @@ def save(path: str | os.PathLike, model: CompressedModel) -> int:
     return len(data)
 
 
-def load(path: str | os.PathLike, *, layout: str = "dense", block=None, max_density: float = 1.0):
+def load(
+    path: str | os.PathLike,
+    *,
+    layout: str = "dense",
+    block=None,
+    max_density: float = 1.0,
+    stacked: Where = None,
+):
     """Read an .lsc file.
 
     Args:
@@ -259,6 +286,8 @@ def load(path: str | os.PathLike, *, layout: str = "dense", block=None, max_dens
         serving, else DEFAULT_BLOCK = 32; see `CompressedModel.block_sparse_params`).
       max_density: for "block_sparse", kernels with a larger fraction of non-zero blocks are
         given dense (dequantized): nearly dense kernels are faster dense.
+      stacked: for "block_sparse", the kernels that stack layers on their leading axis (see
+        `CompressedModel.block_sparse_params`).
 
     Raises:
       FormatError: the file is truncated, corrupted, foreign or of an unknown version.
@@ -272,5 +301,5 @@ def load(path: str | os.PathLike, *, layout: str = "dense", block=None, max_dens
     if layout == "quantized":
         return model.quantized_params()
     if layout == "block_sparse":
-        return model.block_sparse_params(block, max_density=max_density)
+        return model.block_sparse_params(block, max_density=max_density, stacked=stacked)
     return model.params()

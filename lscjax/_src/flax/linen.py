@@ -65,14 +65,8 @@ def to_block_sparse(
         path = path_str(kp)
         if leaf is None or not chosen.get(path, False):
             return leaf
-        if not layered.get(path, False):
-            w = block_sparse_leaf(path, leaf, block)
-            return w if w.block_density <= max_density else leaf
-        layers = [
-            block_sparse_leaf(f"{path}[{i}]", one, block) for i, one in enumerate(_layers(leaf))
-        ]
-        density = sum(w.block_density for w in layers) / len(layers)
-        return stack(layers) if density <= max_density else leaf
+        w = block_sparse_leaf(path, leaf, block, stacked=layered.get(path, False))
+        return w if w.block_density <= max_density else leaf
 
     return jax.tree_util.tree_map_with_path(
         convert, params, is_leaf=lambda x: x is None or is_qarray(x)
@@ -95,8 +89,17 @@ def _layers(leaf) -> list:
     return list(leaf.dequantize())
 
 
-def block_sparse_leaf(path: str, leaf, block) -> BlockSparse:
-    """One kernel (float array or QArray) as a BlockSparse; errors name the leaf `path`."""
+def block_sparse_leaf(path: str, leaf, block, *, stacked: bool = False) -> BlockSparse:
+    """One kernel (float array or QArray) as a BlockSparse; errors name the leaf `path`.
+
+    With `stacked`, the leaf is L layers' kernels [L, ...]: each is converted and the L
+    BlockSparse are stacked (`lscjax.sparse.stack`).
+    """
+    if stacked:
+        layers = _layers(leaf)
+        return stack(
+            [block_sparse_leaf(f"{path}[{i}]", one, block) for i, one in enumerate(layers)]
+        )
     try:
         if is_qarray(leaf):
             return BlockSparse.from_qarray(leaf, block, path=path)

@@ -230,12 +230,12 @@ class BlockSparse:
 
     @property
     def block_density(self) -> float:
-        """Fraction of the R x C blocks of the matrix view that are stored (reads ``counts``:
-        concrete weights only, not under jit)."""
+        """Fraction of the R x C blocks of the matrix view that are stored, over all weights of
+        a `stack` (reads ``counts``: concrete weights only, not under jit)."""
         if isinstance(self.counts, jax.core.Tracer):
             raise LscError("block_density reads the counts: not available under jit")
-        rows, cols = grid(self.shape, self.block)
-        return int(np.sum(np.asarray(self.counts))) / (rows * cols)
+        counts = np.asarray(self.counts)
+        return int(counts.sum()) / (counts.size * grid(self.shape, self.block)[1])
 
     @property
     def nbytes(self) -> int:
