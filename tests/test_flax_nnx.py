@@ -96,6 +96,13 @@ def test_errors():
     with pytest.raises(LscError, match="grouped"):
         to_block_sparse_nnx(grouped)
 
+    @nnx.vmap(in_axes=0, out_axes=0)
+    def stacked_layers(key):
+        return nnx.Linear(8, 8, rngs=nnx.Rngs(key))
+
+    with pytest.raises(LscError, match="shape \\(3, 8, 8\\).*nnx.vmap"):
+        to_block_sparse_nnx(stacked_layers(jax.random.split(jax.random.key(0), 3)))
+
 
 def test_max_density_leaves_nearly_dense_layers():
     net = _pruned_net()

@@ -111,7 +111,8 @@ def to_block_sparse_nnx(
 
     Raises:
       LscError: bad `impl` or `max_density`, a kernel that is not float or has NaN/Inf, a
-        grouped or masked Conv (the message names the layer path).
+        grouped or masked Conv, a kernel with a leading layer axis (nnx.vmap / nnx.scan
+        stacks; the message names the layer path).
     """
     if impl not in IMPLS:
         raise LscError(f"impl must be one of {IMPLS}, got {impl!r}")
@@ -125,6 +126,13 @@ def to_block_sparse_nnx(
             return node
         weight = node.kernel[...]
         check_float_leaf(path + "/kernel", weight)
+        rank = 2 if type(node) is nnx.Linear else len(node.kernel_size) + 2
+        if weight.ndim != rank:
+            raise LscError(
+                f"layer {path!r}: kernel of shape {weight.shape} is not one "
+                f"{type(node).__name__} kernel of rank {rank} (layers stacked by nnx.vmap / "
+                "nnx.scan are not swapped: leave them out with where=)"
+            )
         kernel = BlockSparse.from_dense(weight, block)
         if kernel.block_density > max_density:
             return node
