@@ -222,7 +222,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=40)
     parser.add_argument(
-        "--quick", action="store_true", help="only the goal point (batch 16, density 10%)"
+        "--quick", action="store_true", help="only the goal point (batch 16, density 10%%)"
     )
     parser.add_argument(
         "--out", help="JSON path (default: benchmarks/results/matmul.json; --quick writes none)"

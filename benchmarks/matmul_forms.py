@@ -14,7 +14,9 @@ and times both against dense ``x @ W``, for float32 weights of 10% random block 
 Each sparse run follows a dense run (for the large W, its 64 MB evict the sparse weights).
 Ratios use the best of `--reps` interleaved runs. Writes benchmarks/results/matmul_forms.json.
 
-Usage: python benchmarks/matmul_forms.py [--reps 15] [--out PATH]
+Usage: python benchmarks/matmul_forms.py [--reps 15] [--quick] [--out PATH]
+       (--quick: 4096^2 b=64 and LeNet-5 conv1 at 1, 16 and 4096 rows)
+       python benchmarks/matmul_forms.py --table PATH
 """
 
 import argparse
@@ -39,6 +41,10 @@ CASES = (  # name, matrix shape, block, block density, rows of x
     ("LeNet-5 conv2", (500, 50), 16, 0.10, SMALL_M),
     ("LeNet-5 fc1", (800, 500), 16, 0.10, SMALL_M),
 )
+QUICK = (
+    ("4096^2 b=64", (SIZE, SIZE), 64, 0.10, (1, 16, 4096)),
+    ("LeNet-5 conv1", (25, 20), 16, 1.0, (1, 16, 4096)),
+)
 FORMS = {"slot": 2**62, "row": 0, "library": None}  # SLOT_FORM_MAX_ROWS: forced, or the default
 
 
@@ -59,11 +65,11 @@ def compiled(x, w, form: str):
         jax.clear_caches()
 
 
-def run(reps: int) -> list[dict]:
+def run(reps: int, quick: bool = False) -> list[dict]:
     rng = np.random.default_rng(0)
     dense = jax.jit(lambda x, w: x @ w)
     rows = []
-    for name, shape, block, density, batches in CASES:
+    for name, shape, block, density, batches in QUICK if quick else CASES:
         kernel = random_block_kernel(rng, shape, block, density)
         w = BlockSparse.from_dense(kernel, block)
         w_dense = jnp.asarray(kernel)
@@ -123,15 +129,21 @@ def markdown_table(results: dict) -> str:
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=15)
-    parser.add_argument("--out", default=str(Path(__file__).parent / "results/matmul_forms.json"))
+    parser.add_argument("--quick", action="store_true", help="two weights, three row counts")
+    parser.add_argument(
+        "--out", help="JSON path (default results/matmul_forms.json; --quick: none)"
+    )
     parser.add_argument("--table", help="print this results file as a Markdown table and exit")
     args = parser.parse_args()
     if args.table:
         print(markdown_table(json.loads(Path(args.table).read_text())))
         return
+    rows = run(args.reps, args.quick)
+    if args.quick and args.out is None:
+        return
     write_results(
-        args.out,
-        run(args.reps),
+        args.out or Path(__file__).parent / "results" / "matmul_forms.json",
+        rows,
         reps=args.reps,
         slot_form_max_rows=reference.SLOT_FORM_MAX_ROWS,
     )

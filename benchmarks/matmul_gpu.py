@@ -15,7 +15,8 @@ loops over each row's own count, so padding costs no work). Prints ratios and wr
 the device and JAX version. ``--smoke`` runs the same code on CPU in interpret mode at toy sizes
 (tests/test_benchmarks.py), to keep the script working where no GPU is.
 
-Usage: python benchmarks/matmul_gpu.py [--sets 64] [--reps 20] [--out PATH]
+Usage: python benchmarks/matmul_gpu.py [--sets 64] [--reps 20] [--quick] [--out PATH]
+       (--quick: the goal point only, 16 sets; without a GPU it prints that it skipped)
        python benchmarks/matmul_gpu.py --smoke
 """
 
@@ -65,7 +66,7 @@ def _check(got, x, w) -> None:
     np.testing.assert_allclose(np.asarray(got, np.float32), want, rtol=3e-2, atol=3e-2 * scale)
 
 
-def run(sets: int, reps: int, smoke: bool) -> list[dict]:
+def run(sets: int, reps: int, smoke: bool, quick: bool = False) -> list[dict]:
     rng = np.random.default_rng(0)
     interpret = smoke  # on CPU the Triton kernel runs in Pallas interpret mode
     impl = "pallas_gpu"
@@ -81,6 +82,7 @@ def run(sets: int, reps: int, smoke: bool) -> list[dict]:
         (grid["size"], b, d, grid["batches"], False)
         for b in grid["blocks"]
         for d in grid["densities"]
+        if not quick
     ]
     rows = []
     for size, block, density, batches, goal in points:
@@ -120,13 +122,15 @@ def main():
     parser.add_argument("--sets", type=int, help="weight sets rotated (default 64; smoke 2)")
     parser.add_argument("--reps", type=int, help="interleaved rounds (default 20; smoke 2)")
     parser.add_argument("--smoke", action="store_true", help="CPU, interpret mode, toy sizes")
+    parser.add_argument("--quick", action="store_true", help="the goal point only, 16 sets")
     parser.add_argument("--out", help="JSON path (default benchmarks/results/matmul_gpu.json)")
     args = parser.parse_args()
-    sets = args.sets or (2 if args.smoke else 64)
+    sets = args.sets or (2 if args.smoke else 16 if args.quick else 64)
     reps = args.reps or (2 if args.smoke else 20)
     if not args.smoke and jax.default_backend() != "gpu":
-        raise SystemExit(f"needs a GPU (backend is {jax.default_backend()!r}); try --smoke")
-    rows = run(sets, reps, args.smoke)
+        print(f"skipped: needs a GPU (backend is {jax.default_backend()!r}); --smoke runs on CPU")
+        return
+    rows = run(sets, reps, args.smoke, args.quick)
     for row in rows:
         if row["goal_point"]:
             print(
@@ -134,7 +138,7 @@ def main():
                 f"4-bit >= {GOAL['4bit_speedup']}x: "
                 f"{row['dense_over_4bit'] >= GOAL['4bit_speedup']}"
             )
-    if args.smoke and args.out is None:
+    if (args.smoke or args.quick) and args.out is None:
         return
     default = Path(__file__).parent / "results" / "matmul_gpu.json"
     write_results(args.out or default, rows, sets=sets, reps=reps, smoke=args.smoke, goal=GOAL)
