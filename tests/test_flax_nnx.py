@@ -100,8 +100,10 @@ def test_errors():
     def stacked_layers(key):
         return nnx.Linear(8, 8, rngs=nnx.Rngs(key))
 
-    with pytest.raises(LscError, match="shape \\(3, 8, 8\\).*nnx.vmap"):
+    with pytest.raises(LscError, match="shape \\(3, 8, 8\\).*stacked="):
         to_block_sparse_nnx(stacked_layers(jax.random.split(jax.random.key(0), 3)))
+    with pytest.raises(LscError, match="a stack of Linear"):
+        to_block_sparse_nnx(net, stacked=lambda path, _: path == "layers/0")
 
 
 def test_max_density_leaves_nearly_dense_layers():
@@ -116,3 +118,37 @@ def test_max_density_leaves_nearly_dense_layers():
     np.testing.assert_allclose(sparse(x), net(x), rtol=1e-5, atol=1e-5)
     with pytest.raises(LscError, match="max_density"):
         to_block_sparse_nnx(net, max_density=-0.1)
+
+
+class ScanNet(nnx.Module):
+    """Three Linear layers made by nnx.vmap (kernel [3, 32, 32]) run by nnx.scan, then a head."""
+
+    def __init__(self, rngs: nnx.Rngs):
+        @nnx.split_rngs(splits=3)
+        @nnx.vmap(in_axes=(0,), out_axes=0)
+        def make(rngs):
+            return nnx.Linear(32, 32, rngs=rngs)
+
+        self.layers = make(rngs)
+        self.head = nnx.Linear(32, 10, rngs=rngs)
+
+    def __call__(self, x):
+        @nnx.scan(in_axes=(nnx.Carry, 0), out_axes=nnx.Carry)
+        def step(x, layer):
+            return jnp.tanh(layer(x))
+
+        return self.head(step(x, self.layers))
+
+
+def test_stacked_layers_under_nnx_scan():
+    net = ScanNet(nnx.Rngs(0))
+    rng = np.random.default_rng(3)
+    layers = np.stack([random_block_kernel(rng, (32, 32), 8, d) for d in (0.2, 0.4, 0.6)])
+    net.layers.kernel[...] = jnp.asarray(layers)
+    x = jax.random.normal(jax.random.key(4), (4, 32))
+    sparse = to_block_sparse_nnx(
+        net, block=8, where=lambda path, _: path == "layers", stacked=lambda path, _: True
+    )
+    assert isinstance(sparse.layers, BlockSparseLinear) and type(sparse.head) is nnx.Linear
+    assert sparse.layers.counts[...].shape == (3, 4)
+    np.testing.assert_allclose(nnx.jit(lambda m, x: m(x))(sparse, x), net(x), rtol=1e-5, atol=1e-5)

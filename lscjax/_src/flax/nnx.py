@@ -7,7 +7,7 @@ from flax import nnx
 
 from lscjax._src.errors import LscError
 from lscjax._src.flax.layers import check_max_density, conv_layer, dense
-from lscjax._src.sparse.block_sparse import BlockSparse
+from lscjax._src.sparse.block_sparse import BlockSparse, stack
 from lscjax._src.sparse.matmul import IMPLS
 from lscjax._src.tree import check_float_leaf
 
@@ -90,6 +90,7 @@ def to_block_sparse_nnx(
     impl: str = "auto",
     interpret: bool = False,
     max_density: float = 1.0,
+    stacked: Callable[[str, nnx.Module], bool] | None = None,
 ) -> nnx.Module:
     """A copy of `model` whose `nnx.Linear` / `nnx.Conv` modules run block-sparse.
 
@@ -105,14 +106,18 @@ def to_block_sparse_nnx(
       impl, interpret: passed to `lscjax.sparse.matmul` by the swapped layers.
       max_density: a selected layer whose kernel has a larger fraction of non-zero blocks
         (`BlockSparse.block_density`) is not swapped (see `lscjax.flax.to_block_sparse`).
+      stacked: ``(path, layer) -> bool`` choosing the selected layers that hold L layers
+        stacked on a leading axis (made by ``nnx.vmap``, run by ``nnx.scan``): each layer's
+        kernel is converted and the L BlockSparse stacked (`lscjax.sparse.stack`), so the
+        swapped module slices back per layer under the scan; default: none.
 
     Returns:
       The swapped model (a new module graph).
 
     Raises:
       LscError: bad `impl` or `max_density`, a kernel that is not float or has NaN/Inf, a
-        grouped or masked Conv, a kernel with a leading layer axis (nnx.vmap / nnx.scan
-        stacks; the message names the layer path).
+        grouped or masked Conv, a kernel whose rank does not fit the layer (a stack of layers
+        not chosen by `stacked`; the message names the layer path).
     """
     if impl not in IMPLS:
         raise LscError(f"impl must be one of {IMPLS}, got {impl!r}")
@@ -126,14 +131,18 @@ def to_block_sparse_nnx(
             return node
         weight = node.kernel[...]
         check_float_leaf(path + "/kernel", weight)
-        rank = 2 if type(node) is nnx.Linear else len(node.kernel_size) + 2
+        layers = stacked is not None and stacked(path, node)
+        rank = (2 if type(node) is nnx.Linear else len(node.kernel_size) + 2) + layers
         if weight.ndim != rank:
             raise LscError(
-                f"layer {path!r}: kernel of shape {weight.shape} is not one "
-                f"{type(node).__name__} kernel of rank {rank} (layers stacked by nnx.vmap / "
-                "nnx.scan are not swapped: leave them out with where=)"
+                f"layer {path!r}: kernel of shape {weight.shape} does not have the rank "
+                f"{rank} of {'a stack of ' if layers else 'one '}{type(node).__name__} kernel"
+                f"{'s' if layers else ''} (layers stacked by nnx.vmap need stacked=)"
             )
-        kernel = BlockSparse.from_dense(weight, block)
+        if layers:
+            kernel = stack([BlockSparse.from_dense(one, block) for one in weight])
+        else:
+            kernel = BlockSparse.from_dense(weight, block)
         if kernel.block_density > max_density:
             return node
         cls = BlockSparseLinear if type(node) is nnx.Linear else BlockSparseConv
