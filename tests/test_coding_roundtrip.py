@@ -10,8 +10,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lscjax import coding
+from lscjax._src.coding.codec import decode_qarray, kept_count
 from lscjax._src.coding.encoded import HEADER_BYTES
 from lscjax._src.quant.qarray import QArray
+from lscjax.quant import product
 
 FORMATS = coding.FORMATS
 ENTROPIES = coding.ENTROPIES
@@ -189,3 +191,27 @@ def test_jax_arrays_encode_like_numpy(dtype):
     enc = round_trip(array, "lsc", "huffman")
     assert enc.dtype == np.dtype(dtype) and enc.shape == (5, 5, 2, 3)
     assert enc.to_bytes() == coding.encode(np.asarray(array), "lsc", entropy="huffman").to_bytes()
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_kept_count_matches_the_decoded_array(fmt):
+    """`kept_count` (on stored values, no dense array) equals the non-zeros of the decoded
+    weights: floats with -0.0 and bf16, k-means codes whose zero code is 0.0 and a code that
+    maps to 0.0 inside the codebook, and vector (product) codes."""
+    rng = np.random.default_rng(11)
+    floats = np.where(rng.random((24, 20)) < 0.3, rng.standard_normal((24, 20)), 0.0)
+    floats[0, :3] = -0.0
+    codebook = np.array([0.0, 0.5, 0.0, -1.0], np.float32)  # codes 0 and 2 both mean zero
+    codes = (rng.integers(1, 4, (24, 20)) * (rng.random((24, 20)) < 0.4)).astype(np.uint8)
+    qarrays = [
+        QArray(jnp.asarray(codes), jnp.asarray(codebook), "kmeans", 2, (24, 20)),
+        product({"kernel": floats.astype(np.float32)}, 4, 5)["kernel"],
+    ]
+    for array in [floats.astype(np.float32), floats.astype(ml_dtypes.bfloat16), *qarrays]:
+        enc = coding.encode(array, fmt)
+        if isinstance(array, QArray):
+            want = np.count_nonzero(np.asarray(decode_qarray(enc).dequantize()))
+        else:
+            want = np.count_nonzero(coding.decode(enc).astype(np.float32))
+        assert kept_count(enc) == want  # fresh Encoded
+        assert kept_count(coding.Encoded.from_bytes(enc.to_bytes())) == want

@@ -15,7 +15,7 @@ import numpy as np
 
 from lscjax._src import container
 from lscjax._src.checkpoints import nest
-from lscjax._src.coding.codec import decode, decode_qarray
+from lscjax._src.coding.codec import decode, decode_qarray, kept_count
 from lscjax._src.coding.encoded import Encoded
 from lscjax._src.errors import FormatError, LscError
 from lscjax._src.quant.qarray import QArray
@@ -171,7 +171,7 @@ class CompressedModel:
             LayerStats(
                 path,
                 tuple(enc.shape),
-                int(np.count_nonzero(_dense(self.leaf(path)))),
+                kept_count(enc),
                 enc.value_bits,
                 enc.index_bits,
                 enc.total_bits,

@@ -93,6 +93,26 @@ def decode(encoded: Encoded) -> np.ndarray:
     return flat.view(encoded.dtype).reshape(encoded.shape)
 
 
+def kept_count(encoded: Encoded) -> int:
+    """Non-zero weights of the encoded tensor, counted on its stored values (no dense array).
+
+    Float values count when non-zero (-0.0 does not); a QArray's codes count when their
+    codebook value is non-zero (vector codebooks, "product" / "residual", are dequantized).
+
+    Raises:
+      FormatError: malformed bytes.
+    """
+    if encoded.decoded is None:
+        encoded = Encoded.from_bytes(encoded.to_bytes())
+    q = encoded.quantized
+    if q is not None and (q.method in ("product", "residual") or q.codebook.ndim != 1):
+        return int(np.count_nonzero(decode_qarray(encoded).dequantize()))
+    values = encoded.decoded[1].view(encoded.dtype)
+    if q is None:
+        return int(np.count_nonzero(values))
+    return int(np.count_nonzero(q.codebook[values.astype(np.int64)]))
+
+
 def decode_qarray(encoded: Encoded) -> QArray:
     """The QArray whose codes were encoded, bit-exact (codes and codebook as JAX arrays).
 
