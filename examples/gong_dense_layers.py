@@ -1,8 +1,8 @@
 """Gong et al. (2014) on Fashion-MNIST LeNet-300-100's dense layers: compression vs accuracy.
 
 Trains LeNet-300-100, then quantizes its three dense kernels with binarization, scalar k-means,
-product quantization and residual quantization at several k, without retraining (as in the
-paper), and prints the compression ratio of the kernels (32-bit dense bits over code bits +
+product quantization and residual quantization (per weight, and on sub-vectors as in the paper)
+at several k, without retraining (as in the paper), and prints the compression ratio of the kernels (32-bit dense bits over code bits +
 32-bit codebooks) against the test-accuracy drop.
 
     python examples/gong_dense_layers.py                 # full data (~3 min on 2 cores)
@@ -32,6 +32,16 @@ def settings():
         ("residual", f"k={k}, stages={t}", lambda p, k=k, t=t: q.residual(p, k, t))
         for k in (2, 4)
         for t in (1, 2, 3)
+    ]
+    out += [
+        (
+            "residual (vectors)",
+            f"k={k}, stages={t}, sub_dim={d}",
+            lambda p, k=k, t=t, d=d: q.residual(p, k, t, sub_dim=d),
+        )
+        for d in (2, 5)
+        for k in (16, 64)
+        for t in (1, 2)
     ]
     return out
 

@@ -17,11 +17,14 @@ def quantized(method):
         "binarize": lambda: lscjax.quant.binarize(params, scale="row"),
         "product": lambda: lscjax.quant.product(params, 8, 5),
         "residual": lambda: lscjax.quant.residual(params, 4, 2),
+        "residual_vector": lambda: lscjax.quant.residual(params, 4, 2, sub_dim=5),
     }
     return make[method]()["kernel"]
 
 
-@pytest.mark.parametrize("method", ["kmeans", "kmeans16", "binarize", "product", "residual"])
+@pytest.mark.parametrize(
+    "method", ["kmeans", "kmeans16", "binarize", "product", "residual", "residual_vector"]
+)
 def test_dense_encoding_accounts_codes_and_codebook_like_qarray(method):
     q = quantized(method)
     enc = lscjax.coding.encode(q, "dense")

@@ -85,6 +85,22 @@ def test_residual_error_falls_as_stages_grow():
     assert q.storage_bits == 3 * 120 * 30 * 2 + 32 * 3 * 4
 
 
+@pytest.mark.parametrize("sub_dim", [30, 5])  # whole rows (Gong et al.), sub-vectors
+def test_vector_residual_error_falls_as_stages_grow(sub_dim):
+    params = {"Dense_0": dense_params(4)["Dense_0"]}
+    errors = [
+        mse(params, lscjax.quant.residual(params, 16, t, sub_dim=sub_dim))["Dense_0"]
+        for t in (1, 2, 3, 4)
+    ]
+    assert np.all(np.diff(errors) < 0), errors
+    q = lscjax.quant.residual(params, 16, 3, sub_dim=sub_dim)["Dense_0"]["kernel"]
+    s = 30 // sub_dim
+    assert q.codes.shape == (3, 120, s) and q.codebook.shape == (3, 16, sub_dim) and q.bits == 4
+    assert q.storage_bits == 3 * 120 * s * 4 + 32 * 3 * 16 * sub_dim
+    scalar = lscjax.quant.residual(params, 16, 3)["Dense_0"]["kernel"]
+    assert q.code_bits == scalar.code_bits // sub_dim  # one code per sub-vector, not per weight
+
+
 @pytest.mark.parametrize("k", [0, -3, 2**16 + 1, 1.5])
 def test_k_out_of_range_raises_naming_the_leaf(k):
     with pytest.raises(ValueError, match="Dense_0/kernel"):
@@ -98,6 +114,8 @@ def test_sub_dim_not_dividing_the_row_raises_naming_the_leaf(sub_dim):
     # rows of Dense_0 have 30 entries: 4 and 7 do not divide them; 0 is not a length
     with pytest.raises(LscError, match="Dense_0/kernel"):
         lscjax.quant.product(dense_params(), 4, sub_dim)
+    with pytest.raises(LscError, match="Dense_0/kernel"):
+        lscjax.quant.residual(dense_params(), 4, 2, sub_dim=sub_dim)
 
 
 def test_stages_and_scale_validation():

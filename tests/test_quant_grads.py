@@ -60,6 +60,11 @@ def test_residual_and_binarize_grads():
     for stage in range(2):
         np.add.at(expected[stage], np.asarray(r.codes[stage]).ravel(), g.ravel())
     np.testing.assert_allclose(np.asarray(centroid_grads(r, g)), expected, rtol=1e-5, atol=1e-6)
+    v = lscjax.quant.residual({"kernel": w}, 4, 2, iters=5, sub_dim=4)["kernel"]  # vectors
+    expected = np.zeros((2, 4, 4))
+    for stage in range(2):
+        np.add.at(expected[stage], np.asarray(v.codes[stage]).ravel(), g.reshape(-1, 4))
+    np.testing.assert_allclose(np.asarray(centroid_grads(v, g)), expected, rtol=1e-5, atol=1e-6)
     b = lscjax.quant.binarize({"kernel": w}, scale="row")["kernel"]
     expected = np.zeros((10, 2))
     rows = np.repeat(np.arange(10), 8)

@@ -44,11 +44,24 @@ def residual_case(shape=(4, 7), stages=3, k=4):
     return QArray(jnp.asarray(codes), jnp.asarray(codebook), "residual", 2, shape), expected
 
 
+def residual_vector_case(m=4, s=3, sub_dim=2, stages=3, k=4):
+    codes = RNG.integers(0, k, size=(stages, m, s)).astype(np.uint8)
+    codebook = RNG.normal(size=(stages, k, sub_dim)).astype(np.float32)
+    expected = np.zeros((m, s * sub_dim), np.float32)
+    for t in range(stages):
+        for i in range(m):
+            for j in range(s):
+                expected[i, j * sub_dim : (j + 1) * sub_dim] += codebook[t, codes[t, i, j]]
+    shape = (m, s * sub_dim)
+    return QArray(jnp.asarray(codes), jnp.asarray(codebook), "residual", 2, shape), expected
+
+
 CASES = {
     "kmeans": scalar_case,
     "binarize_row": row_binarize_case,
     "product": product_case,
     "residual": residual_case,
+    "residual_vector": residual_vector_case,
 }
 
 

@@ -32,6 +32,19 @@ def check_count(path: str, k, what: str = "k", most: int = 2**16) -> int:
     return int(k)
 
 
+def check_sub_dim(path: str, leaf, sub_dim) -> int:
+    """The leaf's sub-vector length (an int or a {path: d} map), checked to divide its rows.
+
+    Raises:
+      LscError: sub_dim < 1, or not dividing the row length ``shape[-1]`` (names `path`).
+    """
+    d = check_count(path, per_leaf(sub_dim, path, "sub_dim"), "sub_dim", most=2**31)
+    n = np.shape(leaf)[-1] if np.ndim(leaf) else 1
+    if np.ndim(leaf) == 0 or n % d:
+        raise LscError(f"leaf {path!r}: sub_dim {d} does not divide the row length {n}")
+    return d
+
+
 def bits_for(n_codes: int) -> int:
     """Bits per code for `n_codes` codes: ceil(log2(n_codes)), at least 1."""
     return max(1, (n_codes - 1).bit_length())

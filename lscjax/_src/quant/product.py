@@ -5,9 +5,8 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from lscjax._src.errors import LscError
 from lscjax._src.quant.lloyd import lloyd
-from lscjax._src.quant.options import bits_for, check_count, per_leaf
+from lscjax._src.quant.options import bits_for, check_count, check_sub_dim, per_leaf
 from lscjax._src.quant.qarray import QArray, code_dtype
 from lscjax._src.tree import Where, check_float_leaf, map_selected, selected_leaves
 
@@ -76,10 +75,7 @@ def product(params, k, sub_dim, *, iters: int = 30, where: Where = None, seed: i
     for i, (path, leaf) in enumerate(leaves):
         check_float_leaf(path, leaf)
         check_count(path, per_leaf(k, path, "k"))
-        d = check_count(path, per_leaf(sub_dim, path, "sub_dim"), "sub_dim", most=2**31)
-        n = jnp.shape(leaf)[-1] if jnp.ndim(leaf) else 1
-        if jnp.ndim(leaf) == 0 or n % d:
-            raise LscError(f"leaf {path!r}: sub_dim {d} does not divide the row length {n}")
+        check_sub_dim(path, leaf, sub_dim)
         index[path] = i
     key = jax.random.key(seed)
 

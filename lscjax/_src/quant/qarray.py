@@ -11,7 +11,10 @@ The layout of `codes` and `codebook` depends on the method (the team-wide conven
   into s segments of ``sub_dim = n // s`` columns; ``codes`` is [m, s] and ``codebook`` float32
   [s, K, sub_dim] (one codebook per segment).
 * ``"residual"``: ``codes`` is [stages, *shape], ``codebook`` float32 [stages, K]; the dense
-  weight is the sum over stages of ``codebook[t, codes[t]]``.
+  weight is the sum over stages of ``codebook[t, codes[t]]``. In the vector form, each row of
+  the 2-D view [m, n] is cut into sub-vectors of ``sub_dim`` columns: ``codes`` is
+  [stages, m, n // sub_dim] and ``codebook`` float32 [stages, K, sub_dim], one codebook per stage
+  shared by all sub-vectors.
 
 Storage is accounted as the codecs account it: every code costs ``bits`` bits and every codebook
 entry 32 bits of metadata.
@@ -49,9 +52,9 @@ class QArray:
 
     Attributes:
       codes: uint8 (<= 256 codes) or uint16 array; the weight's shape for scalar methods,
-        [m, s] for "product", [stages, *shape] for "residual".
+        [m, s] for "product", [stages, *shape] for "residual" ([stages, m, s] for its vectors).
       codebook: float32; [K] (or [rows, 2] for per-row "binarize"), [s, K, sub_dim] for
-        "product", [stages, K] for "residual".
+        "product", [stages, K] for "residual" ([stages, K, sub_dim] for its vectors).
       method: static; "kmeans" | "binarize" | "product" | "residual".
       bits: static; bits per code, in [1, 16].
       shape: static; the dense weight's shape.
@@ -70,6 +73,9 @@ class QArray:
             segments = jnp.arange(self.codebook.shape[0])
             rows = self.codebook[segments, codes]  # [m, s, sub_dim]
             return rows.reshape(self.shape)
+        if self.method == "residual" and self.codebook.ndim == 3:  # [stages, k, sub_dim]
+            stages = jnp.arange(self.codebook.shape[0])[:, None, None]
+            return self.codebook[stages, codes].sum(axis=0).reshape(self.shape)
         if self.method == "residual":
             stages = jnp.arange(self.codebook.shape[0]).reshape((-1,) + (1,) * len(self.shape))
             return self.codebook[stages, codes].sum(axis=0)
@@ -109,6 +115,10 @@ def _expected_shapes(q: QArray) -> tuple[tuple, tuple]:
         s, k = cb[:2] if len(cb) == 3 else (-1, -1)
         divides = len(shape) >= 1 and s > 0 and shape[-1] % s == 0
         return (rows, s), (s, k, shape[-1] // s if divides else -1)
+    if q.method == "residual" and len(cb) == 3:  # vectors of sub_dim = cb[2]
+        stages, k, d = cb
+        divides = len(shape) >= 1 and d > 0 and shape[-1] % d == 0
+        return (stages, rows, shape[-1] // d if divides else -1), (stages, k, d)
     if q.method == "residual":
         stages, k = cb if len(cb) == 2 else (-1, -1)
         return (stages, *shape), (stages, k)
