@@ -170,6 +170,36 @@ def main():
         acts = prune.collect_activations(model, {"params": params}, batches, layers=layers)
         apoz_masks = prune.apoz({k: jax.nn.relu(acts[k].outputs) for k in layers})
         thinned("APoZ (mean + std)", params, apoz_masks)
+        # Hu et al.'s iteration: trim the layer of the highest mean APoZ (over its live
+        # channels), retrain with the trimmed channels held at zero, measure again.
+        current = params
+        kept = {k: np.ones(params[k]["kernel"].shape[-1], bool) for k in layers}
+        todo, between = list(layers), args.retrain // len(layers)
+        while todo:
+            acts = prune.collect_activations(model, {"params": current}, batches, layers=todo)
+            relu = {k: jax.nn.relu(acts[k].outputs) for k in todo}
+            mean_apoz = {
+                k: float(np.mean(np.asarray(prune.apoz_scores(relu[k]))[kept[k]])) for k in todo
+            }
+            layer = max(todo, key=mean_apoz.get)
+            kept[layer] = prune.apoz({layer: relu[layer]}, kept=kept)[layer]
+            todo.remove(layer)
+            masks = prune.weight_masks(current, kept)
+            current, _ = fit(
+                dense_fn,
+                prune.apply(current, masks),
+                train.keep_masks(optax.adam(1e-3), masks),
+                x_train,
+                y_train,
+                steps=between,
+                seed=4 + len(todo),
+            )
+        thinned(
+            "APoZ iterative (Hu et al.)",
+            current,
+            kept,
+            f"layer by layer, {between} masked steps after each layer",
+        )
         for name, method in (("channel LASSO", prune.channel_lasso), ("ThiNet", prune.thinet)):
             current, masks = params, {}
             for layer in layers:  # layer by layer, each on the already-pruned model's activations

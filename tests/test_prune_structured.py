@@ -100,6 +100,20 @@ def test_apoz_keeps_at_least_one_channel_and_num_std():
         prune.apoz({"a": acts}, num_std=-1.0)
 
 
+def test_apoz_second_round_takes_statistics_over_kept_channels():
+    """After a first round pruned the dead channels 8 and 9 (APoZ 1), the statistics come from
+    channels 0-7 only: with num_std 0, the kept channels above their own mean go (by hand)."""
+    fractions = np.array([0.3, 0.35, 0.4, 0.3, 0.45, 0.5, 0.4, 0.35, 1.0, 1.0])
+    acts = planted_activations(fractions)
+    kept = {"Conv_0": fractions < 1.0}
+    keep = prune.apoz({"Conv_0": acts}, num_std=0.0, kept=kept)["Conv_0"]
+    live_mean = fractions[:8].mean()  # 0.38125; over all ten channels it would be 0.505
+    np.testing.assert_array_equal(keep, (fractions <= live_mean) & kept["Conv_0"])
+    assert not keep[8:].any()  # pruned channels stay pruned
+    with pytest.raises(lscjax.LscError, match="Conv_0"):
+        prune.apoz({"Conv_0": acts}, kept={"Conv_0": np.zeros(10, bool)})
+
+
 def planted_conv(seed=0):
     """Conv inputs [N, 6, 6, 8] and kernel [3, 3, 8, 5] where channels 6, 7 are redundant:
     their inputs copy channels 0, 1 and their weights are 0.05 times those of channels 0, 1
