@@ -60,9 +60,15 @@ def best_times(fns: dict, args: dict, reps: int) -> tuple[dict, dict]:
     return best, {name: float(np.median(t)) for name, t in times.items()}
 
 
-def write_results(path, rows: list[dict], **meta) -> None:
-    """Write ``{"meta": ..., "rows": rows}`` as JSON to `path`; meta gets the JAX version, the
-    backend and device, the CPU and its load average at the end, and the given entries."""
+def write_results(out, name: str, rows: list[dict], *, quick: bool = False, **meta) -> None:
+    """Write ``{"meta": ..., "rows": rows}`` as JSON to `out`, or benchmarks/results/`name`.json.
+
+    A quick (reduced) run without an explicit `out` writes nothing: the results files hold full
+    runs. meta gets the JAX version, the backend and device, the CPU and its load average at the
+    end, and the given entries.
+    """
+    if quick and out is None:
+        return
     meta = dict(
         jax=jax.__version__,
         backend=jax.default_backend(),
@@ -72,7 +78,7 @@ def write_results(path, rows: list[dict], **meta) -> None:
         load_average=os.getloadavg(),
         **meta,
     )
-    path = Path(path)
+    path = Path(out) if out is not None else Path(__file__).parent / "results" / f"{name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(dict(meta=meta, rows=rows), indent=1))
     print(f"wrote {path}")
@@ -245,11 +251,11 @@ def main():
             f"GOAL b={r['block']} {r['mask']}: f32<=0.2 {met[0]}, 4bit<=0.25 {met[1]}, "
             f"bcoo>=20x {met[2]}"
         )
-    if args.out is None and args.quick:
-        return
     write_results(
-        args.out or Path(__file__).parent / "results" / "matmul.json",
+        args.out,
+        "matmul",
         rows,
+        quick=args.quick,
         reps=args.reps,
         size=SIZE,
         goal=GOAL,

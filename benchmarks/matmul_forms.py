@@ -139,11 +139,11 @@ def main():
         print(markdown_table(json.loads(Path(args.table).read_text())))
         return
     rows = run(args.reps, args.quick)
-    if args.quick and args.out is None:
-        return
     write_results(
-        args.out or Path(__file__).parent / "results" / "matmul_forms.json",
+        args.out,
+        "matmul_forms",
         rows,
+        quick=args.quick,
         reps=args.reps,
         slot_form_max_rows=reference.SLOT_FORM_MAX_ROWS,
     )

@@ -22,7 +22,6 @@ Usage: python benchmarks/matmul_gpu.py [--sets 64] [--reps 20] [--quick] [--out 
 """
 
 import argparse
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -150,10 +149,10 @@ def main():
                 f"4-bit >= {GOAL['4bit_speedup']}x: "
                 f"{row['dense_over_4bit'] >= GOAL['4bit_speedup']}"
             )
-    if (args.smoke or args.quick) and args.out is None:
-        return
-    default = Path(__file__).parent / "results" / "matmul_gpu.json"
-    write_results(args.out or default, rows, sets=sets, reps=reps, smoke=args.smoke, goal=GOAL)
+    quick = args.smoke or args.quick
+    write_results(
+        args.out, "matmul_gpu", rows, quick=quick, sets=sets, reps=reps, smoke=args.smoke, goal=GOAL
+    )
 
 
 if __name__ == "__main__":

@@ -21,7 +21,6 @@ Usage: python benchmarks/matmul_plans.py [--reps 40] [--quick] [--out PATH]
 """
 
 import argparse
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -98,11 +97,11 @@ def main():
     )
     args = parser.parse_args()
     rows = run(args.reps, args.quick)
-    if args.quick and args.out is None:
-        return
     write_results(
-        args.out or Path(__file__).parent / "results" / "matmul_plans.json",
+        args.out,
+        "matmul_plans",
         rows,
+        quick=args.quick,
         reps=args.reps,
         size=SIZE,
         density=DENSITY,

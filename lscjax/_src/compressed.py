@@ -19,7 +19,7 @@ from lscjax._src.coding.codec import decode, decode_qarray, kept_count
 from lscjax._src.coding.encoded import Encoded
 from lscjax._src.errors import FormatError, LscError
 from lscjax._src.quant.qarray import QArray
-from lscjax._src.tree import Where, selection
+from lscjax._src.tree import Where, selection, shape_proxy
 
 RAW_DTYPES = (
     "float32",
@@ -125,8 +125,7 @@ class CompressedModel:
         Raises:
           LscError: `max_density` outside [0, 1].
         """
-        from lscjax._src.flax.layers import check_max_density
-        from lscjax._src.flax.linen import block_sparse_leaf
+        from lscjax._src.flax.layers import block_sparse_leaf, check_max_density
         from lscjax._src.sparse.block_sparse import BlockSparse
 
         check_max_density(max_density)
@@ -163,7 +162,7 @@ class CompressedModel:
             return enc.quantized.shape if enc.quantized is not None else enc.shape
 
         paths = list(self.encoded) + list(self.raw)
-        return nest({p: np.broadcast_to(np.float32(0), shape(p)) for p in paths})
+        return nest({p: shape_proxy(shape(p)) for p in paths})
 
     def layers(self) -> list[LayerStats]:
         """Per-layer storage, in file order."""

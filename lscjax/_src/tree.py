@@ -55,6 +55,12 @@ def default_where(path: str, leaf) -> bool:
     return path.rsplit("/", 1)[-1] == "kernel" and np.ndim(leaf) >= 2
 
 
+def shape_proxy(shape: tuple) -> np.ndarray:
+    """A zero-cost float32 array of `shape` (a broadcast scalar): what `where=` callables see for
+    a leaf that is not an array yet (a QArray, an encoded leaf)."""
+    return np.broadcast_to(np.float32(0), shape)
+
+
 def selection(tree, where: Where = None) -> dict[str, bool]:
     """Which leaves of `tree` `where` selects, as {path: bool} in flattening order.
 

@@ -75,15 +75,18 @@ def encode(array, format: str, *, entropy: str = "none", **options) -> Encoded:
     )
 
 
+def _parsed(encoded: Encoded) -> Encoded:
+    """`encoded` with its stored positions and values parsed (a fresh `encode` has none)."""
+    return encoded if encoded.decoded is not None else Encoded.from_bytes(encoded.to_bytes())
+
+
 def decode(encoded: Encoded) -> np.ndarray:
     """The encoded array, bit-exact: `encoded.dtype`, `encoded.shape` (a QArray's codes).
 
     Raises:
       FormatError: malformed bytes.
     """
-    if encoded.decoded is None:
-        encoded = Encoded.from_bytes(encoded.to_bytes())
-    positions, values = encoded.decoded
+    positions, values = _parsed(encoded).decoded
     n = math.prod(encoded.shape)
     if positions is None:
         flat = values
@@ -102,8 +105,7 @@ def kept_count(encoded: Encoded) -> int:
     Raises:
       FormatError: malformed bytes.
     """
-    if encoded.decoded is None:
-        encoded = Encoded.from_bytes(encoded.to_bytes())
+    encoded = _parsed(encoded)
     q = encoded.quantized
     if q is not None and (q.method in ("product", "residual") or q.codebook.ndim != 1):
         return int(np.count_nonzero(decode_qarray(encoded).dequantize()))

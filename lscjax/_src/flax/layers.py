@@ -1,4 +1,5 @@
-"""Dense and Conv forward passes with a `BlockSparse` kernel, configured like Flax's layers.
+"""What the Linen and NNX integrations share: kernels converted to `BlockSparse`, and Dense and
+Conv forward passes with a BlockSparse kernel, configured like Flax's layers.
 
 Linen (`nn.Dense`, `nn.Conv`) and NNX (`nnx.Linear`, `nnx.Conv`) layers share the attribute names
 read here (dtype, strides, padding, input_dilation, kernel_dilation, feature_group_count, mask),
@@ -10,9 +11,11 @@ import jax.numpy as jnp
 from flax.linen.linear import canonicalize_padding
 
 from lscjax._src.errors import LscError
-from lscjax._src.sparse.block_sparse import BlockSparse
+from lscjax._src.quant.qarray import QArray, is_qarray
+from lscjax._src.sparse.block_sparse import BlockSparse, stack
 from lscjax._src.sparse.conv import conv
 from lscjax._src.sparse.matmul import matmul
+from lscjax._src.tree import check_float_leaf
 
 
 def check_max_density(max_density: float) -> None:
@@ -20,6 +23,42 @@ def check_max_density(max_density: float) -> None:
     non-zero blocks) is in [0, 1]."""
     if not 0.0 <= max_density <= 1.0:
         raise LscError(f"max_density must be in [0, 1], got {max_density!r}")
+
+
+def _layers(leaf) -> list:
+    """The per-layer kernels of a stacked kernel [L, ...] (float array or QArray).
+
+    A QArray with one code per weight and one codebook (k-means, per-layer binarize) is sliced
+    into QArrays sharing that codebook; other QArrays are dequantized first.
+    """
+    if not is_qarray(leaf):
+        return list(leaf)
+    if leaf.method in ("kmeans", "binarize") and leaf.codebook.ndim == 1:
+        return [
+            QArray(codes, leaf.codebook, leaf.method, leaf.bits, leaf.shape[1:])
+            for codes in leaf.codes
+        ]
+    return list(leaf.dequantize())
+
+
+def block_sparse_leaf(path: str, leaf, block, *, stacked: bool = False) -> BlockSparse:
+    """One kernel (float array or QArray) as a BlockSparse; errors name the leaf `path`.
+
+    With `stacked`, the leaf is L layers' kernels [L, ...]: each is converted and the L
+    BlockSparse are stacked (`lscjax.sparse.stack`).
+    """
+    if stacked:
+        layers = _layers(leaf)
+        return stack(
+            [block_sparse_leaf(f"{path}[{i}]", one, block) for i, one in enumerate(layers)]
+        )
+    try:
+        if is_qarray(leaf):
+            return BlockSparse.from_qarray(leaf, block, path=path)
+        check_float_leaf(path, leaf)
+        return BlockSparse.from_dense(leaf, block)
+    except LscError as err:
+        raise LscError(f"leaf {path!r}: {err}") from err
 
 
 def _out_dtype(layer, x, kernel: BlockSparse, bias):

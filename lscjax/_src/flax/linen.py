@@ -5,19 +5,18 @@ from collections.abc import Callable
 
 import flax.linen as nn
 import jax
-import numpy as np
 
 from lscjax._src.errors import LscError
-from lscjax._src.flax.layers import check_max_density, conv_layer, dense
-from lscjax._src.quant.qarray import QArray, is_qarray
-from lscjax._src.sparse.block_sparse import BlockSparse, stack
+from lscjax._src.flax.layers import block_sparse_leaf, check_max_density, conv_layer, dense
+from lscjax._src.quant.qarray import is_qarray
+from lscjax._src.sparse.block_sparse import BlockSparse
 from lscjax._src.sparse.matmul import IMPLS
-from lscjax._src.tree import Where, check_float_leaf, path_str, selection
+from lscjax._src.tree import Where, path_str, selection, shape_proxy
 
 
 def _shape_proxy(leaf):
     """A QArray seen by `where=` as a zero-cost array of its dense shape."""
-    return np.broadcast_to(np.float32(0), leaf.shape) if is_qarray(leaf) else leaf
+    return shape_proxy(leaf.shape) if is_qarray(leaf) else leaf
 
 
 def to_block_sparse(
@@ -71,42 +70,6 @@ def to_block_sparse(
     return jax.tree_util.tree_map_with_path(
         convert, params, is_leaf=lambda x: x is None or is_qarray(x)
     )
-
-
-def _layers(leaf) -> list:
-    """The per-layer kernels of a stacked kernel [L, ...] (float array or QArray).
-
-    A QArray with one code per weight and one codebook (k-means, per-layer binarize) is sliced
-    into QArrays sharing that codebook; other QArrays are dequantized first.
-    """
-    if not is_qarray(leaf):
-        return list(leaf)
-    if leaf.method in ("kmeans", "binarize") and leaf.codebook.ndim == 1:
-        return [
-            QArray(codes, leaf.codebook, leaf.method, leaf.bits, leaf.shape[1:])
-            for codes in leaf.codes
-        ]
-    return list(leaf.dequantize())
-
-
-def block_sparse_leaf(path: str, leaf, block, *, stacked: bool = False) -> BlockSparse:
-    """One kernel (float array or QArray) as a BlockSparse; errors name the leaf `path`.
-
-    With `stacked`, the leaf is L layers' kernels [L, ...]: each is converted and the L
-    BlockSparse are stacked (`lscjax.sparse.stack`).
-    """
-    if stacked:
-        layers = _layers(leaf)
-        return stack(
-            [block_sparse_leaf(f"{path}[{i}]", one, block) for i, one in enumerate(layers)]
-        )
-    try:
-        if is_qarray(leaf):
-            return BlockSparse.from_qarray(leaf, block, path=path)
-        check_float_leaf(path, leaf)
-        return BlockSparse.from_dense(leaf, block)
-    except LscError as err:
-        raise LscError(f"leaf {path!r}: {err}") from err
 
 
 def _is_block_sparse(x) -> bool:

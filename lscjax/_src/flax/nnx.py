@@ -6,10 +6,9 @@ import jax
 from flax import nnx
 
 from lscjax._src.errors import LscError
-from lscjax._src.flax.layers import check_max_density, conv_layer, dense
-from lscjax._src.sparse.block_sparse import BlockSparse, stack
+from lscjax._src.flax.layers import block_sparse_leaf, check_max_density, conv_layer, dense
+from lscjax._src.sparse.block_sparse import BlockSparse
 from lscjax._src.sparse.matmul import IMPLS
-from lscjax._src.tree import check_float_leaf
 
 
 class BlockLayout(nnx.Variable):
@@ -130,7 +129,6 @@ def to_block_sparse_nnx(
         if where is not None and not where(path, node):
             return node
         weight = node.kernel[...]
-        check_float_leaf(path + "/kernel", weight)
         layers = stacked is not None and stacked(path, node)
         rank = (2 if type(node) is nnx.Linear else len(node.kernel_size) + 2) + layers
         if weight.ndim != rank:
@@ -139,10 +137,7 @@ def to_block_sparse_nnx(
                 f"{rank} of {'a stack of ' if layers else 'one '}{type(node).__name__} kernel"
                 f"{'s' if layers else ''} (layers stacked by nnx.vmap need stacked=)"
             )
-        if layers:
-            kernel = stack([BlockSparse.from_dense(one, block) for one in weight])
-        else:
-            kernel = BlockSparse.from_dense(weight, block)
+        kernel = block_sparse_leaf(path + "/kernel", weight, block, stacked=layers)
         if kernel.block_density > max_density:
             return node
         cls = BlockSparseLinear if type(node) is nnx.Linear else BlockSparseConv
