@@ -1,13 +1,22 @@
 """Block-sparse matmul (XLA path) against dense and jax.experimental.sparse BCOO, in one run.
 
 W is 4096 x 4096 float32 in Flax's (in, out) layout; x is [batch, 4096]. For each batch (1, 16,
-64), block (32, 64) and block density (5, 10, 25 %), this times, interleaved and as medians:
+64), block (32, 64) and block density (5, 10, 25 %), this times one call of:
 
 * dense, each W.T-free form and the x @ W.T form; the baseline is the fastest of them;
-  ratios use the best of `--reps` interleaved runs (the machine is shared; load only adds time);
 * lscjax.sparse.matmul with float32 block values and with 4-bit codes (packed two per byte,
   unpacked and dequantized inside the jitted computation);
 * BCOO ``x @ W`` (random masks only).
+
+Timing protocol (`rotated_times`): every function cycles through copies of its weights in
+separate buffers, at least ROTATE_BYTES of them (8x this machine's 32 MB L3), so each call
+reads its weights cold from memory, as a layer of a model larger than the cache does. The
+functions take turns in chunks of calls (load drifts hit all alike), every function making the
+same number of calls; ratios use the fastest call (the machine is shared and load only adds
+time), medians are recorded beside them. Sessions 1-4 interleaved single calls instead, so each
+sparse call ran right after a dense one had streamed 64 MB through the caches; that also evicts
+JAX's own dispatch path, and charged each sparse call about 0.1-0.3 ms of runtime re-warming
+(`dispatch_overhead` measures it on a no-op: printed and recorded in the results' meta).
 
 Two block masks: "random" (the non-zero blocks at uniformly random positions: rows differ in
 length, so the padded ELL layout carries Kmax - mean(counts) zero blocks per row) and "balanced"
@@ -17,7 +26,7 @@ Prints ratios (time / dense, BCOO / sparse) and writes benchmarks/results/matmul
 are given against the row's own dense minimum and against the pooled dense baseline (the best
 dense time of the batch size over all rows: the same computation); goals use the pooled one.
 
-Usage: python benchmarks/matmul.py [--reps 40] [--quick] [--out PATH]
+Usage: python benchmarks/matmul.py [--reps 20] [--quick] [--out PATH]
        python benchmarks/matmul.py --table PATH   (a results file as a Markdown table)
 """
 
@@ -40,6 +49,9 @@ from lscjax.sparse import BlockSparse, matmul
 SIZE = 4096
 DENSE_FORMS = ("x@W", "(Wt@x.T).T", "x@Wt.T")
 GOAL = {"batch": 16, "density": 0.10, "float": 0.2, "4bit": 0.25, "bcoo": 20.0}
+ROTATE_BYTES = 256 * 2**20  # weights each function cycles through
+MAX_SETS = 256  # copies of one weight at most (4-bit codes at 5% blocks are 0.4 MB)
+CHUNK = 16  # calls a function makes in a row before the next takes its turn
 
 
 def best_times(fns: dict, args: dict, reps: int) -> tuple[dict, dict]:
@@ -58,6 +70,53 @@ def best_times(fns: dict, args: dict, reps: int) -> tuple[dict, dict]:
             times[name].append(time.perf_counter() - start)
     best = {name: float(np.min(t)) for name, t in times.items()}
     return best, {name: float(np.median(t)) for name, t in times.items()}
+
+
+def copies(weight, nbytes: int) -> list:
+    """Copies of a weight pytree in separate buffers, together at least ROTATE_BYTES (2 to
+    MAX_SETS of them): cycled through, none is still cached when its turn comes again."""
+    sets = min(MAX_SETS, max(2, -(-ROTATE_BYTES // nbytes)))
+    return [jax.tree.map(lambda a: jnp.array(a, copy=True), weight) for _ in range(sets)]
+
+
+def rotated_times(fns: dict, rounds: int) -> tuple[dict, dict]:
+    """(min, median) wall time (s) of one call of each jitted fn, its weights cold.
+
+    Args:
+      fns: {name: (fn, [args, ...])}; each args tuple holds its own copy of the weights.
+      rounds: every fn makes CHUNK calls per round, cycling through its args; the fns take
+        turns, so each makes ``rounds * CHUNK`` calls.
+    """
+    for fn, arg_sets in fns.values():
+        jax.block_until_ready(fn(*arg_sets[0]))  # compile
+    times = {name: [] for name in fns}
+    for r in range(rounds):
+        for name, (fn, arg_sets) in fns.items():
+            for i in range(r * CHUNK, (r + 1) * CHUNK):
+                args = arg_sets[i % len(arg_sets)]
+                start = time.perf_counter()
+                jax.block_until_ready(fn(*args))
+                times[name].append(time.perf_counter() - start)
+    best = {name: float(np.min(t)) for name, t in times.items()}
+    return best, {name: float(np.median(t)) for name, t in times.items()}
+
+
+def dispatch_overhead(x, w, calls: int = 50) -> dict:
+    """The fastest of `calls` calls (ms) of a jitted no-op on x, in a row and each right after a
+    dense ``x @ w`` (whose weights stream through every cache level, JAX's dispatch path's too)."""
+    noop, dense = jax.jit(lambda x: x + 1), jax.jit(lambda x, w: x @ w)
+    jax.block_until_ready((noop(x), dense(x, w)))
+    alone, after_dense = [], []
+    for _ in range(calls):
+        start = time.perf_counter()
+        jax.block_until_ready(noop(x))
+        alone.append(time.perf_counter() - start)
+    for _ in range(calls):
+        jax.block_until_ready(dense(x, w))
+        start = time.perf_counter()
+        jax.block_until_ready(noop(x))
+        after_dense.append(time.perf_counter() - start)
+    return dict(noop_ms=min(alone) * 1e3, noop_after_dense_ms=min(after_dense) * 1e3)
 
 
 def write_results(out, name: str, rows: list[dict], *, quick: bool = False, **meta) -> None:
@@ -84,15 +143,19 @@ def write_results(out, name: str, rows: list[dict], *, quick: bool = False, **me
     print(f"wrote {path}")
 
 
-def dense_forms(x, w):
-    """The dense products to time: {name: (jitted fn, args)}; every one computes x @ W."""
-    wt = jnp.asarray(w.T)  # [out, in]
+def dense_forms(kernel: np.ndarray) -> dict:
+    """The dense products to time: {name: (jitted fn(x, weight), weight copies)}; every one
+    computes x @ W, from W [in, out] or from W stored transposed ([out, in])."""
+    w_sets, wt_sets = (
+        copies(jnp.asarray(kernel), kernel.nbytes),
+        copies(jnp.asarray(kernel.T), kernel.nbytes),
+    )
     return {
-        "x@W": (jax.jit(lambda x, w: x @ w), (x, w)),
-        "(Wt@x.T).T": (jax.jit(lambda x, wt: (wt @ x.T).T), (x, wt)),
+        "x@W": (jax.jit(lambda x, w: x @ w), w_sets),
+        "(Wt@x.T).T": (jax.jit(lambda x, wt: (wt @ x.T).T), wt_sets),
         "x@Wt.T": (
             jax.jit(lambda x, wt: lax.dot_general(x, wt, (((1,), (1,)), ((), ())))),
-            (x, wt),
+            wt_sets,
         ),
     }
 
@@ -122,25 +185,26 @@ def run(reps: int, quick: bool) -> list[dict]:
                 w_codes, decoded = coded(rng, kernel, block)
                 counts = np.asarray(w_float.counts)
                 bcoo = jsparse.BCOO.fromdense(jnp.asarray(kernel)) if mask == "random" else None
+                weights = dense_forms(kernel)
+                weights.update(
+                    sparse_f32=(sparse_fn, copies(w_float, w_float.nbytes)),
+                    sparse_4bit=(sparse_fn, copies(w_codes, w_codes.nbytes)),
+                )
                 for batch in batches:
                     x = jnp.asarray(rng.standard_normal((batch, SIZE)), jnp.float32)
-                    forms = dense_forms(x, jnp.asarray(kernel))
-                    fns = {name: fn for name, (fn, _) in forms.items()}
-                    args = {name: a for name, (_, a) in forms.items()}
-                    fns.update(sparse_f32=sparse_fn, sparse_4bit=sparse_fn)
-                    args.update(sparse_f32=(x, w_float), sparse_4bit=(x, w_codes))
                     np.testing.assert_allclose(
                         sparse_fn(x, w_float), x @ kernel, rtol=2e-3, atol=2e-3
                     )
                     np.testing.assert_allclose(
                         sparse_fn(x, w_codes), x @ decoded, rtol=2e-3, atol=2e-3
                     )
-                    t, t_median = best_times(fns, args, reps)
-                    if bcoo is not None:  # >= 20x slower: a few runs measure it well enough
+                    fns = {name: (fn, [(x, w) for w in ws]) for name, (fn, ws) in weights.items()}
+                    t, t_median = rotated_times(fns, reps)
+                    if bcoo is not None:  # >= 20x slower: a few calls measure it well enough
                         bcoo_t, bcoo_median = best_times({"bcoo": bcoo_fn}, {"bcoo": (x, bcoo)}, 3)
                         t.update(bcoo_t)
                         t_median.update(bcoo_median)
-                    dense_name = min(forms, key=t.get)
+                    dense_name = min(DENSE_FORMS, key=t.get)
                     dense = t[dense_name]
                     row = dict(
                         block=block,
@@ -150,10 +214,13 @@ def run(reps: int, quick: bool) -> list[dict]:
                         kmax=int(w_float.kmax),
                         mean_count=float(counts.mean()),
                         dense_form=dense_name,
+                        sets={name: len(ws) for name, (_, ws) in weights.items()},
                         times_ms={k: v * 1e3 for k, v in t.items()},
                         median_times_ms={k: v * 1e3 for k, v in t_median.items()},
                         float_over_dense=t["sparse_f32"] / dense,
                         codes4_over_dense=t["sparse_4bit"] / dense,
+                        median_float_over_dense=t_median["sparse_f32"] / t_median[dense_name],
+                        median_codes4_over_dense=t_median["sparse_4bit"] / t_median[dense_name],
                         bcoo_over_float=(t["bcoo"] / t["sparse_f32"]) if bcoo is not None else None,
                         nbytes_dense=kernel.nbytes,
                         nbytes_float=w_float.nbytes,
@@ -170,9 +237,12 @@ def run(reps: int, quick: bool) -> list[dict]:
                         f"Kmax/mean={row['kmax']}/{row['mean_count']:.1f} "
                         f"dense({dense_name})={dense * 1e3:7.3f}ms "
                         f"f32/dense={row['float_over_dense']:.3f} "
-                        f"4bit/dense={row['codes4_over_dense']:.3f}{bcoo_text}",
+                        f"4bit/dense={row['codes4_over_dense']:.3f} (medians "
+                        f"{row['median_float_over_dense']:.3f} / "
+                        f"{row['median_codes4_over_dense']:.3f}){bcoo_text}",
                         flush=True,
                     )
+                del weights
     return rows
 
 
@@ -205,12 +275,14 @@ def markdown_table(results: dict) -> str:
     meta = results["meta"]
     lines = [
         f"JAX {meta['jax']}, backend {meta['backend']}, {meta['cpu_count']} CPUs, load average "
-        f"at the end {tuple(round(a, 1) for a in meta['load_average'])}, best of {meta['reps']} "
-        "interleaved runs.",
+        f"at the end {tuple(round(a, 1) for a in meta['load_average'])}; fastest of "
+        f"{meta['reps'] * meta['calls_per_round']} calls per function, weights cold (rotated "
+        f"copies); a no-op jitted call took {meta['noop_ms']:.3f} ms in a row, "
+        f"{meta['noop_after_dense_ms']:.3f} ms right after a dense product.",
         "",
         "| block | density | mask | batch | Kmax / mean | dense ms (pooled) | f32 ms | 4-bit ms "
-        "| f32 / dense | 4-bit / dense | BCOO / f32 |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| f32 / dense | 4-bit / dense | medians f32 / 4-bit | BCOO / f32 |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results["rows"]:
         t = r["times_ms"]
@@ -219,14 +291,17 @@ def markdown_table(results: dict) -> str:
             f"| {r['block']} | {r['density']:.0%} | {r['mask']} | {r['batch']} | "
             f"{r['kmax']} / {r['mean_count']:.1f} | {r['dense_pooled_ms']:.2f} | "
             f"{t['sparse_f32']:.2f} | {t['sparse_4bit']:.2f} | "
-            f"{r['float_over_dense_pooled']:.3f} | {r['codes4_over_dense_pooled']:.3f} | {bcoo} |"
+            f"{r['float_over_dense_pooled']:.3f} | {r['codes4_over_dense_pooled']:.3f} | "
+            f"{r['median_float_over_dense']:.3f} / {r['median_codes4_over_dense']:.3f} | {bcoo} |"
         )
     return "\n".join(lines)
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--reps", type=int, default=40)
+    parser.add_argument(
+        "--reps", type=int, default=20, help=f"rounds of {CHUNK} calls per function"
+    )
     parser.add_argument(
         "--quick", action="store_true", help="only the goal point (batch 16, density 10%%)"
     )
@@ -238,6 +313,12 @@ def main():
     if args.table:
         print(markdown_table(json.loads(Path(args.table).read_text())))
         return
+    x = jnp.ones((GOAL["batch"], SIZE), jnp.float32)
+    overhead = dispatch_overhead(x, jnp.ones((SIZE, SIZE), jnp.float32))
+    print(
+        f"no-op jitted call: {overhead['noop_ms']:.3f} ms in a row, "
+        f"{overhead['noop_after_dense_ms']:.3f} ms right after a dense product"
+    )
     rows = run(args.reps, args.quick)
     pool_dense(rows)
     goal_rows = [r for r in rows if r["batch"] == GOAL["batch"] and r["density"] == GOAL["density"]]
@@ -257,8 +338,11 @@ def main():
         rows,
         quick=args.quick,
         reps=args.reps,
+        calls_per_round=CHUNK,
+        rotate_bytes=ROTATE_BYTES,
         size=SIZE,
         goal=GOAL,
+        **overhead,
     )
 
 

@@ -5,13 +5,20 @@ Mosaic accept them. ``jax.export`` for ``platforms=("cuda",)`` / ``("tpu",)`` ru
 lowering to Triton IR / Mosaic without a device, so these tests catch tiles, ops and dtypes the
 real backends reject; and they check that `matmul`'s tile rule (`_fits`) agrees with the
 lowering's own rule. (Compiling the lowered IR for a GPU or TPU still needs the device.)
+
+The Triton lowering reads the target GPU's compute capability; with no GPU present, JAX 0.11
+raises unless an abstract device names one, so the GPU kernel is exported for an H100 (the
+device of the issue's GPU goals) under an abstract mesh, in every JAX version.
 """
+
+import contextlib
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax import export
+from jax.sharding import AbstractDevice, AbstractMesh, use_abstract_mesh
 
 from lscjax._src.kernels import pallas_gpu, pallas_tpu
 from lscjax._src.sparse.matmul import _fits
@@ -22,6 +29,7 @@ TARGETS = {  # kernel module, export platform, custom call the lowering emits
     "pallas_gpu": (pallas_gpu, "cuda", "__gpu$xla.gpu.triton"),
     "pallas_tpu": (pallas_tpu, "tpu", "tpu_custom_call"),
 }
+H100 = AbstractDevice(device_kind="NVIDIA H100 80GB HBM3", num_cores=132, platform="gpu")
 
 
 def _weight(block: int, dtype, bits):
@@ -39,11 +47,17 @@ def _lowered(name: str, w: BlockSparse, batch: int) -> str:
     module, platform, target = TARGETS[name]
     args = [w.blocks, w.indices, w.counts] + ([] if w.bits is None else [w.codebook])
     x = jnp.ones((batch, w.matrix_shape[0]), w.dtype)
-    exported = export.export(
-        jax.jit(lambda x, *a: module.block_matmul(x, *a)),
-        platforms=(platform,),
-        disabled_checks=[export.DisabledSafetyCheck.custom_call(target)],
-    )(x, *args)
+    device = (
+        use_abstract_mesh(AbstractMesh((1,), ("d",), abstract_device=H100))
+        if platform == "cuda"
+        else contextlib.nullcontext()
+    )
+    with device:
+        exported = export.export(
+            jax.jit(lambda x, *a: module.block_matmul(x, *a)),
+            platforms=(platform,),
+            disabled_checks=[export.DisabledSafetyCheck.custom_call(target)],
+        )(x, *args)
     return exported.mlir_module()
 
 

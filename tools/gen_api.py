@@ -23,6 +23,9 @@ MODULES = [
     "lscjax.models",
 ]
 OUT = Path(__file__).resolve().parents[1] / "docs" / "api.md"
+# Types whose repr names a private module that moves between versions (JAX 0.10 / 0.11, Python
+# 3.11 / 3.13), written by their public name so the reference reads the same everywhere.
+PUBLIC_NAMES = {"jax.jaxlib._jax.Array": "jax.Array", "pathlib._local.Path": "pathlib.Path"}
 
 
 def describe(module_name: str) -> list[str]:
@@ -36,6 +39,8 @@ def describe(module_name: str) -> list[str]:
         try:
             signature = str(inspect.signature(obj)) if callable(obj) else ""
             signature = re.sub(r" at 0x[0-9a-f]+", "", signature)  # reprs of default objects
+            for private, public in PUBLIC_NAMES.items():
+                signature = signature.replace(private, public)
         except (TypeError, ValueError):
             signature = "(...)"
         lines += [f"### `{module_name}.{name}{signature}`", "", f"*{kind}*", ""]
