@@ -11,6 +11,8 @@ import sys
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 import pytest
 
 BENCHMARKS = Path(__file__).parent.parent / "benchmarks"
@@ -46,3 +48,42 @@ def test_gpu_benchmark_skips_without_a_gpu():
         [sys.executable, "matmul_gpu.py", "--quick"], cwd=BENCHMARKS, capture_output=True, text=True
     )
     assert done.returncode == 0 and done.stdout.startswith("skipped: needs a GPU")
+
+
+def _matmul_benchmark():
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import matmul
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    return matmul
+
+
+def test_weight_copies_are_separate_buffers_of_at_least_rotate_bytes():
+    matmul = _matmul_benchmark()
+    w = jnp.arange(12.0).reshape(3, 4)
+    assert len(matmul.copies(w, matmul.ROTATE_BYTES // 4 - 1)) == 5  # ceil(ROTATE_BYTES / nbytes)
+    sets = matmul.copies({"w": w}, matmul.ROTATE_BYTES // 4)
+    assert len(sets) == 4
+    pointers = {s["w"].unsafe_buffer_pointer() for s in sets} | {w.unsafe_buffer_pointer()}
+    assert len(pointers) == 5
+    for s in sets:
+        np.testing.assert_array_equal(s["w"], w)
+    assert len(matmul.copies(w, 2 * matmul.ROTATE_BYTES)) == 2
+    assert len(matmul.copies(w, 1)) == matmul.MAX_SETS
+
+
+def test_rotated_times_cycles_each_function_through_its_weights():
+    matmul = _matmul_benchmark()
+    seen = {"a": [], "b": []}
+
+    def recorder(name):
+        return lambda i: seen[name].append(int(i)) or jnp.zeros(())
+
+    fns = {"a": (recorder("a"), [(0,), (1,), (2,)]), "b": (recorder("b"), [(7,)])}
+    best, median = matmul.rotated_times(fns, rounds=2)
+    calls = 2 * matmul.CHUNK
+    assert seen["a"] == [0] + [i % 3 for i in range(calls)]  # one compile call, then the cycle
+    assert seen["b"] == [7] * (calls + 1)
+    assert set(best) == set(median) == {"a", "b"}
+    assert all(0 < best[k] <= median[k] for k in best)

@@ -5,7 +5,9 @@ Lowering: Pallas' Triton backend. GPU Pallas backends have no scalar prefetch, s
 over the row's non-zero blocks: padded slots cost nothing. Triton is chosen over Mosaic GPU
 because it runs on every CUDA GPU JAX supports (Mosaic GPU targets Hopper and needs explicit
 warpgroup/TMA programming for a data-dependent gather), and because ``pl.pallas_call`` with Triton
-lowering exists unchanged in JAX 0.10.x and 0.11.x (where it is deprecated, not removed).
+lowering exists unchanged in JAX 0.10.x, 0.11.x and 0.12.0 (deprecated since 0.11 in favour of
+Mosaic GPU, with a DeprecationWarning at lowering; tests/test_kernels_lowering.py lowers this
+kernel for an H100 under 0.10.2, 0.11.2 and 0.12.0.1).
 
 Grid: (R, M / bm). Program (r, i) computes the output tile rows ``i * bm : (i + 1) * bm``,
 columns of output block row r, accumulating in float32. Inputs are whole-array refs (pointers in
@@ -21,7 +23,7 @@ from jax.experimental import pallas as pl
 from lscjax._src.kernels.codes import lookup
 from lscjax._src.kernels.operands import prepare_operands
 
-try:  # Triton compiler parameters: present in JAX 0.10.x and 0.11.x.
+try:  # Triton compiler parameters: present in JAX 0.10.x to 0.12.x.
     from jax.experimental.pallas import triton as pl_triton
 
     _COMPILER_PARAMS = pl_triton.CompilerParams(num_warps=4, num_stages=2)
