@@ -33,7 +33,7 @@ import numpy as np
 from matmul import best_times, write_results
 
 from lscjax._src.sparse.random import random_block_kernel
-from lscjax.sparse import BlockSparse, matmul
+from lscjax.sparse import BlockSparse, matmul, stack
 
 GOAL = {"size": 8192, "block": 64, "density": 0.10, "batch": 16, "bf16": 0.15, "4bit_speedup": 15}
 TABLE = {"size": 4096, "batches": (1, 16, 64), "blocks": (32, 64), "densities": (0.05, 0.10, 0.25)}
@@ -46,7 +46,10 @@ def weight_set(rng, size: int, block: int, density: float, sets: int):
 
     DISTINCT random kernels are drawn and repeated in separate buffers up to `sets`: the cache
     flatters a product only when it re-reads the same memory, so distinct buffers are enough,
-    and drawing 64 random 8192^2 kernels would take minutes of the device's time.
+    and drawing 64 random 8192^2 kernels would take minutes of the device's time. The sparse
+    kernels are padded to one Kmax (`lscjax.sparse.stack`; the GPU kernel loops over each row's
+    own count, so padding costs no work), so every product has the same shapes and the same
+    Triton kernel.
 
     Returns:
       (dense bf16 [size, size] list, BlockSparse of bf16 values list, BlockSparse of 4-bit codes
@@ -63,13 +66,15 @@ def weight_set(rng, size: int, block: int, density: float, sets: int):
         if len(codes) == 1:
             first_codes = np.asarray(codebook.astype(jnp.bfloat16), np.float32)[code]
 
-    def separate(weights):
-        return [
-            jax.tree.map(lambda a: jnp.array(a, copy=True), weights[i % len(weights)])
-            for i in range(sets)
-        ]
+    def separate(stacked):  # indexing copies: set i gets buffers of its own
+        return [jax.tree.map(lambda a, i=i: a[i % len(dense)], stacked) for i in range(sets)]
 
-    return separate(dense), separate(values), separate(codes), first_codes
+    return (
+        separate(jnp.stack(dense)),
+        separate(stack(values)),
+        separate(stack(codes)),
+        first_codes,
+    )
 
 
 def summed_products(product):
