@@ -16,7 +16,8 @@ same number of calls; ratios use the fastest call (the machine is shared and loa
 time), medians are recorded beside them. Sessions 1-4 interleaved single calls instead, so each
 sparse call ran right after a dense one had streamed 64 MB through the caches; that also evicts
 JAX's own dispatch path, and charged each sparse call about 0.1-0.3 ms of runtime re-warming
-(`dispatch_overhead` measures it on a no-op: printed and recorded in the results' meta).
+(`dispatch_overhead` measures it on a no-op: printed and recorded in the results' meta);
+``--protocol interleaved`` times that way again, for comparison.
 
 Two block masks: "random" (the non-zero blocks at uniformly random positions: rows differ in
 length, so the padded ELL layout carries Kmax - mean(counts) zero blocks per row) and "balanced"
@@ -26,7 +27,7 @@ Prints ratios (time / dense, BCOO / sparse) and writes benchmarks/results/matmul
 are given against the row's own dense minimum and against the pooled dense baseline (the best
 dense time of the batch size over all rows: the same computation); goals use the pooled one.
 
-Usage: python benchmarks/matmul.py [--reps 20] [--quick] [--out PATH]
+Usage: python benchmarks/matmul.py [--reps 20] [--quick] [--out PATH] [--protocol interleaved]
        python benchmarks/matmul.py --table PATH   (a results file as a Markdown table)
 """
 
@@ -167,7 +168,7 @@ def coded(rng, kernel, block):
     return BlockSparse.from_codes(codes, codebook, block, bits=4), codebook[codes]
 
 
-def run(reps: int, quick: bool) -> list[dict]:
+def run(reps: int, quick: bool, protocol: str = "rotated") -> list[dict]:
     rng = np.random.default_rng(0)
     batches = (16,) if quick else (1, 16, 64)
     blocks = (32, 64)
@@ -198,8 +199,16 @@ def run(reps: int, quick: bool) -> list[dict]:
                     np.testing.assert_allclose(
                         sparse_fn(x, w_codes), x @ decoded, rtol=2e-3, atol=2e-3
                     )
-                    fns = {name: (fn, [(x, w) for w in ws]) for name, (fn, ws) in weights.items()}
-                    t, t_median = rotated_times(fns, reps)
+                    if protocol == "rotated":
+                        fns = {
+                            name: (fn, [(x, w) for w in ws]) for name, (fn, ws) in weights.items()
+                        }
+                        t, t_median = rotated_times(fns, reps)
+                    else:  # sessions 1-4: one call of each per round, first weight copy only
+                        fns = {name: fn for name, (fn, _) in weights.items()}
+                        t, t_median = best_times(
+                            fns, {name: (x, ws[0]) for name, (_, ws) in weights.items()}, reps
+                        )
                     if bcoo is not None:  # >= 20x slower: a few calls measure it well enough
                         bcoo_t, bcoo_median = best_times({"bcoo": bcoo_fn}, {"bcoo": (x, bcoo)}, 3)
                         t.update(bcoo_t)
@@ -276,8 +285,13 @@ def markdown_table(results: dict) -> str:
     lines = [
         f"JAX {meta['jax']}, backend {meta['backend']}, {meta['cpu_count']} CPUs, load average "
         f"at the end {tuple(round(a, 1) for a in meta['load_average'])}; fastest of "
-        f"{meta['reps'] * meta['calls_per_round']} calls per function, weights cold (rotated "
-        f"copies); a no-op jitted call took {meta['noop_ms']:.3f} ms in a row, "
+        f"{meta['reps'] * meta['calls_per_round']} calls per function, "
+        + (
+            "weights cold (rotated copies)"
+            if meta["protocol"] == "rotated"
+            else "interleaved single calls (sessions 1-4)"
+        )
+        + f"; a no-op jitted call took {meta['noop_ms']:.3f} ms in a row, "
         f"{meta['noop_after_dense_ms']:.3f} ms right after a dense product.",
         "",
         "| block | density | mask | batch | Kmax / mean | dense ms (pooled) | f32 ms | 4-bit ms "
@@ -300,13 +314,23 @@ def markdown_table(results: dict) -> str:
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--reps", type=int, default=20, help=f"rounds of {CHUNK} calls per function"
+        "--reps",
+        type=int,
+        default=20,
+        help=f"rounds of {CHUNK} calls per function (interleaved: of one call)",
     )
     parser.add_argument(
         "--quick", action="store_true", help="only the goal point (batch 16, density 10%%)"
     )
     parser.add_argument(
         "--out", help="JSON path (default: benchmarks/results/matmul.json; --quick writes none)"
+    )
+    parser.add_argument(
+        "--protocol",
+        choices=("rotated", "interleaved"),
+        default="rotated",
+        help="rotated weight copies (default), or sessions 1-4's single interleaved calls "
+        "(--reps rounds of one call each)",
     )
     parser.add_argument("--table", help="print this results file as a Markdown table and exit")
     args = parser.parse_args()
@@ -319,7 +343,7 @@ def main():
         f"no-op jitted call: {overhead['noop_ms']:.3f} ms in a row, "
         f"{overhead['noop_after_dense_ms']:.3f} ms right after a dense product"
     )
-    rows = run(args.reps, args.quick)
+    rows = run(args.reps, args.quick, args.protocol)
     pool_dense(rows)
     goal_rows = [r for r in rows if r["batch"] == GOAL["batch"] and r["density"] == GOAL["density"]]
     for r in goal_rows:
@@ -338,7 +362,8 @@ def main():
         rows,
         quick=args.quick,
         reps=args.reps,
-        calls_per_round=CHUNK,
+        protocol=args.protocol,
+        calls_per_round=CHUNK if args.protocol == "rotated" else 1,
         rotate_bytes=ROTATE_BYTES,
         size=SIZE,
         goal=GOAL,
