@@ -11,12 +11,12 @@ float values and with 4-bit codes under:
 * ``n=2, 4, 8, 16``: the sorted plan cut into n groups (reordered unless all rows are equal).
 
 Each plan runs through the same `_xla` the library uses, with the plan forced (the library picks
-`lscjax._src.sparse.matmul._plan`). Every sparse run follows a dense ``x @ W`` run, whose 64 MB
-evict the sparse weights from the caches (timed cold, as in a model). Ratios are to the dense
-runs of the same interleaved rounds: best of `--reps` (min / min) and median / median. Writes
+`lscjax._src.sparse.matmul._plan`). Timed as matmul.py times (`rotated_times`: every function
+cycles through copies of its weights, so each call reads them cold). Ratios are to dense
+``x @ W`` timed alongside: fastest call (min / min) and median / median. Writes
 benchmarks/results/matmul_plans.json.
 
-Usage: python benchmarks/matmul_plans.py [--reps 40] [--quick] [--out PATH]
+Usage: python benchmarks/matmul_plans.py [--reps 10] [--quick] [--out PATH]
        (--quick: blocks of 64, random masks, batch 16 only)
 """
 
@@ -25,7 +25,7 @@ import argparse
 import jax
 import jax.numpy as jnp
 import numpy as np
-from matmul import SIZE, best_times, coded, write_results
+from matmul import CHUNK, SIZE, coded, copies, rotated_times, write_results
 
 from lscjax._src.sparse import block_sparse
 from lscjax._src.sparse.matmul import _xla
@@ -52,23 +52,18 @@ def run(reps: int, quick: bool = False) -> list[dict]:
             counts = np.asarray(weights["f32"].counts)
             plans = {"in place": (int(counts.max()),)}
             plans.update({f"n={n}": block_sparse.sorted_plan(counts, n) for n in GROUP_COUNTS})
+            dense_sets = copies(w_dense, kernel.nbytes)
+            sparse_sets = {storage: copies(w, w.nbytes) for storage, w in weights.items()}
             for batch in (16,) if quick else (16, 64):
                 x = jnp.asarray(rng.standard_normal((batch, SIZE)), jnp.float32)
-                fns, args = {}, {}
-                for storage, w in weights.items():
+                fns = {"dense": (dense, [(x, d) for d in dense_sets])}
+                for storage, sets in sparse_sets.items():
                     for name, plan in plans.items():
-                        # dense first: its 64 MB evict the sparse weights (cold, as in a model)
-                        fns[f"dense before {storage} {name}"] = dense
-                        args[f"dense before {storage} {name}"] = (x, w_dense)
-                        fns[f"{storage} {name}"] = forward
-                        args[f"{storage} {name}"] = (x, w, plan)
-                best, median = best_times(fns, args, reps)
-                dense_keys = [k for k in fns if k.startswith("dense")]
-                best["dense"] = min(best[k] for k in dense_keys)
-                median["dense"] = float(np.median([median[k] for k in dense_keys]))
+                        fns[f"{storage} {name}"] = (forward, [(x, w, plan) for w in sets])
+                best, median = rotated_times(fns, reps)
                 row = dict(block=block, mask=mask, batch=batch, kmax=int(counts.max()), plans={})
                 for key in fns:
-                    if key.startswith("dense"):
+                    if key == "dense":
                         continue
                     storage, name = key.split(" ", 1)
                     row["plans"][key] = dict(
@@ -90,7 +85,9 @@ def run(reps: int, quick: bool = False) -> list[dict]:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--reps", type=int, default=40)
+    parser.add_argument(
+        "--reps", type=int, default=10, help=f"rounds of {CHUNK} calls per function"
+    )
     parser.add_argument("--quick", action="store_true", help="one block, mask and batch")
     parser.add_argument(
         "--out", help="JSON path (default results/matmul_plans.json; --quick: none)"

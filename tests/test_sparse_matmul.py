@@ -233,8 +233,9 @@ def test_row_groups_by_hand(monkeypatch):
 def test_row_group_plans_match_dense(monkeypatch, set_trace_constant, temp_bytes, bits):
     """Every plan (one group, a few, one row each; reordered or not) gives x @ W, whether x's
     rows are gathered at once or in pieces (of 1 row at 1 byte, a few at 3000, the last padded),
-    and for float values also with x of at most b_in rows (rows kept in stored order)."""
+    and for float values also with x of few rows (rows kept in stored order)."""
     set_trace_constant("lscjax._src.sparse.block_sparse.TEMP_BYTES", temp_bytes)
+    set_trace_constant("lscjax._src.sparse.matmul.FLOAT_IN_PLACE_MAX_ROWS", 4)
     monkeypatch.setattr("lscjax._src.sparse.block_sparse.MIN_GROUP_ROWS", 2)
     rng = np.random.default_rng(4)
     codebook = np.concatenate([[0.0], rng.standard_normal(15)]).astype(np.float32)
@@ -249,7 +250,7 @@ def test_row_group_plans_match_dense(monkeypatch, set_trace_constant, temp_bytes
     unplanned = dataclasses.replace(w, row_groups=None)
     in_place = (w.kmax,) if bits is None else w.row_groups  # float rows are not copied
     assert sparse_matmul._plan(w, 3) == in_place and sparse_matmul._plan(w, 7) == w.row_groups
-    for m in (3, 7):  # <= and > b_in = 4
+    for m in (3, 7):  # <= and > FLOAT_IN_PLACE_MAX_ROWS
         x = rng.standard_normal((m, 40)).astype(np.float32)
         for v in (w, unplanned):
             y = jax.jit(matmul)(x, v)

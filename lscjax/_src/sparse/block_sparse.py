@@ -24,7 +24,8 @@ Padded slots of coded blocks are masked to 0.0 when dequantized (code 0 need not
 Row groups (``row_groups``, static): the rows of a random mask differ in length, so padding every
 row to Kmax multiplies zeros (Kmax / mean count is 1.6 at 10 % density with 128 block rows). The
 constructors record a serving plan: the rows taken in descending count order (a stable sort of
-``counts``) and cut into groups of ``ceil(R / n)`` rows, each padded only to its own longest row.
+``counts``) and cut into groups of ``ceil(R / n)`` rows, each padded only to its own longest row
+(n up to MAX_ROW_GROUPS).
 The XLA path multiplies each group on its own (see `row_groups`); the layout above is unchanged.
 """
 
@@ -45,9 +46,10 @@ CODE_BITS = (4, 8)
 # Row-group plan of the XLA path: at most MAX_ROW_GROUPS groups of at least MIN_GROUP_ROWS rows
 # (each group is one gather + batched matmul, padded to its own longest row), and more groups
 # when a group's dequantized blocks would exceed TEMP_BYTES. Each group costs a call into
-# XLA:CPU's batched dot: 4-bit codes at 4096^2, batch 16, 10% balanced blocks of 64 took 0.32
-# of dense in 2 or 4 groups, 0.39 in 16 (median, `benchmarks/matmul_plans.py`).
-MAX_ROW_GROUPS = 4
+# XLA:CPU's batched dot, and pads less: 4-bit codes at 4096^2, 10% random blocks, took 0.24-0.26
+# of dense in 8 groups against 0.27-0.29 in 4 (b=32, batch 16) and 0.21-0.23 against 0.24-0.25
+# (b=64, batch 64); equal rows gain nothing from either (`benchmarks/matmul_plans.py`, two runs).
+MAX_ROW_GROUPS = 8
 MIN_GROUP_ROWS = 4
 # Largest temporary the XLA path makes at once (a row group's dequantized blocks; the gathered x
 # of a piece of x's rows). XLA:CPU was several times slower on larger ones (4-bit codes at 4096^2,

@@ -72,17 +72,20 @@ def _layout(blocks, codebook, indices, counts, cfg: _Config) -> BlockSparse:
     )
 
 
+# Rows of x up to which float values are multiplied in place (one Kmax-padded group in stored
+# order) rather than in the sorted row groups. Reordering float rows copies every block, which
+# at few rows of x costs more than multiplying the padding; the padding's FLOPs grow with the
+# rows. 4096^2, 10% random blocks, f32 / dense, in place against 8 sorted groups
+# (`benchmarks/matmul_plans.py`, two runs, and an exploratory sweep of 16-64 rows): batch 16
+# b=32 0.19-0.21 vs 0.23-0.25, b=64 0.16 vs 0.20-0.23; batch 64 b=32 0.43 vs 0.34-0.38, b=64
+# 0.24-0.34 vs 0.22-0.27.
+FLOAT_IN_PLACE_MAX_ROWS = 32
+
+
 def _plan(w: BlockSparse, m: int) -> tuple[int, ...]:
     """The row groups `_xla` multiplies for an x of m rows: `w.groups()`, except for float
-    values and m <= b_in, one group of length Kmax in stored order.
-
-    Reordering float rows copies every block, which at few rows of x costs more than
-    multiplying the padding (`benchmarks/matmul_plans.py`, 4096^2, 10% random blocks of 32,
-    batch 16: 0.28 of dense in place, 0.40 in 4 or 16 sorted groups); at large batches the
-    padding's FLOPs dominate (batch 1024: 0.72 in place, 0.59 in groups, exploratory). Coded
-    groups are dequantized into a fresh temporary either way.
-    """
-    if w.bits is None and m <= w.block[0]:
+    values and m <= FLOAT_IN_PLACE_MAX_ROWS, one group of length Kmax in stored order."""
+    if w.bits is None and m <= FLOAT_IN_PLACE_MAX_ROWS:
         return (w.kmax,)
     return w.groups()
 
