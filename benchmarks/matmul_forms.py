@@ -11,10 +11,11 @@ and times both against dense ``x @ W``, for float32 weights of 10% random block 
   conv1 25 x 20 with every block kept, conv2 500 x 50 and fc1 800 x 500 at 10%; a batch of 256
   images gives conv1 147,456 patch rows and conv2 16,384.
 
-Each sparse run follows a dense run (for the large W, its 64 MB evict the sparse weights).
-Ratios use the best of `--reps` interleaved runs. Writes benchmarks/results/matmul_forms.json.
+Timed as matmul.py times (`rotated_times`: every function cycles through copies of its weights,
+so each call reads them cold). Ratios use the fastest call. Writes
+benchmarks/results/matmul_forms.json.
 
-Usage: python benchmarks/matmul_forms.py [--reps 15] [--quick] [--out PATH]
+Usage: python benchmarks/matmul_forms.py [--reps 4] [--quick] [--out PATH]
        (--quick: 4096^2 b=64 and LeNet-5 conv1 at 1, 16 and 4096 rows)
        python benchmarks/matmul_forms.py --table PATH
 """
@@ -26,7 +27,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-from matmul import SIZE, best_times, write_results
+from matmul import CHUNK, SIZE, copies, rotated_times, write_results
 
 from lscjax._src.kernels import reference
 from lscjax._src.sparse.random import random_block_kernel
@@ -72,16 +73,17 @@ def run(reps: int, quick: bool = False) -> list[dict]:
     for name, shape, block, density, batches in QUICK if quick else CASES:
         kernel = random_block_kernel(rng, shape, block, density)
         w = BlockSparse.from_dense(kernel, block)
-        w_dense = jnp.asarray(kernel)
+        dense_sets = copies(jnp.asarray(kernel), kernel.nbytes)
+        sparse_sets = copies(w, w.nbytes)
         for m in batches:
             x = jnp.asarray(rng.standard_normal((m, shape[0])), jnp.float32)
-            fns, args = {}, {}
+            fns = {"dense": (dense, [(x, d) for d in dense_sets])}
             for form in FORMS:
-                fns[f"dense before {form}"], args[f"dense before {form}"] = dense, (x, w_dense)
-                fns[form], args[form] = compiled(x, w, form), (x, w)
-                np.testing.assert_allclose(fns[form](x, w), x @ kernel, rtol=2e-3, atol=2e-3)
-            best, _ = best_times(fns, args, reps)
-            dense_s = min(best[f"dense before {form}"] for form in FORMS)
+                fn = compiled(x, w, form)
+                np.testing.assert_allclose(fn(x, w), x @ kernel, rtol=2e-3, atol=2e-3)
+                fns[form] = (fn, [(x, c) for c in sparse_sets])
+            best, _ = rotated_times(fns, reps)
+            dense_s = best["dense"]
             row = dict(
                 case=name,
                 shape=list(shape),
@@ -110,8 +112,9 @@ def markdown_table(results: dict) -> str:
     meta = results["meta"]
     lines = [
         f"JAX {meta['jax']}, {meta['cpu_count']} CPUs, load average at the end "
-        f"{tuple(round(a, 1) for a in meta['load_average'])}, best of {meta['reps']} "
-        f"interleaved runs; the library takes the slot form for pieces of x of up to "
+        f"{tuple(round(a, 1) for a in meta['load_average'])}, fastest of "
+        f"{meta['reps'] * CHUNK} calls, weights cold (rotated copies); the library takes the slot "
+        f"form for pieces of x of up to "
         f"{meta['slot_form_max_rows']} rows.",
         "",
         "| weight | M | dense ms | slot / dense | row / dense | library / dense | row / slot |",
@@ -128,7 +131,7 @@ def markdown_table(results: dict) -> str:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--reps", type=int, default=15)
+    parser.add_argument("--reps", type=int, default=4, help=f"rounds of {CHUNK} calls per function")
     parser.add_argument("--quick", action="store_true", help="two weights, three row counts")
     parser.add_argument(
         "--out", help="JSON path (default results/matmul_forms.json; --quick: none)"
