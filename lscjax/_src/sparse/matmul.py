@@ -76,9 +76,10 @@ def _layout(blocks, codebook, indices, counts, cfg: _Config) -> BlockSparse:
 # order) rather than in the sorted row groups. Reordering float rows copies every block, which
 # at few rows of x costs more than multiplying the padding; the padding's FLOPs grow with the
 # rows. 4096^2, 10% random blocks, f32 / dense, in place against 8 sorted groups
-# (`benchmarks/matmul_plans.py`, two runs, and an exploratory sweep of 16-64 rows): batch 16
-# b=32 0.19-0.21 vs 0.23-0.25, b=64 0.16 vs 0.20-0.23; batch 64 b=32 0.43 vs 0.34-0.38, b=64
-# 0.24-0.34 vs 0.22-0.27.
+# (`benchmarks/matmul_plans.py`, two runs): batch 16 b=32 0.19-0.21 vs 0.23-0.25, b=64 0.16 vs
+# 0.20-0.23; batch 64 b=32 0.43 vs 0.34-0.38, b=64 0.24-0.25 vs 0.22. An exploratory sweep of
+# 16-64 rows (one run) agreed for b=32 (in place ahead up to 32 rows, groups from 48) but had
+# groups ahead for b=64 at every row count (0.20 vs 0.23 at 16 rows): noise of that size.
 FLOAT_IN_PLACE_MAX_ROWS = 32
 
 
