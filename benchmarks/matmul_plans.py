@@ -8,7 +8,11 @@ float rows copies their blocks. This times, for W 4096 x 4096 float32 at 10% blo
 float values and with 4-bit codes under:
 
 * ``in place``: one group of length Kmax in stored order (no copy of float rows);
-* ``n=2, 4, 8, 16``: the sorted plan cut into n groups (reordered unless all rows are equal).
+* ``n=2, 4, 8, 16``: the sorted plan cut into n groups (reordered unless all rows are equal);
+* ``overflow`` (float values): the layout the constructors make, its longest rows split off into
+  an overflow (`lscjax._src.sparse.block_sparse.overflow_width`), under the library's plan.
+
+The other plans run on the unsplit layout (`merged`).
 
 Each plan runs through the same `_xla` the library uses, with the plan forced (the library picks
 `lscjax._src.sparse.matmul._plan`). Timed as matmul.py times (`rotated_times`: every function
@@ -28,7 +32,7 @@ import numpy as np
 from matmul import CHUNK, SIZE, coded, copies, rotated_times, write_results
 
 from lscjax._src.sparse import block_sparse
-from lscjax._src.sparse.matmul import _xla
+from lscjax._src.sparse.matmul import _plan, _xla
 from lscjax._src.sparse.random import random_block_kernel
 from lscjax.sparse import BlockSparse
 
@@ -46,29 +50,37 @@ def run(reps: int, quick: bool = False) -> list[dict]:
             kernel = random_block_kernel(
                 rng, (SIZE, SIZE), block, DENSITY, balanced=mask == "balanced"
             )
-            weights = {"f32": BlockSparse.from_dense(kernel, block)}
+            split = BlockSparse.from_dense(kernel, block)
+            weights = {"f32": block_sparse.merged(split)}
             weights["4bit"], _ = coded(rng, kernel, block)
             w_dense = jnp.asarray(kernel)
-            counts = np.asarray(weights["f32"].counts)
+            counts = np.asarray(split.counts)
             plans = {"in place": (int(counts.max()),)}
             plans.update({f"n={n}": block_sparse.sorted_plan(counts, n) for n in GROUP_COUNTS})
             dense_sets = copies(w_dense, kernel.nbytes)
             sparse_sets = {storage: copies(w, w.nbytes) for storage, w in weights.items()}
+            split_sets = copies(split, split.nbytes) if split.overflow is not None else []
             for batch in (16,) if quick else (16, 64):
                 x = jnp.asarray(rng.standard_normal((batch, SIZE)), jnp.float32)
                 fns = {"dense": (dense, [(x, d) for d in dense_sets])}
+                plan_of = {}
                 for storage, sets in sparse_sets.items():
                     for name, plan in plans.items():
                         fns[f"{storage} {name}"] = (forward, [(x, w, plan) for w in sets])
+                        plan_of[f"{storage} {name}"] = plan
+                if split_sets:
+                    plan_of["f32 overflow"] = _plan(split, batch)
+                    fns["f32 overflow"] = (forward, [(x, w, _plan(w, batch)) for w in split_sets])
                 best, median = rotated_times(fns, reps)
                 row = dict(block=block, mask=mask, batch=batch, kmax=int(counts.max()), plans={})
+                row["overflow_width"] = split.kmax if split_sets else None
                 for key in fns:
                     if key == "dense":
                         continue
-                    storage, name = key.split(" ", 1)
+                    storage = key.split(" ", 1)[0]
                     row["plans"][key] = dict(
                         storage=storage,
-                        plan=list(plans[name]),
+                        plan=list(plan_of[key]),
                         ms=best[key] * 1e3,
                         over_dense=best[key] / best["dense"],
                         median_over_dense=median[key] / median["dense"],

@@ -1,5 +1,7 @@
 """lscjax.flax (NNX): module swap keeps outputs and gradients of the dense model."""
 
+import dataclasses
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -10,7 +12,6 @@ from flax import nnx
 from lscjax import LscError
 from lscjax._src.sparse.random import random_block_kernel
 from lscjax.flax import BlockSparseConv, BlockSparseLinear, to_block_sparse_nnx
-from lscjax.sparse import BlockSparse
 
 
 class Net(nnx.Module):
@@ -26,10 +27,15 @@ class Net(nnx.Module):
 
 
 def _pruned_net() -> Net:
+    """Net pruned by magnitude; layers/0 also to 20% of its 8 x 8 blocks but for a full first
+    output block row, so its BlockSparse at block 8 has an overflow."""
     net = Net(nnx.Rngs(0))
     for layer in (net.conv, net.layers[0], net.layers[1]):
         w = layer.kernel[...]
         layer.kernel[...] = jnp.where(jnp.abs(w) > jnp.std(w), w, 0.0)
+    keep = np.random.default_rng(0).random((37, 5)) < 0.2  # [input blocks, output blocks]
+    keep[:, 0] = True
+    net.layers[0].kernel[...] *= np.kron(keep, np.ones((8, 8)))[:294, :40]
     return net
 
 
@@ -41,6 +47,7 @@ def test_swap_keeps_outputs_under_nnx_jit():
     assert isinstance(sparse.conv, BlockSparseConv)
     assert all(isinstance(layer, BlockSparseLinear) for layer in sparse.layers)
     assert isinstance(net.conv, nnx.Conv)  # the original model is left unchanged
+    assert sparse.layers[0].kernel().overflow is not None
     np.testing.assert_array_equal(sparse.layers[0].kernel().todense(), net.layers[0].kernel[...])
 
     @nnx.jit
@@ -74,12 +81,15 @@ def test_grads_of_block_values_match_dense_kernel_grads():
         sparse_grads["layers"][0]["bias"][...], dense_grads["layers"][0]["bias"][...], rtol=1e-4
     )
     kernel = sparse.layers[0].kernel()
-    grad_blocks = sparse_grads["layers"][0]["blocks"][...]
-    as_dense = BlockSparse(
-        grad_blocks, kernel.indices, kernel.counts, None, kernel.shape, kernel.block
-    ).todense()
-    kept = BlockSparse(
-        jnp.ones_like(grad_blocks), kernel.indices, kernel.counts, None, kernel.shape, kernel.block
+    grads = sparse_grads["layers"][0]
+
+    def with_values(blocks, overflow_blocks):
+        overflow = dataclasses.replace(kernel.overflow, blocks=overflow_blocks)
+        return dataclasses.replace(kernel, blocks=blocks, overflow=overflow)
+
+    as_dense = with_values(grads["blocks"][...], grads["overflow_blocks"][...]).todense()
+    kept = with_values(
+        jnp.ones_like(kernel.blocks), jnp.ones_like(kernel.overflow.blocks)
     ).todense()
     want = np.where(kept != 0, dense_grads["layers"][0]["kernel"][...], 0.0)
     np.testing.assert_allclose(as_dense, want, rtol=1e-4, atol=1e-5)

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from lscjax._src.kernels import pallas_gpu, pallas_tpu, reference
 from lscjax._src.kernels.reference import TOLERANCE
+from lscjax._src.sparse.block_sparse import merged
 from lscjax._src.sparse.random import random_block_kernel
 from lscjax.sparse import BlockSparse, matmul
 
@@ -24,8 +25,11 @@ def rel_error(y, ref) -> float:
 
 
 def _operands(rng, m, shape, block, density, dtype):
-    w = BlockSparse.from_dense(
-        jnp.asarray(random_block_kernel(rng, shape, block, density), dtype), block
+    """x and a plain ELL layout (overflow merged back: the kernels multiply one ELL)."""
+    w = merged(
+        BlockSparse.from_dense(
+            jnp.asarray(random_block_kernel(rng, shape, block, density), dtype), block
+        )
     )
     cols = -(-shape[0] // block[0])
     x = np.zeros((m, cols * block[0]), np.float32)

@@ -9,6 +9,8 @@ from hypothesis import strategies as st
 
 import lscjax
 from lscjax import LscError
+from lscjax._src.sparse import block_sparse
+from lscjax._src.sparse.block_sparse import merged, overflow_width
 from lscjax._src.sparse.random import random_block_kernel
 from lscjax.quant import QArray
 from lscjax.sparse import BlockSparse
@@ -45,15 +47,39 @@ def test_from_dense_layout_and_round_trip(k, n, block, density, dtype, seed):
     mask = block_mask_oracle(np.asarray(w, np.float32), block)
     counts = np.asarray(bs.counts)
     np.testing.assert_array_equal(counts, mask.sum(axis=1))
-    assert bs.kmax == max(1, mask.sum(axis=1).max(initial=0))
-    indices = np.asarray(bs.indices)
+    if bs.overflow is None:
+        assert bs.kmax == max(1, mask.sum(axis=1).max(initial=0))
+    else:  # the rows longer than the width of the fewest slots continue in the overflow
+        assert bs.kmax == overflow_width(counts)
+        np.testing.assert_array_equal(bs.overflow.rows, np.flatnonzero(counts > bs.kmax))
+        assert bs.overflow.indices.shape[1] == counts.max() - bs.kmax
+    whole = merged(bs)  # overflow slots back in their rows: one ELL of the longest row
+    assert whole.kmax == max(1, mask.sum(axis=1).max(initial=0))
+    indices = np.asarray(whole.indices)
     for r in range(mask.shape[0]):
         np.testing.assert_array_equal(indices[r, : counts[r]], np.flatnonzero(mask[r]))
     assert bs.blocks.dtype == jnp.dtype(dtype) and bs.dtype == jnp.dtype(dtype)
     assert bs.indices.dtype == jnp.int32 and bs.counts.dtype == jnp.int32
-    padded = ~np.asarray(bs.valid())
-    assert not np.any(np.asarray(bs.blocks, np.float32)[padded])  # padded slots hold zeros
+    padded = ~np.asarray(whole.valid())
+    assert not np.any(np.asarray(whole.blocks, np.float32)[padded])  # padded slots hold zeros
     np.testing.assert_array_equal(np.asarray(bs.todense()), np.asarray(w))
+    np.testing.assert_array_equal(np.asarray(whole.todense()), np.asarray(w))
+
+
+def test_overflow_width_by_hand(monkeypatch):
+    # Kmax 6 over 8 rows: plain ELL has 48 slots. Width w leaves 8 w slots plus (Kmax - w) for
+    # each row longer than w: w = 1 keeps 3 rows in the overflow, 8 + 3 * 5 = 23 slots.
+    counts = np.array([6, 5, 2, 1, 1, 1, 1, 1])
+    slots = {w: 8 * w + int((counts > w).sum()) * (6 - w) for w in range(1, 6)}
+    assert slots == {1: 23, 2: 24, 3: 30, 4: 36, 5: 41}
+    assert overflow_width(counts) == 1
+    assert overflow_width(np.full(8, 3)) is None  # equal rows: nothing to save
+    assert overflow_width(np.array([1, 0, 1])) is None  # Kmax 1
+    assert overflow_width(np.zeros(0, int)) is None
+    # [2, 1]: width 1 leaves 2 + 1 = 3 of 4 slots, 25% fewer: split at 20%, not at 30%
+    assert overflow_width(np.array([2, 1])) == 1
+    monkeypatch.setattr(block_sparse, "MIN_OVERFLOW_SAVING", 0.3)
+    assert overflow_width(np.array([2, 1])) is None
 
 
 @pytest.mark.parametrize("shape", [(5, 5, 3, 4), (3, 3, 1, 20), (7, 6, 5)])
@@ -190,10 +216,15 @@ def test_from_encoded_errors():
         BlockSparse.from_encoded(lscjax.coding.encode(np.ones((4, 4), np.float32), "csr"))
 
 
-def test_pytree_under_jit_and_static_fields():
-    bs = BlockSparse.from_dense(random_block_kernel(np.random.default_rng(1), (30, 20), 8, 0.5), 8)
+@pytest.mark.parametrize("overflow", [False, True])
+def test_pytree_under_jit_and_static_fields(overflow):
+    kernel = np.ones((32, 24), np.float32)  # 3 output block rows of 4 blocks each
+    kernel[8:, :16] = 0.0  # rows 0 and 1 keep one block: width 1 and an overflow of row 2
+    bs = BlockSparse.from_dense(kernel if overflow else np.ones((32, 24), np.float32), 8)
+    assert (bs.overflow is not None) == overflow
     leaves, treedef = jax.tree_util.tree_flatten(bs)
-    assert len(leaves) == 3  # blocks, indices, counts (codebook None)
+    # blocks, indices, counts (codebook None), and the overflow's blocks, indices and rows
+    assert len(leaves) == (6 if overflow else 3)
     doubled = jax.jit(lambda b: jax.tree_util.tree_map(lambda a: a * 2, b))(bs)
     assert doubled.shape == bs.shape and doubled.block == bs.block
     assert jax.tree_util.tree_structure(doubled) == treedef

@@ -14,7 +14,7 @@ from lscjax import LscError
 from lscjax._src.kernels import reference
 from lscjax._src.kernels.reference import TOLERANCE
 from lscjax._src.sparse import matmul as sparse_matmul
-from lscjax._src.sparse.block_sparse import row_groups
+from lscjax._src.sparse.block_sparse import merged, overflow_width, row_groups, split_overflow
 from lscjax._src.sparse.random import random_block_kernel
 from lscjax.sparse import BlockSparse, matmul, resolve_impl, stack
 
@@ -94,24 +94,34 @@ def _kept_blocks_dense(w: BlockSparse, blocks, codebook=None):
     ],
 )
 @pytest.mark.parametrize("temp_bytes", [2**30, 64])  # 64: x's rows in pieces of one
-def test_grads_match_dense_vjp(set_trace_constant, impl, shape, block, batch, temp_bytes):
+@pytest.mark.parametrize("long_row", [False, True])  # True: one full row, split into an overflow
+def test_grads_match_dense_vjp(set_trace_constant, impl, shape, block, batch, temp_bytes, long_row):
     set_trace_constant("lscjax._src.sparse.block_sparse.TEMP_BYTES", temp_bytes)
     rng = np.random.default_rng(0)
-    w = BlockSparse.from_dense(random_block_kernel(rng, shape, block, 0.5), block)
+    kernel = random_block_kernel(rng, shape, block, 0.3)
+    if long_row:
+        kernel[:, : block[1]] = rng.standard_normal((shape[0], block[1]))
+    w = BlockSparse.from_dense(kernel, block)
+    assert w.overflow is not None or not long_row
     x = jnp.asarray(rng.standard_normal((*batch, shape[0])), jnp.float32)
     g = jnp.asarray(rng.standard_normal((*batch, shape[1])), jnp.float32)
 
-    def sparse_fn(x, blocks):
-        bs = BlockSparse(blocks, w.indices, w.counts, None, w.shape, w.block)
-        return matmul(x, bs, impl=impl, interpret=True)
+    def with_values(values):  # w with new float values in its rows and its overflow rows
+        blocks, overflow_blocks = values
+        overflow = w.overflow and dataclasses.replace(w.overflow, blocks=overflow_blocks)
+        return dataclasses.replace(w, blocks=blocks, overflow=overflow)
 
-    def dense_fn(x, blocks):
-        return x @ _kept_blocks_dense(w, blocks)
+    def sparse_fn(x, values):
+        return matmul(x, with_values(values), impl=impl, interpret=True)
 
-    y, pull = jax.vjp(jax.jit(sparse_fn), x, w.blocks)
-    y_ref, pull_ref = jax.vjp(dense_fn, x, w.blocks)
+    def dense_fn(x, values):
+        return x @ with_values(values).todense()
+
+    values = (w.blocks, w.overflow and w.overflow.blocks)
+    y, pull = jax.vjp(jax.jit(sparse_fn), x, values)
+    y_ref, pull_ref = jax.vjp(dense_fn, x, values)
     np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=1e-5)
-    for got, want in zip(pull(g), pull_ref(g), strict=True):
+    for got, want in zip(jax.tree.leaves(pull(g)), jax.tree.leaves(pull_ref(g)), strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
@@ -143,13 +153,35 @@ def test_padded_slots_get_zero_gradient():
     w = np.zeros((16, 16), np.float32)
     w[:8, :8] = 1.0
     w[:, 8:] = 2.0  # output block row 1 has 2 blocks, row 0 has 1: row 0 slot 1 is padding
-    bs = BlockSparse.from_dense(w, 8)
+    bs = merged(BlockSparse.from_dense(w, 8))  # one ELL: the split would leave no padding
     x = jnp.ones((2, 16))
-    with_values = lambda v: BlockSparse(v, bs.indices, bs.counts, None, bs.shape, bs.block)  # noqa: E731
+    with_values = lambda v: dataclasses.replace(bs, blocks=v)  # noqa: E731
     grads = jax.grad(lambda v: jnp.sum(matmul(x, with_values(v))))(bs.blocks)
     assert not np.asarray(bs.valid())[0, 1]
     np.testing.assert_array_equal(grads[0, 1], 0)
     assert np.all(np.asarray(grads[1]) != 0)
+
+
+def test_padded_overflow_slots_get_zero_gradient():
+    w = np.zeros((64, 40), np.float32)
+    w[:8, :24] = 1.0  # output block rows 0-2: one block each
+    w[:, 24:32] = 2.0  # row 3: all 8 blocks
+    w[:48, 32:] = 3.0  # row 4: 6 blocks
+    bs = BlockSparse.from_dense(w, 8)
+    assert bs.kmax == 1 and bs.overflow.rows.tolist() == [3, 4]  # 5 + 2 * 7 of 40 slots
+    x = jnp.ones((2, 64))
+    loss = lambda b: jnp.sum(matmul(x, b) ** 2)  # noqa: E731
+    grads = jax.grad(loss, allow_int=True)(bs).overflow.blocks  # [2, 7, 8, 8]
+    np.testing.assert_array_equal(grads[1, 5:], 0)  # row 4's padded slots 5, 6
+    assert np.all(np.asarray(grads[0]) != 0) and np.all(np.asarray(grads[1, :5]) != 0)
+    dense_grad = jax.grad(lambda k: jnp.sum((x @ k) ** 2))(jnp.asarray(w))
+    np.testing.assert_allclose(grads[0, :, :, 0], dense_grad[8:, 24:32:8].reshape(7, 8))
+
+
+def _scaled(w: BlockSparse, s) -> BlockSparse:
+    """Float-valued w with every block value (its overflow's too) times s."""
+    overflow = w.overflow and dataclasses.replace(w.overflow, blocks=w.overflow.blocks * s)
+    return dataclasses.replace(w, blocks=w.blocks * s, overflow=overflow)
 
 
 def test_vmap_over_inputs_and_weight_sets():
@@ -160,7 +192,7 @@ def test_vmap_over_inputs_and_weight_sets():
     np.testing.assert_allclose(y, dense_ref(xs, w.todense()), rtol=1e-5, atol=1e-5)
 
     def scaled_product(s):  # a batch of weight sets sharing one layout
-        return matmul(xs[0], BlockSparse(w.blocks * s, w.indices, w.counts, None, w.shape, w.block))
+        return matmul(xs[0], _scaled(w, s))
 
     scaled = jax.vmap(scaled_product)(jnp.arange(1.0, 4.0))
     for i, s in enumerate([1.0, 2.0, 3.0]):
@@ -181,7 +213,7 @@ def test_no_retrace_across_calls():
 
     for scale in (1.0, 2.0, 3.0):
         x = jnp.asarray(rng.standard_normal((4, 48)), jnp.float32)
-        w_scaled = BlockSparse(w.blocks * scale, w.indices, w.counts, None, w.shape, w.block)
+        w_scaled = _scaled(w, scale)
         np.testing.assert_allclose(
             f(x, w_scaled), dense_ref(x, kernel * scale), rtol=1e-5, atol=1e-4
         )
@@ -298,14 +330,18 @@ def test_stacked_weights_under_vmap_and_scan(bits):
         codes = rng.integers(1, 16, (32, 32)) * (
             random_block_kernel(rng, (32, 32), 4, density) != 0
         )
+        if density == 0.2:  # a full output block row: float values get an overflow
+            codes[:, :4] = rng.integers(1, 16, (32, 4))
         kernels.append(codebook[codes] / 4)
         if bits is None:
             weights.append(BlockSparse.from_dense(kernels[-1], 4))
         else:
             weights.append(BlockSparse.from_codes(codes.astype(np.uint8), codebook / 4, 4, bits=4))
     assert len({w.kmax for w in weights}) > 1
-    stacked = stack(weights)
-    assert stacked.blocks.shape[:3] == (3, 8, max(w.kmax for w in weights))
+    assert (weights[0].overflow is None) == (bits is not None)
+    stacked = stack(weights)  # overflow slots back in their rows
+    assert stacked.overflow is None
+    assert stacked.blocks.shape[:3] == (3, 8, max(merged(w).kmax for w in weights))
     for i, w in enumerate(weights):
         one = jax.tree_util.tree_map(lambda a, i=i: a[i], stacked)
         np.testing.assert_array_equal(one.todense(), w.todense())
@@ -322,6 +358,50 @@ def test_stacked_weights_under_vmap_and_scan(bits):
     for kernel in kernels:
         want = np.tanh(dense_ref(want, kernel))
     assert rel_error(got, want) <= 1e-5
+
+
+def test_rebuilt_without_overflow_is_refused():
+    kernel = np.zeros((64, 16), np.float32)
+    kernel[:, :8] = 1.0  # output block row 0: 8 blocks, row 1: 1 block
+    kernel[:8, 8:] = 2.0
+    w = BlockSparse.from_dense(kernel, 8)
+    assert w.kmax == 1 and w.overflow.rows.tolist() == [0]
+    x = jnp.ones((2, 64))
+    np.testing.assert_allclose(matmul(x, w), x @ kernel)
+    dropped = BlockSparse(w.blocks, w.indices, w.counts, None, w.shape, w.block)
+    with pytest.raises(LscError, match="8 blocks but Kmax is 1.*overflow"):
+        matmul(x, dropped)
+    np.testing.assert_allclose(jax.jit(matmul)(x, merged(w)), x @ kernel)
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_coded_overflow_matches_dense(bits):
+    """The constructors split float values only; a coded layout split by hand (what the
+    product code supports for every storage) gives the same product and codebook gradient."""
+    rng = np.random.default_rng(5)
+    codebook = jnp.asarray(np.concatenate([[0.0], rng.standard_normal(15)]), jnp.float32)
+    codes = rng.integers(1, 16, (48, 24)) * (random_block_kernel(rng, (48, 24), 4, 0.2) != 0)
+    codes[:, 8:12] = rng.integers(1, 16, (48, 4))  # output block row 2 is full
+    w = BlockSparse.from_codes(codes.astype(np.uint8), codebook, 4, bits=bits)
+    split = split_overflow(w, overflow_width(w.counts))
+    assert split.overflow is not None and split.kmax < w.kmax
+    np.testing.assert_array_equal(split.todense(), w.todense())
+    x = jnp.asarray(rng.standard_normal((3, 48)), jnp.float32)
+
+    def sparse_loss(x, cb, impl):
+        y = matmul(x, dataclasses.replace(split, codebook=cb), impl=impl, interpret=True)
+        return jnp.sum(jnp.sin(y))
+
+    def dense_loss(x, cb):  # the unsplit layout: code 0 counts inside stored blocks only
+        return jnp.sum(jnp.sin(x @ dataclasses.replace(w, codebook=cb).todense()))
+
+    want = jax.grad(dense_loss, argnums=(0, 1))(x, codebook)
+    for impl in ("xla", "pallas_gpu"):
+        got = jax.grad(sparse_loss, argnums=(0, 1))(x, codebook, impl)
+        for a, b in zip(got, want, strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+        y = matmul(x, split, impl=impl, interpret=True)
+        np.testing.assert_allclose(y, x @ codebook[codes], rtol=1e-4, atol=1e-5)
 
 
 def test_stack_errors():

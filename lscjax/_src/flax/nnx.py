@@ -7,7 +7,7 @@ from flax import nnx
 
 from lscjax._src.errors import LscError
 from lscjax._src.flax.layers import block_sparse_leaf, check_max_density, conv_layer, dense
-from lscjax._src.sparse.block_sparse import BlockSparse
+from lscjax._src.sparse.block_sparse import BlockSparse, Overflow
 from lscjax._src.sparse.matmul import IMPLS
 
 
@@ -20,14 +20,21 @@ class BlockSparseLinear(nnx.Module):
 
     Variables: ``blocks`` (nnx.Param of float values [R, Kmax, b_in, b_out], or BlockLayout of
     uint8 codes), ``indices`` int32 [R, Kmax] and ``counts`` int32 [R] (BlockLayout),
-    ``codebook`` (nnx.Param float [n_codes], or None), ``bias`` (nnx.Param [out], or None).
-    Fine-tuning with ``nnx.Param`` filters trains the block values / codebook and the bias.
+    ``overflow_blocks``, ``overflow_indices`` and ``overflow_rows`` (the kernel's `Overflow`,
+    stored like blocks, indices and counts; None without one), ``codebook`` (nnx.Param float
+    [n_codes], or None), ``bias`` (nnx.Param [out], or None). Fine-tuning with ``nnx.Param``
+    filters trains the block values / codebook and the bias.
     """
 
     def __init__(self, layer, kernel: BlockSparse, *, path: str, impl: str, interpret: bool):
-        self.blocks = (nnx.Param if kernel.bits is None else BlockLayout)(kernel.blocks)
+        values = nnx.Param if kernel.bits is None else BlockLayout
+        self.blocks = values(kernel.blocks)
         self.indices = BlockLayout(kernel.indices)
         self.counts = BlockLayout(kernel.counts)
+        overflow = kernel.overflow
+        self.overflow_blocks = None if overflow is None else values(overflow.blocks)
+        self.overflow_indices = None if overflow is None else BlockLayout(overflow.indices)
+        self.overflow_rows = None if overflow is None else BlockLayout(overflow.rows)
         self.codebook = None if kernel.codebook is None else nnx.Param(kernel.codebook)
         self.bias = None if layer.bias is None else nnx.Param(layer.bias[...])
         self.shape, self.block, self.bits = tuple(kernel.shape), tuple(kernel.block), kernel.bits
@@ -38,6 +45,11 @@ class BlockSparseLinear(nnx.Module):
     def kernel(self) -> BlockSparse:
         """The layer's kernel as a BlockSparse (of the current variable values)."""
         codebook = None if self.codebook is None else self.codebook[...]
+        overflow = None
+        if self.overflow_blocks is not None:
+            overflow = Overflow(
+                self.overflow_blocks[...], self.overflow_indices[...], self.overflow_rows[...]
+            )
         return BlockSparse(
             self.blocks[...],
             self.indices[...],
@@ -47,6 +59,7 @@ class BlockSparseLinear(nnx.Module):
             self.block,
             self.bits,
             self.row_groups,
+            overflow,
         )
 
     def _bias(self):

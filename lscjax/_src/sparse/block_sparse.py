@@ -27,6 +27,14 @@ constructors record a serving plan: the rows taken in descending count order (a 
 ``counts``) and cut into groups of ``ceil(R / n)`` rows, each padded only to its own longest row
 (n up to MAX_ROW_GROUPS).
 The XLA path multiplies each group on its own (see `row_groups`); the layout above is unchanged.
+
+Overflow (``overflow``, float values): the few longest rows of a random mask set Kmax, and every
+other row is padded to them. The constructors cut such a layout at the width ``Kmax`` that leaves
+the fewest slots (`overflow_width`): slots ``Kmax ..`` of the rows longer than that move to a
+second, compact ELL of those rows only (`Overflow`: blocks [R2, K2, ...], indices [R2, K2], their
+output block rows [R2]), as in Bell and Garland's HYB format with an ELL tail. ``counts`` still
+counts every block of a row, so ``counts[r] > Kmax`` marks a row that continues in the overflow.
+The matmul adds the overflow rows' product to their output blocks by a gather (no scatter).
 """
 
 import dataclasses
@@ -56,6 +64,11 @@ MIN_GROUP_ROWS = 4
 # b=64: 35-40 ms with one 25 MB temporary, 5-7 ms in pieces of <= 8 MB; [4096, 4096] @ 10% blocks
 # of 32: 0.82 s with the whole gathered x, 0.25 s in pieces of <= 8 MB, dense 0.49 s).
 TEMP_BYTES = 8 * 2**20
+# Fewest slots, as a fraction of plain ELL's R * Kmax, that the overflow split must save before the
+# constructors make one (float values). Each split adds a product and a gather of its output. At
+# 4096^2, 10% random blocks, batch 16, the split saved 23% (b=32) of the slots and took 0.15-0.16
+# of dense against 0.19-0.20 in place (an exploratory run; `benchmarks/matmul.py` has the table).
+MIN_OVERFLOW_SAVING = 0.2
 
 
 def as_block(block) -> tuple[int, int]:
@@ -166,6 +179,30 @@ def rows_per_group(rows: int, groups: tuple[int, ...]) -> int:
     return -(-rows // len(groups))
 
 
+def overflow_width(counts: np.ndarray) -> int | None:
+    """The ELL width of the overflow split of a float layout, or None for no split.
+
+    Args:
+      counts: int [R], non-zero blocks per output block row (concrete).
+
+    Returns:
+      The width ``w`` in ``[1, max(counts))`` that leaves the fewest slots, ``R * w + R2 *
+      (max(counts) - w)`` with R2 the rows longer than w (the smallest such w), if those are at
+      most ``1 - MIN_OVERFLOW_SAVING`` of plain ELL's ``R * max(counts)``; else None.
+    """
+    counts = np.asarray(counts)
+    kmax = int(counts.max(initial=0))
+    if kmax < 2:
+        return None
+    widths = np.arange(1, kmax)
+    longer = (counts[None, :] > widths[:, None]).sum(axis=1)
+    slots = counts.size * widths + longer * (kmax - widths)
+    best = int(np.argmin(slots))
+    return (
+        int(widths[best]) if slots[best] <= (1 - MIN_OVERFLOW_SAVING) * counts.size * kmax else None
+    )
+
+
 def _ell_from_blocked(blocked: np.ndarray, nonzero: np.ndarray):
     """Blocks [R, C, bi, bo] and their non-zero flags bool [R, C] -> `ell_from_coords`."""
     out_rows, in_cols = np.nonzero(nonzero)
@@ -185,6 +222,23 @@ def unpack_nibbles(packed: jax.Array) -> jax.Array:
 
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
+class Overflow:
+    """The slots beyond Kmax of a BlockSparse's longest rows, as a compact ELL of those rows.
+
+    Attributes:
+      blocks: [R2, K2, ...], stored like `BlockSparse.blocks`; slot k of overflow row j is slot
+        ``Kmax + k`` of output block row ``rows[j]`` (padded slots hold 0).
+      indices: int32 [R2, K2]; input block index of each slot.
+      rows: int32 [R2], ascending; the output block row each overflow row continues (R2 >= 1).
+    """
+
+    blocks: jax.Array
+    indices: jax.Array
+    rows: jax.Array
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
 class BlockSparse:
     """A block-sparse kernel in padded block-row layout (see the module docstring).
 
@@ -199,6 +253,7 @@ class BlockSparse:
       bits: static; None (float values), 8 or 4.
       row_groups: static; the XLA path's row-group plan (`row_groups`), recorded by the
         constructors; None: Kmax-padded groups in row order (`groups`).
+      overflow: the slots beyond Kmax of the rows with ``counts > Kmax`` (`Overflow`), or None.
     """
 
     blocks: jax.Array
@@ -209,6 +264,7 @@ class BlockSparse:
     block: tuple = dataclasses.field(metadata=dict(static=True))
     bits: int | None = dataclasses.field(default=None, metadata=dict(static=True))
     row_groups: tuple | None = dataclasses.field(default=None, metadata=dict(static=True))
+    overflow: Overflow | None = None
 
     @property
     def dtype(self):
@@ -227,7 +283,7 @@ class BlockSparse:
 
     @property
     def kmax(self) -> int:
-        """Slots per block row (the padded row length)."""
+        """Slots per block row (the padded row length; rows in `overflow` continue there)."""
         return self.indices.shape[1]
 
     @property
@@ -242,8 +298,8 @@ class BlockSparse:
     @property
     def nbytes(self) -> int:
         """Bytes of the device arrays: blocks, indices, counts and codebook."""
-        arrays = [self.blocks, self.indices, self.counts]
-        arrays += [] if self.codebook is None else [self.codebook]
+        arrays = jax.tree.leaves((self.blocks, self.indices, self.counts, self.codebook))
+        arrays += jax.tree.leaves(self.overflow)
         return sum(math.prod(a.shape) * jnp.dtype(a.dtype).itemsize for a in arrays)
 
     def groups(self) -> tuple[int, ...]:
@@ -259,6 +315,16 @@ class BlockSparse:
     def valid(self) -> jax.Array:
         """bool [R, Kmax]: True at the slots holding a non-zero block (not padding)."""
         return jnp.arange(self.kmax)[None, :] < self.counts[:, None]
+
+    def overflow_part(self) -> "BlockSparse":
+        """The overflow rows as a BlockSparse of R2 rows (blocks [R2, K2, ...], counts of the
+        slots beyond Kmax): a part for `block_values` and the products, not a whole weight (its
+        `shape` is this weight's). Requires `overflow`."""
+        ov = self.overflow
+        counts = self.counts[ov.rows] - self.kmax
+        return BlockSparse(
+            ov.blocks, ov.indices, counts, self.codebook, self.shape, self.block, self.bits
+        )
 
     def block_values(self) -> jax.Array:
         """The blocks as values [R, Kmax, b_in, b_out] of `dtype`, padded slots 0 (jit-friendly).
@@ -430,10 +496,11 @@ class BlockSparse:
 def stack(weights) -> BlockSparse:
     """Weights of one layout kind stacked on a new leading axis, for ``jax.vmap`` / ``lax.scan``.
 
-    The layers of a scanned model (or the weight sets of a benchmark) differ in Kmax and in their
-    row-group plans, which are part of a BlockSparse's pytree structure; stacking pads every
-    weight to the largest Kmax (zero blocks, the row's last index: ordinary padded slots) and
-    drops the plans (``row_groups=None``: the XLA path then multiplies the rows in place).
+    The layers of a scanned model (or the weight sets of a benchmark) differ in Kmax, in their
+    row-group plans and in their overflow rows, which are part of a BlockSparse's pytree
+    structure; stacking puts overflow slots back in their rows (`merged`), pads every weight to
+    the largest Kmax (zero blocks, the row's last index: ordinary padded slots) and drops the
+    plans (``row_groups=None``: the XLA path then multiplies the rows in place).
 
     Args:
       weights: a non-empty sequence of BlockSparse with equal shape, block, bits, dtypes and
@@ -462,6 +529,7 @@ def stack(weights) -> BlockSparse:
                 f"stack: weight {i} is {kind(w)} (shape, block, bits, dtype, codebook), "
                 f"weight 0 is {kind(weights[0])}"
             )
+    weights = [merged(w) for w in weights]
     kmax = max(w.kmax for w in weights)
 
     def padded(w: BlockSparse) -> BlockSparse:
@@ -473,15 +541,57 @@ def stack(weights) -> BlockSparse:
     return jax.tree_util.tree_map(lambda *a: jnp.stack(a), *[padded(w) for w in weights])
 
 
+def merged(w: BlockSparse) -> BlockSparse:
+    """`w` without its overflow: the overflow slots back in their rows, Kmax + K2 slots a row
+    (row_groups dropped); `w` itself when it has none."""
+    ov = w.overflow
+    if ov is None:
+        return w
+    k2, tail = ov.indices.shape[1], slice(w.kmax, None)
+    blocks = jnp.pad(w.blocks, ((0, 0), (0, k2)) + ((0, 0),) * (w.blocks.ndim - 2))
+    indices = jnp.pad(w.indices, ((0, 0), (0, k2)), mode="edge")
+    return dataclasses.replace(
+        w,
+        blocks=blocks.at[ov.rows, tail].set(ov.blocks),
+        indices=indices.at[ov.rows, tail].set(ov.indices),
+        row_groups=None,
+        overflow=None,
+    )
+
+
+def split_overflow(w: BlockSparse, width: int) -> BlockSparse:
+    """`w` (concrete, no overflow) cut at `width` < Kmax: slots ``width ..`` of the rows longer
+    than `width` move to an `Overflow`, Kmax becomes `width`; `row_groups` is re-planned."""
+    blocks, indices, counts = (np.asarray(a) for a in (w.blocks, w.indices, w.counts))
+    rows = np.nonzero(counts > width)[0].astype(np.int32)
+    overflow = Overflow(
+        jnp.asarray(blocks[rows, width:]), jnp.asarray(indices[rows, width:]), jnp.asarray(rows)
+    )
+    cut = dataclasses.replace(
+        w, blocks=jnp.asarray(blocks[:, :width]), indices=jnp.asarray(indices[:, :width])
+    )
+    return _with_plan(dataclasses.replace(cut, overflow=overflow))
+
+
 def _slot_bytes(w: BlockSparse) -> int:
     """Bytes of one dequantized block of `w`."""
     return w.block[0] * w.block[1] * jnp.dtype(w.dtype).itemsize
 
 
 def _planned(w: BlockSparse) -> BlockSparse:
-    """`w` (concrete NumPy counts) with device counts and its `row_groups` plan recorded."""
-    plan = row_groups(w.counts, _slot_bytes(w), coded=w.bits is not None)
-    return dataclasses.replace(w, counts=jnp.asarray(w.counts), row_groups=plan)
+    """A new layout `w` (concrete NumPy counts) with device counts, split by `overflow_width`
+    when it holds float values, and its `row_groups` plan recorded."""
+    width = overflow_width(w.counts) if w.bits is None else None
+    w = dataclasses.replace(w, counts=jnp.asarray(w.counts))
+    return _with_plan(w) if width is None else split_overflow(w, width)
+
+
+def _with_plan(w: BlockSparse) -> BlockSparse:
+    """`w` (concrete) with the `row_groups` plan of its rows' first Kmax slots recorded."""
+    counts = np.minimum(np.asarray(w.counts), w.kmax)
+    return dataclasses.replace(
+        w, row_groups=row_groups(counts, _slot_bytes(w), coded=w.bits is not None)
+    )
 
 
 @jax.jit
@@ -489,11 +599,18 @@ def _todense(w: BlockSparse) -> jax.Array:
     rows, cols = grid(w.shape, w.block)
     bi, bo = w.block
     r = jnp.broadcast_to(jnp.arange(rows)[:, None], w.indices.shape)
-    values = jnp.where(w.valid()[:, :, None, None], w.block_values(), 0).astype(w.dtype)
-    grid_blocks = jnp.zeros((rows, cols, bi, bo), w.dtype).at[r, w.indices].add(values)
+    grid_blocks = jnp.zeros((rows, cols, bi, bo), w.dtype).at[r, w.indices].add(_kept(w))
+    if w.overflow is not None:
+        r2 = jnp.broadcast_to(w.overflow.rows[:, None], w.overflow.indices.shape)
+        grid_blocks = grid_blocks.at[r2, w.overflow.indices].add(_kept(w.overflow_part()))
     m = grid_blocks.transpose(1, 2, 0, 3).reshape(cols * bi, rows * bo)
     k, n = w.matrix_shape
     return m[:k, :n].reshape(w.shape)
+
+
+def _kept(w: BlockSparse) -> jax.Array:
+    """`w`'s block values with padded slots 0, their gradient too."""
+    return jnp.where(w.valid()[:, :, None, None], w.block_values(), 0).astype(w.dtype)
 
 
 def _concrete(name: str, a) -> np.ndarray:

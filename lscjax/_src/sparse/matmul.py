@@ -5,17 +5,19 @@ to the codebook of coded blocks, whichever path ran forward (Pallas kernels have
 rule of their own); the backward pass is the lax reference's.
 """
 
+import dataclasses
 import functools
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from lscjax._src.errors import LscError
 from lscjax._src.kernels import pallas_gpu, pallas_tpu, reference
 from lscjax._src.sparse import block_sparse
-from lscjax._src.sparse.block_sparse import BlockSparse
+from lscjax._src.sparse.block_sparse import BlockSparse, Overflow
 
 IMPLS = ("auto", "xla", "pallas", "pallas_gpu", "pallas_tpu")
 
@@ -66,10 +68,26 @@ def resolve_impl(impl: str, w: BlockSparse, interpret: bool = False) -> str:
     return impl
 
 
-def _layout(blocks, codebook, indices, counts, cfg: _Config) -> BlockSparse:
+def _layout(blocks, codebook, indices, counts, overflow, cfg: _Config) -> BlockSparse:
     return BlockSparse(
-        blocks, indices, counts, codebook, cfg.shape, cfg.block, cfg.bits, cfg.row_groups
+        blocks, indices, counts, codebook, cfg.shape, cfg.block, cfg.bits, cfg.row_groups, overflow
     )
+
+
+def _spread(y, rows, n_rows: int):
+    """The overflow rows' output y [M, R2 * b_out] (rows int32 [R2], ascending) as the output of
+    all n_rows block rows [M, n_rows * b_out], zero where a row has no overflow: a gather."""
+    m, r2 = y.shape[0], rows.shape[0]
+    every = jnp.arange(n_rows)
+    at = jnp.minimum(jnp.searchsorted(rows, every), r2 - 1)
+    spread = y.reshape(m, r2, -1)[:, at]  # [M, n_rows, b_out]
+    return jnp.where((rows[at] == every)[None, :, None], spread, 0).reshape(m, -1)
+
+
+def _overflow_rows(g, rows, n_rows: int):
+    """The inverse view of `_spread`: the overflow rows' blocks of g [M, n_rows * b_out]."""
+    m = g.shape[0]
+    return g.reshape(m, n_rows, -1)[:, rows].reshape(m, -1)
 
 
 # Rows of x up to which float values are multiplied in place (one Kmax-padded group in stored
@@ -96,7 +114,8 @@ def _xla(x, w: BlockSparse, groups: tuple[int, ...]):
 
     Groups padded to their own longest row are taken in descending-count order (an in-jit stable
     argsort of the counts, as when the plan was made) and the output block rows are put back in
-    order by a gather; groups all of length Kmax keep the stored order (plain slices).
+    order by a gather; groups all of length Kmax keep the stored order (plain slices). The
+    overflow rows are one more product, spread onto their output blocks.
     """
     rows, kmax = w.indices.shape
     size = block_sparse.rows_per_group(rows, groups)
@@ -119,6 +138,11 @@ def _xla(x, w: BlockSparse, groups: tuple[int, ...]):
     if order is not None:
         m, b_out = x.shape[0], w.block[1]
         y = y.reshape(m, rows, b_out)[:, jnp.argsort(order)].reshape(m, rows * b_out)
+    if w.overflow is not None:
+        ov = w.overflow_part()
+        y += _spread(
+            reference.block_matmul(x, ov.block_values(), ov.indices), w.overflow.rows, rows
+        )
     return y
 
 
@@ -145,6 +169,7 @@ def _xla_in_row_pieces(x, w: BlockSparse):
     """
     groups = _plan(w, x.shape[0])
     slots = block_sparse.rows_per_group(w.blocks.shape[0], groups) * sum(groups)
+    slots += 0 if w.overflow is None else w.overflow.indices.size
     xs = _row_pieces(x, slots * w.block[0] * x.dtype.itemsize)
     if xs is None:
         return _xla(x, w, groups)
@@ -169,40 +194,76 @@ def _vjp_in_row_pieces(x, values, indices, valid, g):
     return dxs.reshape(-1, x.shape[1])[: x.shape[0]], dvalues.astype(values.dtype)
 
 
-def _forward(x, blocks, codebook, indices, counts, cfg: _Config):
-    w = _layout(blocks, codebook, indices, counts, cfg)
-    if cfg.kernel == "xla":
-        return _xla_in_row_pieces(x, w)
+def _pallas(x, w: BlockSparse, cfg: _Config):
+    """The Pallas kernel of `cfg` on w's rows, and on its overflow rows (spread onto theirs)."""
     kernel = pallas_gpu if cfg.kernel == "pallas_gpu" else pallas_tpu
-    if cfg.bits == 4:  # dequantized inside the kernel
-        return kernel.block_matmul(x, blocks, indices, counts, codebook, interpret=cfg.interpret)
-    return kernel.block_matmul(x, w.block_values(), indices, counts, interpret=cfg.interpret)
+
+    def product(part: BlockSparse):
+        counts = jnp.minimum(part.counts, part.kmax)  # the kernels loop over counts[r] slots
+        if part.bits == 4:  # dequantized inside the kernel
+            return kernel.block_matmul(
+                x, part.blocks, part.indices, counts, part.codebook, interpret=cfg.interpret
+            )
+        return kernel.block_matmul(
+            x, part.block_values(), part.indices, counts, interpret=cfg.interpret
+        )
+
+    y = product(w)
+    if w.overflow is not None:
+        y += _spread(product(w.overflow_part()), w.overflow.rows, w.blocks.shape[0])
+    return y
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
-def _product(x, blocks, codebook, indices, counts, cfg: _Config):
-    return _forward(x, blocks, codebook, indices, counts, cfg)
+def _forward(x, blocks, codebook, indices, counts, overflow, cfg: _Config):
+    w = _layout(blocks, codebook, indices, counts, overflow, cfg)
+    return _xla_in_row_pieces(x, w) if cfg.kernel == "xla" else _pallas(x, w, cfg)
 
 
-def _product_fwd(x, blocks, codebook, indices, counts, cfg):
-    y = _forward(x, blocks, codebook, indices, counts, cfg)
-    return y, (x, blocks, codebook, indices, counts)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6,))
+def _product(x, blocks, codebook, indices, counts, overflow, cfg: _Config):
+    return _forward(x, blocks, codebook, indices, counts, overflow, cfg)
+
+
+def _product_fwd(x, blocks, codebook, indices, counts, overflow, cfg):
+    y = _forward(x, blocks, codebook, indices, counts, overflow, cfg)
+    return y, (x, blocks, codebook, indices, counts, overflow)
 
 
 def _product_bwd(cfg, residuals, g):
-    x, blocks, codebook, indices, counts = residuals
-    w = _layout(blocks, codebook, indices, counts, cfg)
+    x, blocks, codebook, indices, counts, overflow = residuals
+    w = _layout(blocks, codebook, indices, counts, overflow, cfg)
+    parts = [w] if overflow is None else [w, w.overflow_part()]
+    gs = [g] if overflow is None else [g, _overflow_rows(g, overflow.rows, blocks.shape[0])]
     if cfg.bits is None:
-        dx, dblocks = _vjp_in_row_pieces(x, blocks, indices, w.valid(), g)
-        return dx, dblocks, None, None, None
-    values, pull = jax.vjp(
-        lambda cb: _layout(blocks, cb, indices, counts, cfg).block_values(), codebook
-    )
-    dx, dvalues = _vjp_in_row_pieces(x, values, indices, w.valid(), g)
-    return dx, None, pull(dvalues)[0], None, None
+        values = [part.blocks for part in parts]
+    else:
+        values, pull = jax.vjp(
+            lambda cb: [dataclasses.replace(part, codebook=cb).block_values() for part in parts],
+            codebook,
+        )
+    dx, dvalues = 0, []
+    for part, v, gp in zip(parts, values, gs, strict=True):
+        dx_part, dv = _vjp_in_row_pieces(x, v, part.indices, part.valid(), gp)
+        dx, dvalues = dx + dx_part, dvalues + [dv]
+    if cfg.bits is not None:
+        return dx, None, pull(dvalues)[0], None, None, None
+    d_overflow = None if overflow is None else Overflow(dvalues[1], None, None)
+    return dx, dvalues[0], None, None, None, d_overflow
 
 
 _product.defvjp(_product_fwd, _product_bwd)
+
+
+def _check_overflow(w: BlockSparse) -> None:
+    """Raise if concrete counts run past Kmax with no overflow to hold the rest of those rows."""
+    if w.overflow is None and not isinstance(w.counts, jax.core.Tracer):
+        longest = int(np.asarray(w.counts).max(initial=0))
+        if longest > w.kmax:
+            raise LscError(
+                f"matmul: a row has {longest} blocks but Kmax is {w.kmax} and there is no "
+                "overflow; was the BlockSparse rebuilt without its `overflow` field? "
+                "(dataclasses.replace keeps it)"
+            )
 
 
 def matmul(x: jax.Array, w: BlockSparse, *, impl: str = "auto", interpret: bool = False):
@@ -223,7 +284,8 @@ def matmul(x: jax.Array, w: BlockSparse, *, impl: str = "auto", interpret: bool 
 
     Raises:
       LscError: `w` not a BlockSparse, x not floating point or of the wrong last dimension, a bad
-        `impl`.
+        `impl`, or (concrete `w`) counts beyond Kmax without an overflow: a BlockSparse rebuilt
+        from another's fields without its ``overflow`` (use ``dataclasses.replace``).
 
     Example:
       >>> w = lscjax.sparse.BlockSparse.from_dense(kernel, block=(32, 32))
@@ -237,10 +299,11 @@ def matmul(x: jax.Array, w: BlockSparse, *, impl: str = "auto", interpret: bool 
     k, n = w.matrix_shape
     if x.ndim < 1 or x.shape[-1] != k:
         raise LscError(f"matmul: x of shape {x.shape} does not match W of input size {k}")
+    _check_overflow(w)
     kernel = resolve_impl(impl, w, interpret)
     cfg = _Config(tuple(w.shape), tuple(w.block), w.bits, kernel, bool(interpret), w.row_groups)
     cols = -(-k // w.block[0])
     lead = x.shape[:-1]
     x2 = jnp.pad(x.reshape(-1, k), ((0, 0), (0, cols * w.block[0] - k)))
-    y = _product(x2, w.blocks, w.codebook, w.indices, w.counts, cfg)
+    y = _product(x2, w.blocks, w.codebook, w.indices, w.counts, w.overflow, cfg)
     return y[:, :n].reshape(*lead, n)
