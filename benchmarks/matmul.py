@@ -20,8 +20,9 @@ JAX's own dispatch path, and charged each sparse call about 0.1-0.3 ms of runtim
 ``--protocol interleaved`` times that way again, for comparison.
 
 Two block masks: "random" (the non-zero blocks at uniformly random positions: rows differ in
-length, so the padded ELL layout carries Kmax - mean(counts) zero blocks per row) and "balanced"
-(the same number of non-zero blocks in every output block row: no padding).
+length, so a padded ELL layout would carry Kmax - mean(counts) zero blocks per row; float
+layouts split their longest rows off into an overflow, shown as "split at" the ELL width) and
+"balanced" (the same number of non-zero blocks in every output block row: no padding).
 
 Prints ratios (time / dense, BCOO / sparse) and writes benchmarks/results/matmul.json. Ratios
 are given against the row's own dense minimum and against the pooled dense baseline (the best
@@ -220,7 +221,8 @@ def run(reps: int, quick: bool, protocol: str = "rotated") -> list[dict]:
                         density=density,
                         mask=mask,
                         batch=batch,
-                        kmax=int(w_float.kmax),
+                        kmax=int(counts.max()),
+                        overflow_width=int(w_float.kmax) if w_float.overflow else None,
                         mean_count=float(counts.mean()),
                         dense_form=dense_name,
                         sets={name: len(ws) for name, (_, ws) in weights.items()},
@@ -243,7 +245,7 @@ def run(reps: int, quick: bool, protocol: str = "rotated") -> list[dict]:
                     )
                     print(
                         f"b={block:2d} d={density:.2f} {mask:8s} batch={batch:2d} "
-                        f"Kmax/mean={row['kmax']}/{row['mean_count']:.1f} "
+                        f"Kmax/mean={kmax_text(row)} "
                         f"dense({dense_name})={dense * 1e3:7.3f}ms "
                         f"f32/dense={row['float_over_dense']:.3f} "
                         f"4bit/dense={row['codes4_over_dense']:.3f} (medians "
@@ -279,6 +281,14 @@ def pool_dense(rows: list[dict]) -> None:
         )
 
 
+def kmax_text(row: dict) -> str:
+    """'Kmax / mean count' of a results row, with the overflow width when the float layout has
+    one (rows of older results files have none)."""
+    width = row.get("overflow_width")
+    split = f" (split at {width})" if width else ""
+    return f"{row['kmax']} / {row['mean_count']:.1f}{split}"
+
+
 def markdown_table(results: dict) -> str:
     """A results file's rows as the Markdown table of docs/results/sparse.md."""
     meta = results["meta"]
@@ -294,8 +304,8 @@ def markdown_table(results: dict) -> str:
         + f"; a no-op jitted call took {meta['noop_ms']:.3f} ms in a row, "
         f"{meta['noop_after_dense_ms']:.3f} ms right after a dense product.",
         "",
-        "| block | density | mask | batch | Kmax / mean | dense ms (pooled) | f32 ms | 4-bit ms "
-        "| f32 / dense | 4-bit / dense | medians f32 / 4-bit | BCOO / f32 |",
+        "| block | density | mask | batch | Kmax / mean (f32 split) | dense ms (pooled) | f32 ms "
+        "| 4-bit ms | f32 / dense | 4-bit / dense | medians f32 / 4-bit | BCOO / f32 |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results["rows"]:
@@ -303,7 +313,7 @@ def markdown_table(results: dict) -> str:
         bcoo = f"{r['bcoo_over_float']:.0f}x" if r["bcoo_over_float"] else "-"
         lines.append(
             f"| {r['block']} | {r['density']:.0%} | {r['mask']} | {r['batch']} | "
-            f"{r['kmax']} / {r['mean_count']:.1f} | {r['dense_pooled_ms']:.2f} | "
+            f"{kmax_text(r)} | {r['dense_pooled_ms']:.2f} | "
             f"{t['sparse_f32']:.2f} | {t['sparse_4bit']:.2f} | "
             f"{r['float_over_dense_pooled']:.3f} | {r['codes4_over_dense_pooled']:.3f} | "
             f"{r['median_float_over_dense']:.3f} / {r['median_codes4_over_dense']:.3f} | {bcoo} |"
