@@ -70,7 +70,10 @@ def run(reps: int, quick: bool = False) -> list[dict]:
                         plan_of[f"{storage} {name}"] = plan
                 if split_sets:
                     plan_of["f32 overflow"] = _plan(split, batch)
-                    fns["f32 overflow"] = (forward, [(x, w, _plan(w, batch)) for w in split_sets])
+                    fns["f32 overflow"] = (
+                        forward,
+                        [(x, w, plan_of["f32 overflow"]) for w in split_sets],
+                    )
                 best, median = rotated_times(fns, reps)
                 row = dict(block=block, mask=mask, batch=batch, kmax=int(counts.max()), plans={})
                 row["overflow_width"] = split.kmax if split_sets else None

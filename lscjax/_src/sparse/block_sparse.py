@@ -66,8 +66,8 @@ MIN_GROUP_ROWS = 4
 TEMP_BYTES = 8 * 2**20
 # Fewest slots, as a fraction of plain ELL's R * Kmax, that the overflow split must save before the
 # constructors make one (float values). Each split adds a product and a gather of its output. At
-# 4096^2, 10% random blocks, batch 16, the split saved 23% (b=32) of the slots and took 0.15-0.16
-# of dense against 0.19-0.20 in place (an exploratory run; `benchmarks/matmul.py` has the table).
+# 4096^2, 10% random blocks, batch 16, b=32, the split saves 23% of the slots and took 0.164
+# of dense against 0.206 in place (`benchmarks/matmul_plans.py`; b=64: 0.137 against 0.161).
 MIN_OVERFLOW_SAVING = 0.2
 
 
@@ -560,17 +560,17 @@ def merged(w: BlockSparse) -> BlockSparse:
 
 
 def split_overflow(w: BlockSparse, width: int) -> BlockSparse:
-    """`w` (concrete, no overflow) cut at `width` < Kmax: slots ``width ..`` of the rows longer
-    than `width` move to an `Overflow`, Kmax becomes `width`; `row_groups` is re-planned."""
-    blocks, indices, counts = (np.asarray(a) for a in (w.blocks, w.indices, w.counts))
-    rows = np.nonzero(counts > width)[0].astype(np.int32)
+    """`w` (concrete counts, no overflow) cut at `width` < Kmax: slots ``width ..`` of the rows
+    longer than `width` move to an `Overflow`, Kmax becomes `width`; `row_groups` is re-planned.
+    The blocks are sliced where they lie (on the device for the constructors)."""
+    rows = np.nonzero(np.asarray(w.counts) > width)[0].astype(np.int32)
     overflow = Overflow(
-        jnp.asarray(blocks[rows, width:]), jnp.asarray(indices[rows, width:]), jnp.asarray(rows)
+        jnp.asarray(w.blocks[rows, width:]), jnp.asarray(w.indices[rows, width:]), jnp.asarray(rows)
     )
     cut = dataclasses.replace(
-        w, blocks=jnp.asarray(blocks[:, :width]), indices=jnp.asarray(indices[:, :width])
+        w, blocks=w.blocks[:, :width], indices=w.indices[:, :width], overflow=overflow
     )
-    return _with_plan(dataclasses.replace(cut, overflow=overflow))
+    return _with_plan(cut)
 
 
 def _slot_bytes(w: BlockSparse) -> int:
@@ -596,21 +596,15 @@ def _with_plan(w: BlockSparse) -> BlockSparse:
 
 @jax.jit
 def _todense(w: BlockSparse) -> jax.Array:
+    w = merged(w)
     rows, cols = grid(w.shape, w.block)
     bi, bo = w.block
     r = jnp.broadcast_to(jnp.arange(rows)[:, None], w.indices.shape)
-    grid_blocks = jnp.zeros((rows, cols, bi, bo), w.dtype).at[r, w.indices].add(_kept(w))
-    if w.overflow is not None:
-        r2 = jnp.broadcast_to(w.overflow.rows[:, None], w.overflow.indices.shape)
-        grid_blocks = grid_blocks.at[r2, w.overflow.indices].add(_kept(w.overflow_part()))
+    values = jnp.where(w.valid()[:, :, None, None], w.block_values(), 0).astype(w.dtype)
+    grid_blocks = jnp.zeros((rows, cols, bi, bo), w.dtype).at[r, w.indices].add(values)
     m = grid_blocks.transpose(1, 2, 0, 3).reshape(cols * bi, rows * bo)
     k, n = w.matrix_shape
     return m[:k, :n].reshape(w.shape)
-
-
-def _kept(w: BlockSparse) -> jax.Array:
-    """`w`'s block values with padded slots 0, their gradient too."""
-    return jnp.where(w.valid()[:, :, None, None], w.block_values(), 0).astype(w.dtype)
 
 
 def _concrete(name: str, a) -> np.ndarray:
