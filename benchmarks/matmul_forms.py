@@ -1,9 +1,10 @@
 """The XLA path's two product forms against each other, by x's row count M.
 
-`lscjax._src.kernels.reference.block_matmul` multiplies the gathered x either slot-batched (one
+`lscjax._src.kernels.xla.block_matmul` multiplies the gathered x either slot-batched (one
 [M, b_in] @ [b_in, b_out] product per slot, summed over each row's slots) or row-batched (one
 [M, Kmax * b_in] @ [Kmax * b_in, b_out] product per row, on a transposed copy of the gathered x),
-and picks by M (`SLOT_FORM_MAX_ROWS`). This compiles `lscjax.sparse.matmul` with each form forced
+and the plan picks by M (`lscjax.sparse.Tuning.slot_form_max_rows`). This compiles
+`lscjax.sparse.matmul` with each form forced (through its ``tuning``)
 and times both against dense ``x @ W``, for float32 weights of 10% random block density:
 
 * W 4096 x 4096, blocks 32 and 64 (the shape of benchmarks/matmul.py);
@@ -29,9 +30,8 @@ import jax.numpy as jnp
 import numpy as np
 from matmul import CHUNK, SIZE, copies, rotated_times, write_results
 
-from lscjax._src.kernels import reference
 from lscjax._src.sparse.random import random_block_kernel
-from lscjax.sparse import BlockSparse, matmul
+from lscjax.sparse import BlockSparse, Tuning, matmul
 
 LARGE_M = (1, 16, 256, 1024, 2048)
 SMALL_M = (1, 16, 256, 1024, 2048, 4096, 16384)
@@ -46,24 +46,14 @@ QUICK = (
     ("4096^2 b=64", (SIZE, SIZE), 64, 0.10, (1, 16, 4096)),
     ("LeNet-5 conv1", (25, 20), 16, 1.0, (1, 16, 4096)),
 )
-FORMS = {"slot": 2**62, "row": 0, "library": None}  # SLOT_FORM_MAX_ROWS: forced, or the default
+FORMS = {"slot": 2**62, "row": 0, "library": None}  # slot_form_max_rows: forced, or the default
 
 
 def compiled(x, w, form: str):
     """`matmul(x, w)` compiled with the product form forced ("slot", "row") or as the library
-    picks it per piece of x's rows ("library").
-
-    The form is read at trace time, and JAX caches traces by function: the caches are cleared
-    before and after tracing with the forced value.
-    """
-    default = reference.SLOT_FORM_MAX_ROWS
-    reference.SLOT_FORM_MAX_ROWS = default if FORMS[form] is None else FORMS[form]
-    jax.clear_caches()
-    try:
-        return jax.jit(matmul).lower(x, w).compile()
-    finally:
-        reference.SLOT_FORM_MAX_ROWS = default
-        jax.clear_caches()
+    picks it per piece of x's rows ("library")."""
+    tuning = Tuning() if FORMS[form] is None else Tuning(slot_form_max_rows=FORMS[form])
+    return jax.jit(lambda x, w: matmul(x, w, tuning=tuning)).lower(x, w).compile()
 
 
 def run(reps: int, quick: bool = False) -> list[dict]:
@@ -148,7 +138,7 @@ def main():
         rows,
         quick=args.quick,
         reps=args.reps,
-        slot_form_max_rows=reference.SLOT_FORM_MAX_ROWS,
+        slot_form_max_rows=Tuning().slot_form_max_rows,
     )
 
 

@@ -14,8 +14,9 @@ float values and with 4-bit codes under:
 
 The other plans run on the unsplit layout (`merged`).
 
-Each plan runs through the same `_xla` the library uses, with the plan forced (the library picks
-`lscjax._src.sparse.matmul._plan`). Timed as matmul.py times (`rotated_times`: every function
+Each plan runs through the same `_xla` the library uses, with a `lscjax.sparse.Plan` made by
+`lscjax.sparse.plan` for the layout with that ``row_groups`` and float rows never kept in place
+(``Tuning(float_in_place_max_rows=0)``); the overflow layout runs under the library's own plan. Timed as matmul.py times (`rotated_times`: every function
 cycles through copies of its weights, so each call reads them cold). Ratios are to dense
 ``x @ W`` timed alongside: fastest call (min / min) and median / median. Writes
 benchmarks/results/matmul_plans.json.
@@ -25,17 +26,18 @@ Usage: python benchmarks/matmul_plans.py [--reps 10] [--quick] [--out PATH]
 """
 
 import argparse
+import dataclasses
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from matmul import CHUNK, SIZE, coded, copies, rotated_times, write_results
 
-from lscjax._src.sparse import plan as sparse_plan
-from lscjax._src.sparse.matmul import _plan, _xla
+from lscjax._src.sparse.matmul import _xla
+from lscjax._src.sparse.plan import sorted_plan
 from lscjax._src.sparse.random import random_block_kernel
 from lscjax._src.sparse.stack import merged
-from lscjax.sparse import BlockSparse
+from lscjax.sparse import BlockSparse, Tuning, plan
 
 DENSITY = 0.10
 GROUP_COUNTS = (2, 4, 8, 16)
@@ -56,8 +58,9 @@ def run(reps: int, quick: bool = False) -> list[dict]:
             weights["4bit"], _ = coded(rng, kernel, block)
             w_dense = jnp.asarray(kernel)
             counts = np.asarray(split.counts)
-            plans = {"in place": (int(counts.max()),)}
-            plans.update({f"n={n}": sparse_plan.sorted_plan(counts, n) for n in GROUP_COUNTS})
+            groups = {"in place": (int(counts.max()),)}
+            groups.update({f"n={n}": sorted_plan(counts, n) for n in GROUP_COUNTS})
+            forced = Tuning(float_in_place_max_rows=0)
             dense_sets = copies(w_dense, kernel.nbytes)
             sparse_sets = {storage: copies(w, w.nbytes) for storage, w in weights.items()}
             split_sets = copies(split, split.nbytes) if split.overflow is not None else []
@@ -66,15 +69,15 @@ def run(reps: int, quick: bool = False) -> list[dict]:
                 fns = {"dense": (dense, [(x, d) for d in dense_sets])}
                 plan_of = {}
                 for storage, sets in sparse_sets.items():
-                    for name, plan in plans.items():
-                        fns[f"{storage} {name}"] = (forward, [(x, w, plan) for w in sets])
-                        plan_of[f"{storage} {name}"] = plan
+                    for name, g in groups.items():
+                        w_g = dataclasses.replace(weights[storage], row_groups=g)
+                        p = plan(x.shape, w_g, impl="xla", tuning=forced)
+                        fns[f"{storage} {name}"] = (forward, [(x, w, p) for w in sets])
+                        plan_of[f"{storage} {name}"] = p.groups
                 if split_sets:
-                    plan_of["f32 overflow"] = _plan(split, batch)
-                    fns["f32 overflow"] = (
-                        forward,
-                        [(x, w, plan_of["f32 overflow"]) for w in split_sets],
-                    )
+                    p = plan(x.shape, split, impl="xla")
+                    plan_of["f32 overflow"] = p.groups
+                    fns["f32 overflow"] = (forward, [(x, w, p) for w in split_sets])
                 best, median = rotated_times(fns, reps)
                 row = dict(block=block, mask=mask, batch=batch, kmax=int(counts.max()), plans={})
                 row["overflow_width"] = split.kmax if split_sets else None
@@ -118,7 +121,7 @@ def main():
         reps=args.reps,
         size=SIZE,
         density=DENSITY,
-        max_row_groups=sparse_plan.MAX_ROW_GROUPS,
+        tuning=dataclasses.asdict(Tuning()),
     )
 
 

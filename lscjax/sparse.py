@@ -3,7 +3,21 @@
 from lscjax._src.sparse.block_sparse import BlockSparse as BlockSparse
 from lscjax._src.sparse.conv import conv as conv
 from lscjax._src.sparse.matmul import matmul as matmul
-from lscjax._src.sparse.matmul import resolve_impl as resolve_impl
+from lscjax._src.sparse.plan import Plan as Plan
+from lscjax._src.sparse.plan import Tuning as Tuning
+from lscjax._src.sparse.plan import explain as explain
+from lscjax._src.sparse.plan import plan as plan
+from lscjax._src.sparse.plan import resolve_impl as resolve_impl
 from lscjax._src.sparse.stack import stack as stack
 
-__all__ = ["BlockSparse", "conv", "matmul", "resolve_impl", "stack"]
+__all__ = [
+    "BlockSparse",
+    "Plan",
+    "Tuning",
+    "conv",
+    "explain",
+    "matmul",
+    "plan",
+    "resolve_impl",
+    "stack",
+]

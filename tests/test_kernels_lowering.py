@@ -21,7 +21,7 @@ from jax import export
 from jax.sharding import AbstractDevice, AbstractMesh, use_abstract_mesh
 
 from lscjax._src.kernels import pallas_gpu, pallas_tpu
-from lscjax._src.sparse.matmul import _fits
+from lscjax._src.sparse.plan import _fits
 from lscjax._src.sparse.random import random_block_kernel
 from lscjax.sparse import BlockSparse
 

@@ -9,12 +9,11 @@ from hypothesis import strategies as st
 
 import lscjax
 from lscjax import LscError
-from lscjax._src.sparse import plan
 from lscjax._src.sparse.plan import overflow_width
 from lscjax._src.sparse.random import random_block_kernel
 from lscjax._src.sparse.stack import merged
 from lscjax.quant import QArray
-from lscjax.sparse import BlockSparse
+from lscjax.sparse import BlockSparse, Tuning
 
 BLOCKS = st.sampled_from([(1, 1), (2, 3), (4, 4), (8, 2), (8, 8), (16, 16)])
 # A few sizes (multiples of the blocks and not) so that eager ops hit XLA's compile cache.
@@ -67,7 +66,7 @@ def test_from_dense_layout_and_round_trip(k, n, block, density, dtype, seed):
     np.testing.assert_array_equal(np.asarray(whole.todense()), np.asarray(w))
 
 
-def test_overflow_width_by_hand(monkeypatch):
+def test_overflow_width_by_hand():
     # Kmax 6 over 8 rows: plain ELL has 48 slots. Width w leaves 8 w slots plus (Kmax - w) for
     # each row longer than w: w = 1 keeps 3 rows in the overflow, 8 + 3 * 5 = 23 slots.
     counts = np.array([6, 5, 2, 1, 1, 1, 1, 1])
@@ -79,8 +78,7 @@ def test_overflow_width_by_hand(monkeypatch):
     assert overflow_width(np.zeros(0, int)) is None
     # [2, 1]: width 1 leaves 2 + 1 = 3 of 4 slots, 25% fewer: split at 20%, not at 30%
     assert overflow_width(np.array([2, 1])) == 1
-    monkeypatch.setattr(plan, "MIN_OVERFLOW_SAVING", 0.3)
-    assert overflow_width(np.array([2, 1])) is None
+    assert overflow_width(np.array([2, 1]), Tuning(min_overflow_saving=0.3)) is None
 
 
 @pytest.mark.parametrize("shape", [(5, 5, 3, 4), (3, 3, 1, 20), (7, 6, 5)])

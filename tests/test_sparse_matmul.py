@@ -1,6 +1,7 @@
 """sparse.matmul (XLA path) against the dense product of the decoded weight; grads; vmap; retrace."""
 
 import dataclasses
+import functools
 
 import chex
 import jax
@@ -9,31 +10,17 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from kernel_oracle import TOLERANCE, dense_matmul, rel_error
 
 from lscjax import LscError
-from lscjax._src.kernels import reference
-from lscjax._src.kernels.reference import TOLERANCE
-from lscjax._src.sparse import matmul as sparse_matmul
 from lscjax._src.sparse.convert import split_overflow
 from lscjax._src.sparse.plan import overflow_width, row_groups
 from lscjax._src.sparse.random import random_block_kernel
 from lscjax._src.sparse.stack import merged
-from lscjax.sparse import BlockSparse, matmul, resolve_impl, stack
+from lscjax.sparse import BlockSparse, Tuning, explain, matmul, plan, resolve_impl, stack
 
 SIZES = st.sampled_from([1, 7, 16, 33, 48])
 BATCHES = st.sampled_from([(), (1,), (5,), (2, 3)])
-
-
-def rel_error(y, ref) -> float:
-    y, ref = np.asarray(y, np.float64), np.asarray(ref, np.float64)
-    return float(
-        np.max(np.abs(y - ref), initial=0.0) / max(np.max(np.abs(ref), initial=0.0), 1e-30)
-    )
-
-
-def dense_ref(x, w) -> np.ndarray:
-    """x @ W in float64 NumPy: the oracle."""
-    return np.asarray(x, np.float64) @ np.asarray(w, np.float64)
 
 
 _jit_matmul = jax.jit(matmul, static_argnames=("impl", "interpret"))
@@ -55,7 +42,7 @@ def test_matmul_matches_dense(k, n, block, density, dtype, batch, seed):
     x = jnp.asarray(rng.standard_normal((*batch, k)), dtype)
     y = _jit_matmul(x, BlockSparse.from_dense(w, block))
     assert y.shape == (*batch, n) and y.dtype == dtype
-    assert rel_error(y, dense_ref(x, w)) <= TOLERANCE[jnp.dtype(dtype)]
+    assert rel_error(y, dense_matmul(x, w)) <= TOLERANCE[jnp.dtype(dtype)]
 
 
 @settings(max_examples=15)
@@ -78,7 +65,7 @@ def test_matmul_codes_match_dense(k, n, block, bits, zero_fraction, batch, seed)
     x = rng.standard_normal((*batch, k)).astype(np.float32)
     y = _jit_matmul(x, w)
     assert y.dtype == jnp.float32
-    assert rel_error(y, dense_ref(x, codebook[codes])) <= TOLERANCE[jnp.dtype(jnp.float32)]
+    assert rel_error(y, dense_matmul(x, codebook[codes])) <= TOLERANCE[jnp.dtype(jnp.float32)]
 
 
 def _kept_blocks_dense(w: BlockSparse, blocks, codebook=None):
@@ -97,13 +84,13 @@ def _kept_blocks_dense(w: BlockSparse, blocks, codebook=None):
 )
 @pytest.mark.parametrize("temp_bytes", [2**30, 64])  # 64: x's rows in pieces of one
 @pytest.mark.parametrize("long_row", [False, True])  # True: one full row, split into an overflow
-def test_grads_match_dense_vjp(set_trace_constant, impl, shape, block, batch, temp_bytes, long_row):
-    set_trace_constant("lscjax._src.sparse.plan.TEMP_BYTES", temp_bytes)
+def test_grads_match_dense_vjp(impl, shape, block, batch, temp_bytes, long_row):
+    tuning = Tuning(temp_bytes=temp_bytes)
     rng = np.random.default_rng(0)
     kernel = random_block_kernel(rng, shape, block, 0.3)
     if long_row:
         kernel[:, : block[1]] = rng.standard_normal((shape[0], block[1]))
-    w = BlockSparse.from_dense(kernel, block)
+    w = BlockSparse.from_dense(kernel, block, tuning=tuning)
     assert w.overflow is not None or not long_row
     x = jnp.asarray(rng.standard_normal((*batch, shape[0])), jnp.float32)
     g = jnp.asarray(rng.standard_normal((*batch, shape[1])), jnp.float32)
@@ -114,7 +101,7 @@ def test_grads_match_dense_vjp(set_trace_constant, impl, shape, block, batch, te
         return dataclasses.replace(w, blocks=blocks, overflow=overflow)
 
     def sparse_fn(x, values):
-        return matmul(x, with_values(values), impl=impl, interpret=True)
+        return matmul(x, with_values(values), impl=impl, interpret=True, tuning=tuning)
 
     def dense_fn(x, values):
         return x @ with_values(values).todense()
@@ -129,18 +116,18 @@ def test_grads_match_dense_vjp(set_trace_constant, impl, shape, block, batch, te
 
 @pytest.mark.parametrize("bits", [4, 8])
 @pytest.mark.parametrize("temp_bytes", [2**30, 64])
-def test_codebook_grads_match_dense_vjp(set_trace_constant, bits, temp_bytes):
-    set_trace_constant("lscjax._src.sparse.plan.TEMP_BYTES", temp_bytes)
+def test_codebook_grads_match_dense_vjp(bits, temp_bytes):
+    tuning = Tuning(temp_bytes=temp_bytes)
     rng = np.random.default_rng(1)
     codebook = jnp.asarray(np.concatenate([[0.0], rng.standard_normal(2**bits - 1)]), jnp.float32)
     codes = rng.integers(1, 2**bits, (24, 20))
     codes[rng.random((24, 20)) < 0.7] = 0
-    w = BlockSparse.from_codes(codes.astype(np.uint8), codebook, 4, bits=bits)
+    w = BlockSparse.from_codes(codes.astype(np.uint8), codebook, 4, bits=bits, tuning=tuning)
     x = jnp.asarray(rng.standard_normal((5, 24)), jnp.float32)
 
     def sparse_loss(x, cb):
         bs = BlockSparse(w.blocks, w.indices, w.counts, cb, w.shape, w.block, w.bits)
-        return jnp.sum(jnp.sin(matmul(x, bs)))
+        return jnp.sum(jnp.sin(matmul(x, bs, tuning=tuning)))
 
     def dense_loss(x, cb):  # only existing blocks count: fully zero blocks are not stored
         return jnp.sum(jnp.sin(x @ _kept_blocks_dense(w, w.blocks, cb)))
@@ -191,7 +178,7 @@ def test_vmap_over_inputs_and_weight_sets():
     w = BlockSparse.from_dense(random_block_kernel(rng, (32, 24), 8, 0.5), 8)
     xs = jnp.asarray(rng.standard_normal((4, 3, 32)), jnp.float32)
     y = jax.jit(jax.vmap(lambda x: matmul(x, w)))(xs)
-    np.testing.assert_allclose(y, dense_ref(xs, w.todense()), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(y, dense_matmul(xs, w.todense()), rtol=1e-5, atol=1e-5)
 
     def scaled_product(s):  # a batch of weight sets sharing one layout
         return matmul(xs[0], _scaled(w, s))
@@ -199,7 +186,7 @@ def test_vmap_over_inputs_and_weight_sets():
     scaled = jax.vmap(scaled_product)(jnp.arange(1.0, 4.0))
     for i, s in enumerate([1.0, 2.0, 3.0]):
         np.testing.assert_allclose(
-            scaled[i], s * dense_ref(xs[0], w.todense()), rtol=1e-5, atol=1e-4
+            scaled[i], s * dense_matmul(xs[0], w.todense()), rtol=1e-5, atol=1e-4
         )
 
 
@@ -217,7 +204,7 @@ def test_no_retrace_across_calls():
         x = jnp.asarray(rng.standard_normal((4, 48)), jnp.float32)
         w_scaled = _scaled(w, scale)
         np.testing.assert_allclose(
-            f(x, w_scaled), dense_ref(x, kernel * scale), rtol=1e-5, atol=1e-4
+            f(x, w_scaled), dense_matmul(x, kernel * scale), rtol=1e-5, atol=1e-4
         )
 
 
@@ -246,57 +233,74 @@ def test_errors(x, kwargs, match):
         matmul(np.ones((2, 8), np.float32), np.ones((8, 8), np.float32))
 
 
-def test_row_groups_by_hand(monkeypatch):
+def test_row_groups_by_hand():
     """Rows in descending count order, cut into groups padded to their own longest row."""
-    monkeypatch.setattr("lscjax._src.sparse.plan.MIN_GROUP_ROWS", 2)
+    tuning = Tuning(min_group_rows=2)
     counts = np.array([1, 5, 3, 0, 2, 4])  # sorted: 5 4 | 3 2 | 1 0
     equal = np.full(6, 3)
     for coded in (False, True):
-        assert row_groups(counts, slot_bytes=4, coded=coded) == (5, 3, 1)
-        assert row_groups(np.zeros(0, int), slot_bytes=4, coded=coded) == (1,)
-    assert row_groups(equal, slot_bytes=4, coded=True) == (3, 3, 3)
-    assert row_groups(equal, slot_bytes=4, coded=False) == (3,)  # float rows multiplied in place
-    monkeypatch.setattr("lscjax._src.sparse.plan.TEMP_BYTES", 5 * 4)  # one Kmax-padded row
-    assert row_groups(counts, slot_bytes=4, coded=False) == (5, 4, 3, 2, 1, 1)  # a row per group
-    assert row_groups(equal, slot_bytes=4, coded=True) == (3, 3, 3, 3, 3, 3)  # 12 B > 20 / 2
-    assert row_groups(equal, slot_bytes=4, coded=False) == (3,)  # in place: no temporary
+        assert row_groups(counts, slot_bytes=4, coded=coded, tuning=tuning) == (5, 3, 1)
+        assert row_groups(np.zeros(0, int), slot_bytes=4, coded=coded, tuning=tuning) == (1,)
+    assert row_groups(equal, slot_bytes=4, coded=True, tuning=tuning) == (3, 3, 3)
+    assert row_groups(equal, slot_bytes=4, coded=False, tuning=tuning) == (
+        3,
+    )  # float rows multiplied in place
+    tuning = Tuning(min_group_rows=2, temp_bytes=5 * 4)  # one Kmax-padded row
+    assert row_groups(counts, slot_bytes=4, coded=False, tuning=tuning) == (
+        5,
+        4,
+        3,
+        2,
+        1,
+        1,
+    )  # a row per group
+    assert row_groups(equal, slot_bytes=4, coded=True, tuning=tuning) == (
+        3,
+        3,
+        3,
+        3,
+        3,
+        3,
+    )  # 12 B > 20 / 2
+    assert row_groups(equal, slot_bytes=4, coded=False, tuning=tuning) == (
+        3,
+    )  # in place: no temporary
 
 
 @pytest.mark.parametrize("temp_bytes", [1, 3000, 2**30])
 @pytest.mark.parametrize("bits", [None, 4])
-def test_row_group_plans_match_dense(monkeypatch, set_trace_constant, temp_bytes, bits):
+def test_row_group_plans_match_dense(temp_bytes, bits):
     """Every plan (one group, a few, one row each; reordered or not) gives x @ W, whether x's
     rows are gathered at once or in pieces (of 1 row at 1 byte, a few at 3000, the last padded),
     and for float values also with x of few rows (rows kept in stored order)."""
-    set_trace_constant("lscjax._src.sparse.plan.TEMP_BYTES", temp_bytes)
-    set_trace_constant("lscjax._src.sparse.matmul.FLOAT_IN_PLACE_MAX_ROWS", 4)
-    monkeypatch.setattr("lscjax._src.sparse.plan.MIN_GROUP_ROWS", 2)
+    tuning = Tuning(temp_bytes=temp_bytes, float_in_place_max_rows=4, min_group_rows=2)
     rng = np.random.default_rng(4)
     codebook = np.concatenate([[0.0], rng.standard_normal(15)]).astype(np.float32)
     mask = random_block_kernel(rng, (40, 36), 4, 0.4) != 0  # R = 9 rows of unequal length
     codes = rng.integers(1, 16, (40, 36)) * mask
     kernel = codebook[codes]
     if bits is None:
-        w = BlockSparse.from_dense(kernel, 4)
+        w = BlockSparse.from_dense(kernel, 4, tuning=tuning)
     else:
-        w = BlockSparse.from_codes(codes.astype(np.uint8), codebook, 4, bits=4)
+        w = BlockSparse.from_codes(codes.astype(np.uint8), codebook, 4, bits=4, tuning=tuning)
     assert min(w.row_groups) < w.kmax  # rows differ in length: the plan reorders
     unplanned = dataclasses.replace(w, row_groups=None)
     in_place = (w.kmax,) if bits is None else w.row_groups  # float rows are not copied
-    assert sparse_matmul._plan(w, 3) == in_place and sparse_matmul._plan(w, 7) == w.row_groups
+    assert plan((3, 40), w, tuning=tuning).groups == in_place
+    assert plan((7, 40), w, tuning=tuning).groups == w.row_groups
     for m in (3, 7):  # <= and > FLOAT_IN_PLACE_MAX_ROWS
         x = rng.standard_normal((m, 40)).astype(np.float32)
         for v in (w, unplanned):
-            y = jax.jit(matmul)(x, v)
-            assert rel_error(y, dense_ref(x, kernel)) <= TOLERANCE[jnp.dtype(jnp.float32)]
+            y = jax.jit(functools.partial(matmul, tuning=tuning))(x, v)
+            assert rel_error(y, dense_matmul(x, kernel)) <= TOLERANCE[jnp.dtype(jnp.float32)]
 
 
 @pytest.mark.parametrize("slot_form_max_rows", [0, 2**62])  # the row form always; never
 @pytest.mark.parametrize("bits", [None, 4])
-def test_product_forms_match_dense(set_trace_constant, slot_form_max_rows, bits):
-    """The slot- and row-batched products (reference.block_matmul) both give x @ W, for x of 1
+def test_product_forms_match_dense(slot_form_max_rows, bits):
+    """The slot- and row-batched products (`lscjax._src.kernels.xla.block_matmul`) both give x @ W, for x of 1
     row and of several, with rows of unequal length (padded slots) and coded blocks."""
-    set_trace_constant("lscjax._src.kernels.reference.SLOT_FORM_MAX_ROWS", slot_form_max_rows)
+    tuning = Tuning(slot_form_max_rows=slot_form_max_rows)
     rng = np.random.default_rng(5)
     codebook = np.concatenate([[0.0], rng.standard_normal(15)]).astype(np.float32)
     codes = rng.integers(1, 16, (40, 36)) * (random_block_kernel(rng, (40, 36), 4, 0.4) != 0)
@@ -307,8 +311,11 @@ def test_product_forms_match_dense(set_trace_constant, slot_form_max_rows, bits)
     assert len(set(np.asarray(w.counts).tolist())) > 1
     for m in (1, 6):
         x = rng.standard_normal((m, 40)).astype(np.float32)
-        y = jax.jit(matmul)(x, w)
-        assert rel_error(y, dense_ref(x, codebook[codes])) <= TOLERANCE[jnp.dtype(jnp.float32)]
+        assert plan(x.shape, w, tuning=tuning).form == (
+            "slot" if 1 < m <= slot_form_max_rows else "row"
+        )
+        y = jax.jit(functools.partial(matmul, tuning=tuning))(x, w)
+        assert rel_error(y, dense_matmul(x, codebook[codes])) <= TOLERANCE[jnp.dtype(jnp.float32)]
 
 
 def test_many_rows_match_dense():
@@ -316,9 +323,11 @@ def test_many_rows_match_dense():
     x @ W."""
     rng = np.random.default_rng(6)
     kernel = random_block_kernel(rng, (40, 36), 8, 0.5)
-    x = rng.standard_normal((reference.SLOT_FORM_MAX_ROWS + 77, 40)).astype(np.float32)
-    y = jax.jit(matmul)(x, BlockSparse.from_dense(kernel, 8))
-    assert rel_error(y, dense_ref(x, kernel)) <= TOLERANCE[jnp.dtype(jnp.float32)]
+    x = rng.standard_normal((Tuning().slot_form_max_rows + 77, 40)).astype(np.float32)
+    w = BlockSparse.from_dense(kernel, 8)
+    assert plan(x.shape, w).form == "row"
+    y = jax.jit(matmul)(x, w)
+    assert rel_error(y, dense_matmul(x, kernel)) <= TOLERANCE[jnp.dtype(jnp.float32)]
 
 
 @pytest.mark.parametrize("bits", [None, 4])
@@ -350,7 +359,7 @@ def test_stacked_weights_under_vmap_and_scan(bits):
     xs = jnp.asarray(rng.standard_normal((3, 5, 32)), jnp.float32)
     ys = jax.jit(jax.vmap(matmul))(xs, stacked)
     for i, kernel in enumerate(kernels):
-        assert rel_error(ys[i], dense_ref(xs[i], kernel)) <= 1e-5
+        assert rel_error(ys[i], dense_matmul(xs[i], kernel)) <= 1e-5
 
     def layer(y, w):
         return jnp.tanh(matmul(y, w)), None
@@ -358,7 +367,7 @@ def test_stacked_weights_under_vmap_and_scan(bits):
     got, _ = jax.jit(lambda x, ws: jax.lax.scan(layer, x, ws))(xs[0], stacked)
     want = np.asarray(xs[0], np.float64)
     for kernel in kernels:
-        want = np.tanh(dense_ref(want, kernel))
+        want = np.tanh(dense_matmul(want, kernel))
     assert rel_error(got, want) <= 1e-5
 
 
@@ -414,3 +423,56 @@ def test_stack_errors():
         stack([w, BlockSparse.from_dense(np.ones((8, 12), np.float32), 4)])
     with pytest.raises(LscError, match="weight 1"):
         stack([w, BlockSparse.from_dense(np.ones((8, 8), np.float32), 2)])
+
+
+def test_plan_records_every_choice_and_explains_it():
+    """One frozen Plan per call: the layout's choices (overflow, row groups) and the call's
+    (kernel, in place, pieces, form), each moved by its Tuning field and printed by explain."""
+    rng = np.random.default_rng(8)
+    kernel = random_block_kernel(rng, (40, 36), 4, 0.4)
+    kernel[:, :4] = 1.0  # one full row: an overflow split
+    w = BlockSparse.from_dense(kernel, 4)
+    assert w.overflow is not None
+    p = plan((3, 40), w)
+    assert (p.kernel, p.groups, p.sorted_rows, p.pieces, p.form) == (
+        "xla",
+        (w.kmax,),
+        False,
+        1,
+        "slot",
+    )
+    assert p.overflow_rows == w.overflow.rows.shape[0] and hash(p) == hash(plan((3, 40), w))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        p.kernel = "pallas_gpu"
+    text = explain((3, 40), w)
+    assert "kernel: xla" in text and "in place" in text and "slot form" in text
+    assert f"overflow: {p.overflow_rows} rows" in text
+    # the same call under other thresholds: sorted groups, x in pieces of one row (row form)
+    tuning = Tuning(float_in_place_max_rows=0, min_group_rows=1, temp_bytes=1)
+    q = plan((3, 40), w, tuning=tuning)
+    assert q.groups == w.row_groups and (q.pieces, q.piece_rows, q.form) == (3, 1, "row")
+    assert "3 piece(s) of 1" in explain((3, 40), w, tuning=tuning)
+    assert plan((3, 40), w, impl="pallas_tpu", interpret=True).groups is None
+    assert "kernel: pallas_tpu (interpret mode)" in explain(
+        (3, 40), w, impl="pallas_tpu", interpret=True
+    )
+    with pytest.raises(LscError, match="tuning"):
+        plan((3, 40), w, tuning={"temp_bytes": 1})
+
+
+def test_tuning_is_static_configuration():
+    """Another Tuning is another static configuration: a new trace, no cache to clear, and
+    the results of each agree with the dense product."""
+    rng = np.random.default_rng(9)
+    kernel = random_block_kernel(rng, (40, 36), 4, 0.4)
+    w = BlockSparse.from_dense(kernel, 4)
+    x = jnp.asarray(rng.standard_normal((6, 40)), jnp.float32)
+    chex.clear_trace_counter()
+
+    @functools.partial(jax.jit, static_argnames="tuning")
+    @chex.assert_max_traces(n=2)
+    def f(x, w, tuning):
+        return matmul(x, w, tuning=tuning)
+
+    for tuning in (Tuning(), Tuning(slot_form_max_rows=0, temp_bytes=1), Tuning()):
+        assert rel_error(f(x, w, tuning), dense_matmul(x, kernel)) <= 1e-5

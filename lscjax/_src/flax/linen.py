@@ -10,7 +10,7 @@ from lscjax._src.errors import LscError
 from lscjax._src.flax.layers import block_sparse_leaf, check_max_density, conv_layer, dense
 from lscjax._src.quant.qarray import is_qarray
 from lscjax._src.sparse.block_sparse import BlockSparse
-from lscjax._src.sparse.matmul import IMPLS
+from lscjax._src.sparse.plan import IMPLS
 from lscjax._src.tree import Where, path_str, selection, shape_proxy
 
 

@@ -8,7 +8,7 @@ from flax import nnx
 from lscjax._src.errors import LscError
 from lscjax._src.flax.layers import block_sparse_leaf, check_max_density, conv_layer, dense
 from lscjax._src.sparse.block_sparse import BlockSparse, Overflow
-from lscjax._src.sparse.matmul import IMPLS
+from lscjax._src.sparse.plan import IMPLS
 
 
 class BlockLayout(nnx.Variable):

@@ -1,1 +1,1 @@
-"""Block-sparse matmul kernels: the pure-lax reference (XLA path, oracle) and Pallas GPU/TPU."""
+"""Block-sparse matmul kernels: the pure-lax XLA path and Pallas GPU/TPU."""

@@ -120,7 +120,7 @@ class BlockSparse:
       bits: static; None (float values), 8 or 4.
       row_groups: static, keyword-only; the XLA path's row-group plan
         (`lscjax._src.sparse.plan.row_groups`), recorded by the constructors; None: Kmax-padded
-        groups in row order (`groups`).
+        groups in row order.
       overflow: keyword-only; the slots beyond Kmax of the rows with ``counts > Kmax``
         (`Overflow`), or None.
     """
@@ -173,18 +173,6 @@ class BlockSparse:
         arrays += jax.tree.leaves(self.overflow)
         return sum(math.prod(a.shape) * jnp.dtype(a.dtype).itemsize for a in arrays)
 
-    def groups(self) -> tuple[int, ...]:
-        """The static row-group plan: `row_groups`, or the plan of equal rows when that is None.
-
-        With no group shorter than Kmax, the XLA path keeps the rows in their stored order.
-        """
-        if self.row_groups is not None:
-            return self.row_groups
-        from lscjax._src.sparse import plan
-
-        rows = np.full(self.blocks.shape[0], self.kmax)
-        return plan.row_groups(rows, plan.slot_bytes(self), coded=self.bits is not None)
-
     def valid(self) -> jax.Array:
         """bool [R, Kmax]: True at the slots holding a non-zero block (not padding)."""
         return jnp.arange(self.kmax)[None, :] < self.counts[:, None]
@@ -222,13 +210,15 @@ class BlockSparse:
         return convert.todense(self)
 
     @classmethod
-    def from_dense(cls, w, block=(32, 32)) -> "BlockSparse":
+    def from_dense(cls, w, block=(32, 32), *, tuning=None) -> "BlockSparse":
         """The non-zero blocks of a concrete dense kernel.
 
         Args:
           w: float array, Dense [in, out] or Conv [*window, in, out]; must be concrete (the
             layout depends on which blocks are non-zero).
           block: b or (b_in, b_out).
+          tuning: the thresholds of the layout's overflow split and row-group plan
+            (`lscjax.sparse.Tuning`; default measured on XLA:CPU).
 
         Returns:
           A float-valued BlockSparse of dtype ``w.dtype``; a block is kept iff it has a non-zero.
@@ -238,10 +228,10 @@ class BlockSparse:
         """
         from lscjax._src.sparse import convert
 
-        return convert.from_dense(w, block)
+        return convert.from_dense(w, block, tuning=tuning)
 
     @classmethod
-    def from_codes(cls, codes, codebook, block=(32, 32), *, bits: int | None = None):
+    def from_codes(cls, codes, codebook, block=(32, 32), *, bits: int | None = None, tuning=None):
         """Block-sparse integer codes: the dense kernel is ``codebook[codes]``.
 
         Args:
@@ -249,6 +239,7 @@ class BlockSparse:
           codebook: float [n_codes].
           block: b or (b_in, b_out).
           bits: 4 or 8 (default: 4 when n_codes <= 16, else 8); with 4, b_in must be even.
+          tuning: the thresholds of the row-group plan (`lscjax.sparse.Tuning`).
 
         Returns:
           A coded BlockSparse; a block is kept iff one of its codes maps to a non-zero value.
@@ -258,26 +249,29 @@ class BlockSparse:
         """
         from lscjax._src.sparse import convert
 
-        return convert.from_codes(codes, codebook, block, bits=bits)
+        return convert.from_codes(codes, codebook, block, bits=bits, tuning=tuning)
 
     @classmethod
-    def from_qarray(cls, q: QArray, block=(32, 32), *, path: str = "kernel") -> "BlockSparse":
+    def from_qarray(
+        cls, q: QArray, block=(32, 32), *, path: str = "kernel", tuning=None
+    ) -> "BlockSparse":
         """A BlockSparse from a `QArray`.
 
         Scalar codes with one codebook ("kmeans", "binarize" with a [K] codebook) stay codes
         (4-bit packed when ``q.bits <= 4``, else 8-bit; more than 256 codes are dequantized).
         Vector codes ("product", "residual") and per-row "binarize" ([rows, 2] codebooks) have
         no per-element code, so their dequantized blocks are stored as float32 values.
+        `tuning` is passed to `from_codes` / `from_dense`.
 
         Raises:
           LscError: an inconsistent QArray (names `path`).
         """
         from lscjax._src.sparse import convert
 
-        return convert.from_qarray(q, block, path=path)
+        return convert.from_qarray(q, block, path=path, tuning=tuning)
 
     @classmethod
-    def from_encoded(cls, encoded) -> "BlockSparse":
+    def from_encoded(cls, encoded, *, tuning=None) -> "BlockSparse":
         """Decode an LSC `Encoded` straight to this layout, never through a dense matrix.
 
         The LSC blocks (``lsc.decode_blocks``: b x b tiles of the matrix view, b =
@@ -290,6 +284,7 @@ class BlockSparse:
 
         Args:
           encoded: an `Encoded` with format "lsc" of a rank >= 2 array or QArray.
+          tuning: the thresholds of the layout's plan (`lscjax.sparse.Tuning`).
 
         Returns:
           A BlockSparse whose ``todense()`` equals the decoded array (dequantized for a QArray).
@@ -299,4 +294,4 @@ class BlockSparse:
         """
         from lscjax._src.sparse import convert
 
-        return convert.from_encoded(encoded)
+        return convert.from_encoded(encoded, tuning=tuning)

@@ -10,6 +10,7 @@ from jax import lax
 from lscjax._src.errors import LscError
 from lscjax._src.sparse.block_sparse import BlockSparse
 from lscjax._src.sparse.matmul import matmul
+from lscjax._src.sparse.plan import Tuning
 
 SPATIAL_DIMS = (1, 2, 3)
 
@@ -69,6 +70,7 @@ def conv(
     kernel_dilation: int | Sequence[int] = 1,
     impl: str = "auto",
     interpret: bool = False,
+    tuning: Tuning | None = None,
 ) -> jax.Array:
     """Channels-last convolution ``lax.conv_general_dilated(x, kernel)`` with a BlockSparse kernel.
 
@@ -82,7 +84,7 @@ def conv(
       strides: window strides (int or one per spatial dim).
       padding: "VALID", "SAME" or explicit (low, high) pairs per spatial dim.
       input_dilation, kernel_dilation: as in `lax.conv_general_dilated` (lhs / rhs dilation).
-      impl, interpret: passed to `matmul`.
+      impl, interpret, tuning: passed to `matmul`.
 
     Returns:
       [N, *out_spatial, C_out] of ``result_type(x.dtype, w.dtype)``.
@@ -116,4 +118,4 @@ def conv(
         input_dilation,
         _tuple(kernel_dilation, nd, "kernel_dilation"),
     )
-    return matmul(cols, w, impl=impl, interpret=interpret)
+    return matmul(cols, w, impl=impl, interpret=interpret, tuning=tuning)

@@ -25,7 +25,7 @@ from lscjax._src.sparse.block_sparse import (
     pack_nibbles,
     to_matrix,
 )
-from lscjax._src.sparse.plan import overflow_width, row_groups, slot_bytes
+from lscjax._src.sparse.plan import Tuning, overflow_width, row_groups, slot_bytes
 from lscjax._src.sparse.stack import merged
 
 
@@ -73,7 +73,7 @@ def _ell_from_blocked(blocked: np.ndarray, nonzero: np.ndarray):
     return ell_from_coords(out_rows, in_cols, blocked[out_rows, in_cols], nonzero.shape[0])
 
 
-def from_dense(w, block=(32, 32)) -> BlockSparse:
+def from_dense(w, block=(32, 32), *, tuning: Tuning | None = None) -> BlockSparse:
     """`BlockSparse.from_dense`."""
     block = as_block(block)
     w = _concrete("w", w)
@@ -82,11 +82,14 @@ def from_dense(w, block=(32, 32)) -> BlockSparse:
     blocked = _blocked(to_matrix(w), block)
     values, indices, counts = _ell_from_blocked(blocked, (blocked != 0).any(axis=(2, 3)))
     return _planned(
-        BlockSparse(jnp.asarray(values), jnp.asarray(indices), counts, None, w.shape, block)
+        BlockSparse(jnp.asarray(values), jnp.asarray(indices), counts, None, w.shape, block),
+        tuning,
     )
 
 
-def from_codes(codes, codebook, block=(32, 32), *, bits: int | None = None):
+def from_codes(
+    codes, codebook, block=(32, 32), *, bits: int | None = None, tuning: Tuning | None = None
+) -> BlockSparse:
     """`BlockSparse.from_codes`."""
     block = as_block(block)
     codes = _concrete("codes", codes)
@@ -111,21 +114,24 @@ def from_codes(codes, codebook, block=(32, 32), *, bits: int | None = None):
     return _planned(
         BlockSparse(
             jnp.asarray(coded), jnp.asarray(indices), counts, codebook, codes.shape, block, bits
-        )
+        ),
+        tuning,
     )
 
 
-def from_qarray(q: QArray, block=(32, 32), *, path: str = "kernel") -> BlockSparse:
+def from_qarray(
+    q: QArray, block=(32, 32), *, path: str = "kernel", tuning: Tuning | None = None
+) -> BlockSparse:
     """`BlockSparse.from_qarray`."""
     check_qarray(path, q)
     scalar = q.method in ("kmeans", "binarize") and q.codebook.ndim == 1
     if scalar and q.codebook.shape[0] <= 256:
         bits = 4 if q.bits <= 4 and as_block(block)[0] % 2 == 0 else 8
-        return from_codes(q.codes, q.codebook, block, bits=bits)
-    return from_dense(q.dequantize(), block)
+        return from_codes(q.codes, q.codebook, block, bits=bits, tuning=tuning)
+    return from_dense(q.dequantize(), block, tuning=tuning)
 
 
-def from_encoded(encoded) -> BlockSparse:
+def from_encoded(encoded, *, tuning: Tuning | None = None) -> BlockSparse:
     """`BlockSparse.from_encoded`."""
     if encoded.format != "lsc":
         raise LscError(f"from_encoded needs an 'lsc' encoding, got {encoded.format!r}")
@@ -136,7 +142,7 @@ def from_encoded(encoded) -> BlockSparse:
     if q is not None and not (
         scalar and q.codebook.shape[0] <= 256 and float(q.codebook[0]) == 0.0
     ):
-        return from_qarray(decode_qarray(encoded), encoded.options["block"])
+        return from_qarray(decode_qarray(encoded), encoded.options["block"], tuning=tuning)
     b = int(encoded.options["block"])
     in_cols, out_rows, tiles = decode_blocks(encoded)
     rows, _ = grid(tuple(encoded.shape), (b, b))
@@ -150,7 +156,8 @@ def from_encoded(encoded) -> BlockSparse:
                 None,
                 tuple(encoded.shape),
                 (b, b),
-            )
+            ),
+            tuning,
         )
     bits = 4 if q.bits <= 4 and b % 2 == 0 else 8
     coded, indices, counts = ell_from_coords(out_rows, in_cols, tiles.astype(np.uint8), rows)
@@ -163,13 +170,15 @@ def from_encoded(encoded) -> BlockSparse:
             tuple(q.shape),
             (b, b),
             bits,
-        )
+        ),
+        tuning,
     )
 
 
-def split_overflow(w: BlockSparse, width: int) -> BlockSparse:
+def split_overflow(w: BlockSparse, width: int, tuning: Tuning | None = None) -> BlockSparse:
     """`w` (concrete counts, no overflow) cut at `width` < Kmax: slots ``width ..`` of the rows
-    longer than `width` move to an `Overflow`, Kmax becomes `width`; `row_groups` is re-planned.
+    longer than `width` move to an `Overflow`, Kmax becomes `width`; `row_groups` is re-planned
+    (with `tuning`).
     The blocks are sliced where they lie (on the device for the constructors)."""
     rows = np.nonzero(np.asarray(w.counts) > width)[0].astype(np.int32)
     overflow = Overflow(
@@ -178,22 +187,22 @@ def split_overflow(w: BlockSparse, width: int) -> BlockSparse:
     cut = dataclasses.replace(
         w, blocks=w.blocks[:, :width], indices=w.indices[:, :width], overflow=overflow
     )
-    return _with_plan(cut)
+    return _with_plan(cut, tuning)
 
 
-def _planned(w: BlockSparse) -> BlockSparse:
+def _planned(w: BlockSparse, tuning: Tuning | None) -> BlockSparse:
     """A new layout `w` (concrete NumPy counts) with device counts, split by `overflow_width`
-    when it holds float values, and its `row_groups` plan recorded."""
-    width = overflow_width(w.counts) if w.bits is None else None
+    when it holds float values, and its `row_groups` plan recorded (both with `tuning`)."""
+    width = overflow_width(w.counts, tuning) if w.bits is None else None
     w = dataclasses.replace(w, counts=jnp.asarray(w.counts))
-    return _with_plan(w) if width is None else split_overflow(w, width)
+    return _with_plan(w, tuning) if width is None else split_overflow(w, width, tuning)
 
 
-def _with_plan(w: BlockSparse) -> BlockSparse:
+def _with_plan(w: BlockSparse, tuning: Tuning | None) -> BlockSparse:
     """`w` (concrete) with the `row_groups` plan of its rows' first Kmax slots recorded."""
     counts = np.minimum(np.asarray(w.counts), w.kmax)
     return dataclasses.replace(
-        w, row_groups=row_groups(counts, slot_bytes(w), coded=w.bits is not None)
+        w, row_groups=row_groups(counts, slot_bytes(w), coded=w.bits is not None, tuning=tuning)
     )
 
 

@@ -1,4 +1,5 @@
-"""Block-sparse matmul in pure lax: the XLA path (CPU default) and the oracle of every kernel.
+"""Block-sparse matmul in pure lax: the XLA path (CPU default) and the backward pass of every
+kernel.
 
 Shapes used throughout: x [M, C * b_in] (zero-padded input), block values [R, Kmax, b_in, b_out]
 (padded slots hold 0), indices int32 [R, Kmax] (input block of each slot), output [M, R * b_out].
@@ -20,29 +21,23 @@ def gather_x(x: jax.Array, indices: jax.Array, b_in: int) -> jax.Array:
     return xt.at[indices].get(mode="promise_in_bounds")  # BlockSparse indices lie in [0, C)
 
 
-# Rows of x above which `block_matmul` batches over block rows instead of slots. The slot form's
-# fused sum over Kmax writes every [M, b_out] product into the row's accumulator, which XLA:CPU
-# does several times slower once M reaches a few thousand rows (small layers at large batches,
-# conv patches); from 2 rows up to this bound it avoids the row form's transposed copy of the
-# gathered x, which at M = 1 is free (`benchmarks/matmul_forms.py`).
-SLOT_FORM_MAX_ROWS = 1024
-
-
-def block_matmul(x: jax.Array, values: jax.Array, indices: jax.Array) -> jax.Array:
+def block_matmul(x: jax.Array, values: jax.Array, indices: jax.Array, *, form: str) -> jax.Array:
     """``y[:, r] = sum_k x[:, indices[r, k]] @ values[r, k]`` by gather + batched matmul, no scatter.
 
-    Two forms of the same product, chosen by x's row count M:
+    Two forms of the same product (the plan chooses by x's row count M,
+    `lscjax._src.sparse.plan.Tuning.slot_form_max_rows`):
 
-    * slot-batched (1 < M <= SLOT_FORM_MAX_ROWS): one [M, b_in] @ [b_in, b_out] product per
-      slot (batch axes R and Kmax), summed over the slots of each row; XLA:CPU fuses the sum
-      into the batched dot (one YNNPACK call over R * Kmax small products);
-    * row-batched (M = 1 and larger M): one [M, Kmax * b_in] @ [Kmax * b_in, b_out] product per
-      row, on the gathered x transposed to [R, M, Kmax * b_in].
+    * "slot": one [M, b_in] @ [b_in, b_out] product per slot (batch axes R and Kmax), summed
+      over the slots of each row; XLA:CPU fuses the sum into the batched dot (one YNNPACK call
+      over R * Kmax small products);
+    * "row": one [M, Kmax * b_in] @ [Kmax * b_in, b_out] product per row, on the gathered x
+      transposed to [R, M, Kmax * b_in].
 
     Args:
       x: [M, C * b_in], any float dtype.
       values: [R, Kmax, b_in, b_out]; padded slots must hold 0.
       indices: int32 [R, Kmax], each in [0, C).
+      form: "slot" or "row".
 
     Returns:
       [M, R * b_out] of ``result_type(x, values)``, accumulated in float32 (or wider).
@@ -52,7 +47,7 @@ def block_matmul(x: jax.Array, values: jax.Array, indices: jax.Array) -> jax.Arr
     out_dtype = jnp.result_type(x.dtype, values.dtype)
     acc = jnp.promote_types(out_dtype, jnp.float32)
     xg = gather_x(x, indices, b_in)  # [R, Kmax, M, b_in]
-    if m == 1 or m > SLOT_FORM_MAX_ROWS:
+    if form == "row":
         y = lax.dot_general(
             xg.transpose(0, 2, 1, 3).reshape(rows, m, kmax * b_in),
             values.reshape(rows, kmax * b_in, b_out),
@@ -94,9 +89,3 @@ def block_matmul_vjp(x, values, indices, valid, g):
         contrib.reshape(rows * kmax, m, b_in), indices.reshape(-1), num_segments=cols
     )  # [C, M, b_in]
     return dx.transpose(1, 0, 2).reshape(m, cols * b_in).astype(x.dtype), dvalues
-
-
-# Largest relative error (max |y - y_ref| / max |y_ref|) of a kernel against `block_matmul`,
-# per dtype of the inputs. Both accumulate in float32; bf16 inputs differ by rounding of the
-# output (8 bits of mantissa) and by the kernels' different summation order.
-TOLERANCE = {jnp.dtype(jnp.float32): 1e-4, jnp.dtype(jnp.bfloat16): 2e-2}
