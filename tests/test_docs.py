@@ -141,6 +141,8 @@ def example_globals() -> dict:
         "y": jnp.arange(256, dtype=jnp.int32) % 10,
         "images": lscjax.models.prepare(images[:4]),
         "kernel": jnp.asarray(kernel),
+        "input_ids": jnp.array([[2, 17, 43, 3], [2, 9, 3, 0]], jnp.int32),  # token ids [B, T]
+        "attention_mask": jnp.array([[1, 1, 1, 1], [1, 1, 1, 0]], jnp.int32),
     }
 
 
@@ -151,8 +153,14 @@ def test_docstring_examples_are_found():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("test", docstring_examples(), ids=lambda test: test.name)
-def test_docstring_example_runs(test):
-    """Each example runs as written (a line marked ``# doctest: +SKIP`` is shown, not run)."""
+def test_docstring_example_runs(test, tmp_path, monkeypatch):
+    """Each example runs as written (a line marked ``# doctest: +SKIP`` is shown, not run).
+
+    It runs in a folder holding the files the examples name: "all-MiniLM-L6-v2" is the tiny BERT
+    fixture in Hugging Face's layout.
+    """
+    (tmp_path / "all-MiniLM-L6-v2").symlink_to(ROOT / "tests" / "fixtures" / "tiny_bert")
+    monkeypatch.chdir(tmp_path)
     test.globs = dict(example_globals())  # each example rebinds names in its own copy
     runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS)
     result = runner.run(test, out=lambda text: pytest.fail(text, pytrace=False))
