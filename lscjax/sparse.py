@@ -5,5 +5,7 @@ from lscjax._src.sparse.block_sparse import stack as stack
 from lscjax._src.sparse.conv import conv as conv
 from lscjax._src.sparse.matmul import matmul as matmul
 from lscjax._src.sparse.matmul import resolve_impl as resolve_impl
+from lscjax._src.sparse.shard import ShardedBlockSparse as ShardedBlockSparse
+from lscjax._src.sparse.shard import shard as shard
 
-__all__ = ["BlockSparse", "conv", "matmul", "resolve_impl", "stack"]
+__all__ = ["BlockSparse", "ShardedBlockSparse", "conv", "matmul", "resolve_impl", "shard", "stack"]
