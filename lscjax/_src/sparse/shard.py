@@ -20,7 +20,8 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from lscjax._src.errors import LscError
-from lscjax._src.sparse.block_sparse import BlockSparse, merged
+from lscjax._src.sparse.block_sparse import BlockSparse
+from lscjax._src.sparse.stack import merged
 
 
 @functools.partial(
