@@ -5,9 +5,9 @@ holds ``R / n`` consecutive output block rows: blocks, indices and counts; the c
 replicated) and returns a `ShardedBlockSparse`. `lscjax.sparse.matmul` multiplies it under
 `jax.shard_map`: every device computes its own output features from the whole input row
 (``x`` replicated over the weight's axis, split over `batch_axis` when one is given), with no
-communication; the output is split like the weight's columns. The same code runs on one process
-or several (`jax.distributed.initialize`): the arrays are global, each process placing the rows
-of its own devices.
+communication; the devices' outputs are then gathered (one all-gather per product). The same
+code runs on one process or several (`jax.distributed.initialize`): the arrays are global, each
+process placing the rows of its own devices.
 """
 
 import dataclasses
@@ -137,9 +137,10 @@ def shard(w, mesh: Mesh, axis: str, *, batch_axis: str | None = None):
       LscError: an axis not in the mesh, `batch_axis` equal to `axis`, a stacked BlockSparse.
 
     Example:
-      >>> mesh = jax.make_mesh((2, 4), ("data", "model"))
-      >>> params = lscjax.sparse.shard(params, mesh, "model", batch_axis="data")
-      >>> y = jax.jit(lscjax.flax.compressed_apply(model.apply))({"params": params}, x)
+      >>> mesh = jax.make_mesh((1, len(jax.devices())), ("data", "model"))  # e.g. (2, 4)
+      >>> sparse = lscjax.flax.to_block_sparse(params, block=8)
+      >>> sharded = lscjax.sparse.shard(sparse, mesh, "model", batch_axis="data")
+      >>> logits = jax.jit(lscjax.flax.compressed_apply(model.apply))({"params": sharded}, images)
     """
     _check_axis(mesh, axis, "axis")
     _check_axis(mesh, batch_axis, "batch_axis")
@@ -173,8 +174,7 @@ def sharded_matmul(x, w: ShardedBlockSparse, product) -> jax.Array:
       product: the plain matmul of one device.
 
     Returns:
-      [..., N], sharded over `w.axis` along its last axis (and over `w.batch_axis` along the rows
-      of x when given).
+      [..., N], replicated on the mesh (each device's output features gathered).
     """
     k, n = w.matrix_shape
     lead = x.shape[:-1]
@@ -205,4 +205,6 @@ def sharded_matmul(x, w: ShardedBlockSparse, product) -> jax.Array:
         in_specs=(P(w.batch_axis, None), *specs),
         out_specs=P(w.batch_axis, w.axis),
     )(x2, *arrays)
-    return y[:m, :n].reshape(*lead, n)
+    # Gathered onto every device: the next layer (a reshape into patches, attention heads, ...)
+    # then sees a plain array whatever the mesh's axis types.
+    return _reshard(y, w.mesh, P())[:m, :n].reshape(*lead, n)
