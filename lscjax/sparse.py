@@ -8,16 +8,20 @@ from lscjax._src.sparse.plan import Tuning as Tuning
 from lscjax._src.sparse.plan import explain as explain
 from lscjax._src.sparse.plan import plan as plan
 from lscjax._src.sparse.plan import resolve_impl as resolve_impl
+from lscjax._src.sparse.shard import ShardedBlockSparse as ShardedBlockSparse
+from lscjax._src.sparse.shard import shard as shard
 from lscjax._src.sparse.stack import stack as stack
 
 __all__ = [
     "BlockSparse",
     "Plan",
+    "ShardedBlockSparse",
     "Tuning",
     "conv",
     "explain",
     "matmul",
     "plan",
     "resolve_impl",
+    "shard",
     "stack",
 ]

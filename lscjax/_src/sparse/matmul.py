@@ -18,6 +18,7 @@ from lscjax._src.errors import LscError
 from lscjax._src.kernels import pallas_gpu, pallas_tpu, xla
 from lscjax._src.sparse.block_sparse import BlockSparse, Overflow
 from lscjax._src.sparse.plan import Plan, Tuning, plan, rows_per_group
+from lscjax._src.sparse.shard import ShardedBlockSparse, sharded_matmul
 
 
 def _layout(blocks, codebook, indices, counts, overflow, p: Plan) -> BlockSparse:
@@ -217,6 +218,7 @@ def matmul(
 
     Example:
       >>> w = lscjax.sparse.BlockSparse.from_dense(kernel, block=(32, 32))
+      >>> x = jnp.ones((8, kernel.shape[0]), jnp.float32)
       >>> y = jax.jit(lscjax.sparse.matmul)(x, w)  # == x @ kernel
     """
     if not isinstance(w, BlockSparse):
@@ -227,6 +229,10 @@ def matmul(
     k, n = w.matrix_shape
     if x.ndim < 1 or x.shape[-1] != k:
         raise LscError(f"matmul: x of shape {x.shape} does not match W of input size {k}")
+    if isinstance(w, ShardedBlockSparse):
+        return sharded_matmul(
+            x, w, functools.partial(matmul, impl=impl, interpret=interpret, tuning=tuning)
+        )
     _check_overflow(w)
     p = plan(x.shape, w, x_dtype=x.dtype, impl=impl, interpret=interpret, tuning=tuning)
     cols = -(-k // w.block[0])
