@@ -43,17 +43,24 @@ def main(argv=None):
     dense_acc = lscjax.models.accuracy(apply_fn, params, x_test, y_test)
 
     sparsities = [float(s) for s in args.sparsities.split(",")]
+
     # Han et al.: retrain with a lower learning rate, from the surviving weights.
+    def retrain(params, optimizer, round_index):
+        steps_per_round = steps(args.retrain_epochs)
+        seed = args.seed + round_index + 1
+        return lscjax.models.fit(
+            apply_fn,
+            params,
+            optimizer,
+            x_train,
+            y_train,
+            steps=steps_per_round,
+            seed=seed,
+            **common,
+        )[0]
+
     params, masks = lscjax.train.iterative_prune(
-        apply_fn,
-        params,
-        x_train,
-        y_train,
-        sparsities=sparsities,
-        steps_per_round=steps(args.retrain_epochs),
-        optimizer=optax.adam(3e-4),
-        seed=args.seed,
-        **common,
+        params, retrain, sparsities=sparsities, optimizer=optax.adam(3e-4)
     )
     params, _ = lscjax.models.fit(
         apply_fn,

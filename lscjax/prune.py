@@ -7,8 +7,8 @@ from lscjax._src.prune.magnitude import sparsity as sparsity
 from lscjax._src.prune.magnitude import std_threshold as std_threshold
 
 __all__ = ["apply", "count_params", "magnitude", "sparsity", "std_threshold"]
-from lscjax._src.prune.activations import LayerActivations as LayerActivations
-from lscjax._src.prune.activations import collect_activations as collect_activations
+from lscjax._src.flax.activations import LayerActivations as LayerActivations
+from lscjax._src.flax.activations import collect_activations as collect_activations
 from lscjax._src.prune.admm import project_topk as project_topk
 from lscjax._src.prune.apoz import apoz as apoz
 from lscjax._src.prune.apoz import apoz_scores as apoz_scores

@@ -9,11 +9,11 @@ import pytest
 from safetensors.numpy import save_file
 
 import lscjax
-from lscjax._src.checkpoints import nest
 from lscjax._src.cli import main
 from lscjax._src.compressed import to_bytes
 from lscjax._src.quant import kmeans as kmeans_module
 from lscjax._src.streaming import SafetensorsSource, compress_file, global_threshold
+from lscjax._src.tree import nest
 
 
 def _flat(rng, ties: bool) -> dict:

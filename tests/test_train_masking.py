@@ -59,3 +59,41 @@ def test_pruned_stay_zero_kept_train_for_100_steps(inner):
     # a leaf with no mask (the bias) trains normally
     assert not np.allclose(params["Dense_0"]["bias"], 0.0)
     assert float(loss_fn(params, x, y)) < float(loss_fn(start, x, y))
+
+
+def test_iterative_prune_takes_any_fit():
+    """Each round prunes by magnitude, then calls the given fit with keep_masks around the
+    optimizer: the masks shrink round by round and the pruned weights stay 0.0."""
+    rng = np.random.default_rng(3)
+    params = {
+        "Dense_0": {
+            "kernel": jnp.asarray(rng.normal(size=(16, 32)), jnp.float32),
+            "bias": jnp.zeros(32),
+        },
+        "Dense_1": {"kernel": jnp.asarray(rng.normal(size=(32, 4)), jnp.float32)},
+    }
+    x = jnp.asarray(rng.normal(size=(64, 16)), jnp.float32)
+    y = jnp.asarray(rng.normal(size=(64, 4)), jnp.float32)
+    rounds = []
+
+    def fit(p, optimizer, round_index):
+        state = optimizer.init(p)
+        for _ in range(20):
+            updates, state = optimizer.update(jax.grad(loss_fn)(p, x, y), state, p)
+            p = optax.apply_updates(p, updates)
+        rounds.append((round_index, p))
+        return p
+
+    params, masks = lscjax.train.iterative_prune(
+        params, fit, sparsities=(0.5, 0.8), optimizer=optax.adam(1e-2)
+    )
+    assert [i for i, _ in rounds] == [0, 1]
+    kernel = np.asarray(params["Dense_0"]["kernel"])
+    m = np.asarray(masks["Dense_0"]["kernel"])
+    assert np.all(kernel[~m] == 0.0) and np.all(kernel[m] != 0.0)
+    kept = sum(int(np.sum(np.asarray(masks[k]["kernel"]))) for k in ("Dense_0", "Dense_1"))
+    assert kept == round(0.2 * (16 * 32 + 32 * 4))
+    first = np.asarray(rounds[0][1]["Dense_0"]["kernel"])  # round 0's survivors trained ...
+    assert np.all(first[m] != 0.0)  # ... and round 1 keeps a subset of them
+    with pytest.raises(lscjax.LscError, match="sparsities"):
+        lscjax.train.iterative_prune(params, fit, sparsities=(), optimizer=optax.adam(1e-2))

@@ -12,27 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from lscjax._src.errors import FormatError, LscError
-from lscjax._src.tree import leaves_with_paths
-
-
-def nest(flat: dict[str, np.ndarray], sep: str = "/") -> dict:
-    """{'a/b': x} -> {'a': {'b': x}}.
-
-    Raises:
-      FormatError: a key is both a leaf and a prefix of another key.
-    """
-    tree: dict = {}
-    for key, value in flat.items():
-        parts = key.split(sep)
-        node = tree
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise FormatError(f"key {key!r}: {part!r} is both a tensor and a group")
-        if parts[-1] in node:
-            raise FormatError(f"key {key!r}: duplicate or conflicting entry")
-        node[parts[-1]] = value
-    return tree
+from lscjax._src.tree import leaves_with_paths, nest
 
 
 def flatten(params) -> dict[str, np.ndarray]:

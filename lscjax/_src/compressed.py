@@ -14,12 +14,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from lscjax._src import container
-from lscjax._src.checkpoints import nest
 from lscjax._src.coding.codec import decode, decode_qarray, kept_count
 from lscjax._src.coding.encoded import Encoded
 from lscjax._src.errors import FormatError, LscError
 from lscjax._src.quant.qarray import QArray
-from lscjax._src.tree import Where, selection, shape_proxy
+from lscjax._src.tree import Where, nest, selection, shape_proxy
 
 RAW_DTYPES = (
     "float32",

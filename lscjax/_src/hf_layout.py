@@ -143,7 +143,7 @@ def from_torch(
       >>> tree["fc"]["kernel"].shape, layout["fc/kernel"]["transform"]
       ((3, 2), 'transpose')
     """
-    from lscjax._src.checkpoints import nest
+    from lscjax._src.tree import nest
 
     is_embedding = _matcher(embeddings, "embeddings")
     is_skipped = _matcher(skip, "skip")

@@ -26,7 +26,6 @@ from pathlib import Path
 import numpy as np
 
 from lscjax._src import container
-from lscjax._src.checkpoints import nest
 from lscjax._src.coding.codec import encode
 from lscjax._src.compress import RECIPES, Recipe, recipe_meta
 from lscjax._src.compressed import CompressedModel, raw_section
@@ -34,7 +33,14 @@ from lscjax._src.errors import FormatError, LscError
 from lscjax._src.prune.distributions import layer_sparsities
 from lscjax._src.prune.magnitude import check_sparsity, keep_count, topk_mask
 from lscjax._src.quant.kmeans import kmeans_leaf
-from lscjax._src.tree import Where, check_float_leaf, leaves_with_paths, selection, shape_proxy
+from lscjax._src.tree import (
+    Where,
+    check_float_leaf,
+    leaves_with_paths,
+    nest,
+    selection,
+    shape_proxy,
+)
 
 INDEX_NAME = "model.safetensors.index.json"
 CHUNK = 1 << 22

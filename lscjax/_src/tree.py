@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lscjax._src.errors import LscError
+from lscjax._src.errors import FormatError, LscError
 
 Where = None | Callable[[str, Any], bool] | Any
 
@@ -135,3 +135,23 @@ def check_float_leaf(path: str, leaf, *, finite: bool = True) -> None:
     if finite and not isinstance(leaf, jax.core.Tracer):
         if not bool(np.all(np.isfinite(np.asarray(leaf, dtype=np.float32)))):
             raise LscError(f"leaf {path!r}: contains NaN or Inf")
+
+
+def nest(flat: dict[str, np.ndarray], sep: str = "/") -> dict:
+    """{'a/b': x} -> {'a': {'b': x}}.
+
+    Raises:
+      FormatError: a key is both a leaf and a prefix of another key.
+    """
+    tree: dict = {}
+    for key, value in flat.items():
+        parts = key.split(sep)
+        node = tree
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise FormatError(f"key {key!r}: {part!r} is both a tensor and a group")
+        if parts[-1] in node:
+            raise FormatError(f"key {key!r}: duplicate or conflicting entry")
+        node[parts[-1]] = value
+    return tree

@@ -382,6 +382,10 @@ def explain(x_shape: tuple, w: BlockSparse, **options) -> str:
       ``plan(x_shape, w, **options).explain()``.
 
     Example:
-      >>> print(lscjax.sparse.explain((16, 4096), w))  # doctest: +SKIP
+      >>> w = lscjax.sparse.BlockSparse.from_dense(kernel, block=(32, 32))
+      >>> print(lscjax.sparse.explain((16, kernel.shape[0]), w))  # doctest: +ELLIPSIS
+      x [16, 96] @ BlockSparse [96, 64]: blocks of 32x32, float values, ...
+      kernel: xla
+      ...
     """
     return plan(x_shape, w, **options).explain()
