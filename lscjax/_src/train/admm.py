@@ -64,7 +64,9 @@ def admm(
       where: selection (default: 'kernel' leaves with ndim >= 2).
 
     Returns:
-      An optax GradientTransformation with state `AdmmState`; its update needs `params`.
+      An optax GradientTransformationExtraArgs (extra keyword arguments of ``update``, e.g.
+      optax.lbfgs's value, grad and value_fn, go to `inner`, as in optax.masked) with state
+      `AdmmState`; its update needs `params`.
 
     Raises:
       LscError: bad sparsity/map or every, or an update called without params.
@@ -89,11 +91,13 @@ def admm(
         k = counts(params)
         return map_selected(lambda p, w, s: project_topk(w + s, k[p]), params, shift, where=where)
 
+    inner = optax.with_extra_args_support(inner)
+
     def init(params):
         u = map_selected(lambda _, w: jnp.zeros_like(w), params, where=where)
         return AdmmState(jnp.zeros((), jnp.int32), project(params, u), u, inner.init(params))
 
-    def update(grads, state, params=None):
+    def update(grads, state, params=None, **extra_args):
         if params is None:
             raise LscError("admm needs params: call update(updates, state, params)")
         r = rho(state.count) if callable(rho) else rho
@@ -102,7 +106,7 @@ def admm(
             return g if z is None else g + r * (w - z + u)
 
         grads = jax.tree_util.tree_map(penalized, grads, params, state.z, state.u, is_leaf=_none)
-        updates, inner_state = inner.update(grads, state.inner_state, params)
+        updates, inner_state = inner.update(grads, state.inner_state, params, **extra_args)
         count = state.count + 1
 
         def zu_step():
@@ -116,7 +120,7 @@ def admm(
         z, u = jax.lax.cond(count % every == 0, zu_step, lambda: (state.z, state.u))
         return updates, AdmmState(count, z, u, inner_state)
 
-    return optax.GradientTransformation(init, update)
+    return optax.GradientTransformationExtraArgs(init, update)
 
 
 def admm_masks(state: AdmmState):

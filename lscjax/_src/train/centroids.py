@@ -79,8 +79,9 @@ def shared_centroids(
         state to the training loop with the dense ``dequantize(qparams)``.
 
     Returns:
-      An optax GradientTransformation with state `SharedCentroidsState`. Its ``update`` needs
-      `params` (the current dense params).
+      An optax GradientTransformationExtraArgs (extra keyword arguments of ``update``, e.g.
+      optax.lbfgs's value, grad and value_fn, go to `inner`, as in optax.masked) with state
+      `SharedCentroidsState`. Its ``update`` needs `params` (the current dense params).
 
     Raises:
       LscError (a ValueError): at init, a QArray whose shape differs from the params leaf, or an
@@ -98,6 +99,8 @@ def shared_centroids(
       ...                                   steps=20, opt_state=opt.init(q))
     """
 
+    inner = optax.with_extra_args_support(inner)
+
     def init(params):
         if qparams is None:  # shared_centroids(inner).init(qparams): the QArray tree itself
             return init_from(params, dequantize(params))
@@ -114,7 +117,7 @@ def shared_centroids(
         quantized = jax.tree_util.tree_map(jnp.copy, _paired(qtree, lambda _, q, leaf: q, params))
         return SharedCentroidsState(quantized, inner.init(_trainable(quantized, params)))
 
-    def update(updates, state, params=None):
+    def update(updates, state, params=None, **extra_args):
         if params is None:
             raise LscError("shared_centroids needs params in update(updates, state, params)")
         grads = _paired(
@@ -123,7 +126,7 @@ def shared_centroids(
             updates,
         )
         inner_updates, inner_state = inner.update(
-            grads, state.inner_state, _trainable(state.quantized, params)
+            grads, state.inner_state, _trainable(state.quantized, params), **extra_args
         )
 
         def moved(_, q, step):
@@ -140,7 +143,7 @@ def shared_centroids(
         out = _paired(quantized, dense_update, inner_updates, params)
         return out, SharedCentroidsState(quantized, inner_state)
 
-    return optax.GradientTransformation(init, update)
+    return optax.GradientTransformationExtraArgs(init, update)
 
 
 def quantized_params(params, state: SharedCentroidsState):

@@ -130,7 +130,9 @@ def gradual(
       where: selection (default: 'kernel' leaves with ndim >= 2).
 
     Returns:
-      An optax GradientTransformation with state `GradualState`; its update needs `params`.
+      An optax GradientTransformationExtraArgs (extra keyword arguments of ``update``, e.g.
+      optax.lbfgs's value, grad and value_fn, go to `inner`, as in optax.masked) with state
+      `GradualState`; its update needs `params`.
 
     Raises:
       LscError: an unknown distribution, a map not matching the selection, or an update
@@ -179,11 +181,13 @@ def gradual(
             where=where,
         )
 
+    inner = optax.with_extra_args_support(inner)
+
     def init(params):
         masks = map_selected(lambda _, w: jnp.ones(jnp.shape(w), bool), params, where=where)
         return GradualState(jnp.zeros((), jnp.int32), masks, inner.init(params))
 
-    def update(updates, state, params=None):
+    def update(updates, state, params=None, **extra_args):
         if params is None:
             raise LscError("gradual needs params: call update(updates, state, params)")
         masks = jax.lax.cond(
@@ -191,7 +195,9 @@ def gradual(
             lambda: new_masks(params, schedule(state.count)),
             lambda: state.masks,
         )
-        updates, inner_state = inner.update(mask_updates(updates, masks), state.inner_state, params)
+        updates, inner_state = inner.update(
+            mask_updates(updates, masks), state.inner_state, params, **extra_args
+        )
 
         def zero_pruned(u, m, w):
             return u if m is None else jnp.where(m, u, -w)
@@ -201,4 +207,4 @@ def gradual(
         )
         return updates, GradualState(state.count + 1, masks, inner_state)
 
-    return optax.GradientTransformation(init, update)
+    return optax.GradientTransformationExtraArgs(init, update)

@@ -36,7 +36,9 @@ def keep_masks(inner: optax.GradientTransformation, masks) -> optax.GradientTran
         trained normally), e.g. from `lscjax.prune.magnitude`.
 
     Returns:
-      An optax GradientTransformation with state `KeepMasksState`.
+      An optax GradientTransformationExtraArgs (extra keyword arguments of ``update``, e.g.
+      optax.lbfgs's value, grad and value_fn, go to `inner`, as in optax.masked) with state
+      `KeepMasksState`.
 
     Example:
       >>> masks = lscjax.prune.magnitude(params, 0.9)
@@ -44,11 +46,15 @@ def keep_masks(inner: optax.GradientTransformation, masks) -> optax.GradientTran
       >>> opt = lscjax.train.keep_masks(optax.adamw(1e-3, weight_decay=1e-4), masks)
     """
 
+    inner = optax.with_extra_args_support(inner)
+
     def init(params):
         return KeepMasksState(inner.init(params))
 
-    def update(updates, state, params=None):
-        updates, inner_state = inner.update(mask_updates(updates, masks), state.inner_state, params)
+    def update(updates, state, params=None, **extra_args):
+        updates, inner_state = inner.update(
+            mask_updates(updates, masks), state.inner_state, params, **extra_args
+        )
         return mask_updates(updates, masks), KeepMasksState(inner_state)
 
-    return optax.GradientTransformation(init, update)
+    return optax.GradientTransformationExtraArgs(init, update)
