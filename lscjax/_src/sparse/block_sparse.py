@@ -289,11 +289,13 @@ class BlockSparse:
     @property
     def block_density(self) -> float:
         """Fraction of the R x C blocks of the matrix view that are stored, over all weights of
-        a `stack` (reads ``counts``: concrete weights only, not under jit)."""
+        a `stack` (reads ``counts``: concrete weights only, not under jit); 0.0 for an empty
+        matrix (no blocks)."""
         if isinstance(self.counts, jax.core.Tracer):
             raise LscError("block_density reads the counts: not available under jit")
         counts = np.asarray(self.counts)
-        return int(counts.sum()) / (counts.size * grid(self.shape, self.block)[1])
+        blocks = counts.size * grid(self.shape, self.block)[1]
+        return int(counts.sum()) / blocks if blocks else 0.0
 
     @property
     def nbytes(self) -> int:
@@ -451,13 +453,19 @@ class BlockSparse:
           A BlockSparse whose ``todense()`` equals the decoded array (dequantized for a QArray).
 
         Raises:
-          LscError: not an "lsc" encoding, or rank < 2. FormatError: malformed bytes.
+          LscError: not an "lsc" encoding, rank < 2, or a plain array that is not float.
+          FormatError: malformed bytes.
         """
         if encoded.format != "lsc":
             raise LscError(f"from_encoded needs an 'lsc' encoding, got {encoded.format!r}")
         if len(encoded.shape) < 2:
             raise LscError(f"from_encoded: expected a kernel of rank >= 2, got {encoded.shape}")
         q = encoded.quantized
+        if q is None and not jnp.issubdtype(encoded.dtype, jnp.floating):
+            raise LscError(
+                f"from_encoded: a plain encoding must hold floats (codes come as a QArray), "
+                f"got {encoded.dtype}"
+            )
         scalar = q is not None and q.method in ("kmeans", "binarize") and q.codebook.ndim == 1
         if q is not None and not (
             scalar and q.codebook.shape[0] <= 256 and float(q.codebook[0]) == 0.0
