@@ -16,9 +16,51 @@ from lscjax._src.quant.options import per_leaf
 from lscjax._src.quant.qarray import QArray, check_bits, code_dtype
 from lscjax._src.tree import Where, check_float_leaf, map_selected, selected_leaves, selection
 
+SAMPLE_POINTS = 2**16
+"""A layer with more non-zero weights fits its codebook on a deterministic sample of this many
+of them plus its smallest and largest, then assigns every weight to its nearest centroid
+(benchmarks/scale.py measures the distortion this costs)."""
+_CHUNK = 1 << 22
 DEFAULT_INIT = "linear"
 MAX_ITERS = 1000
 TOL = 1e-6
+
+
+def _sampled_leaf(
+    w: np.ndarray, bits: int, *, init: str, iters: int, key, tol: float, weights
+) -> QArray:
+    """`kmeans_leaf` of a layer with more than SAMPLE_POINTS non-zeros, on the host: Lloyd on
+    the sample (jitted), then the nearest centroid of each weight by binary search, in chunks."""
+    values = np.asarray(w, np.float32).reshape(-1)
+    nonzero = np.flatnonzero(values)
+    k = 2**bits - int(nonzero.size < values.size)
+    picked = np.sort(np.random.default_rng(0).choice(nonzero.size, SAMPLE_POINTS, replace=False))
+    kept = values[nonzero]
+    ends = [int(np.argmin(kept)), int(np.argmax(kept))]
+    points = np.concatenate([kept[picked], kept[ends]])
+    sample_weights = None
+    if weights is not None:
+        importance = np.asarray(weights, np.float32).reshape(-1)[nonzero]
+        sample_weights = jnp.asarray(np.concatenate([importance[picked], importance[ends]]))
+    valid = jnp.ones(points.size, bool)
+    start = scalar_init(jnp.asarray(points), valid, key, k=k, method=init)
+    centroids = lloyd(
+        points[:, None], valid, start[:, None], iters=iters, tol=tol, weights=sample_weights
+    )[0][:, 0]
+    centroids = np.asarray(centroids)
+    order = np.argsort(centroids, kind="stable")
+    ordered = centroids[order]
+    midpoints = (ordered[1:] + ordered[:-1]) / np.float32(2)
+    dtype = code_dtype(2**bits)
+    codes = np.zeros(values.size, dtype)
+    first = 2**bits - k  # 1 when code 0 is the pruned zero
+    for start_at in range(0, kept.size, _CHUNK):
+        part = slice(start_at, start_at + _CHUNK)
+        codes[nonzero[part]] = order[np.searchsorted(midpoints, kept[part])] + first
+    codebook = np.concatenate([np.zeros(first, np.float32), centroids])
+    return QArray(
+        jnp.asarray(codes.reshape(w.shape)), jnp.asarray(codebook), "kmeans", bits, tuple(w.shape)
+    )
 
 
 def kmeans_leaf(
@@ -33,6 +75,10 @@ def kmeans_leaf(
       key: PRNG key for the random inits.
       weights: optional float array shaped like `w` (>= 0), each weight's importance.
     """
+    if np.count_nonzero(np.asarray(w)) > SAMPLE_POINTS:
+        return _sampled_leaf(
+            np.asarray(w), bits, init=init, iters=iters, key=key, tol=tol, weights=weights
+        )
     w = jnp.asarray(w, jnp.float32)
     values = w.reshape(-1)
     valid = values != 0
@@ -93,7 +139,9 @@ def kmeans(
     non-zero weights are clustered: a layer with pruned zeros gets ``2**bits - 1`` centroids plus
     code 0 = exactly 0.0, so zeros stay zeros and the codes are sparse where the weights are.
     Lloyd's iterations run until the assignment stops changing or an iteration lowers the
-    distortion by less than `tol` of its value, at most `iters` of them.
+    distortion by less than `tol` of its value, at most `iters` of them. A layer with more than
+    SAMPLE_POINTS non-zeros fits its centroids on a deterministic sample of its weights and
+    assigns every weight to its nearest centroid.
 
     This is a host-level transform (it inspects the weights to find the zeros); the clustering
     itself is jitted and compiled once per (layer size, k, init, iters).
@@ -122,7 +170,8 @@ def kmeans(
         that is not floating point or holds NaN/Inf (the message names the leaf path).
 
     Example:
-      >>> q = lscjax.quant.kmeans(params, {"Conv_0/kernel": 8, "Dense_0/kernel": 5})
+      >>> bits = {"Conv_0/kernel": 8, "Conv_1/kernel": 8, "Dense_0/kernel": 5, "Dense_1/kernel": 5}
+      >>> q = lscjax.quant.kmeans(params, bits)  # or one int for every selected leaf
       >>> dense = lscjax.quant.dequantize(q)
     """
     if init not in INITS:
