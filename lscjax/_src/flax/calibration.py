@@ -139,8 +139,9 @@ class Calibration:
         e.g. token ids int32 [B, T] or images float32 [B, H, W, C]).
 
     Example:
-      >>> cal = lscjax.Calibration(lambda p, x: net.apply({"params": p}, x), batches)
-      >>> stats = cal.stats(params)          # {"Dense_0/kernel": LayerStats, ...}
+      >>> cal = lscjax.Calibration(apply_fn, [images])  # apply_fn(params, batch) -> logits
+      >>> stats = cal.stats(params)  # {"Conv_0/kernel": LayerStats, ...}
+      >>> pruned = cal.sequential(params, lambda p, s: lscjax.prune.sparsegpt(p, s, 0.5)[0])
     """
 
     def __init__(self, apply_fn: Callable, batches: Iterable, *, num_batches: int | None = None):

@@ -153,8 +153,8 @@ def sparsegpt(
         kernel whose matrix view is not [d, n]; an empty selection (messages name the path).
 
     Example:
-      >>> stats = lscjax.Calibration(apply_fn, batches).stats(params)
-      >>> params, masks = lscjax.prune.sparsegpt(params, stats, 0.5, pattern="2:4")
+      >>> stats = lscjax.Calibration(apply_fn, [images]).stats(params)
+      >>> pruned, masks = lscjax.prune.sparsegpt(params, stats, 0.5)
     """
     sparsity = check_sparsity(sparsity)
     pattern = parse_pattern(pattern)

@@ -201,6 +201,7 @@ def gptq(
         (messages name the path).
 
     Example:
+      >>> stats = lscjax.Calibration(apply_fn, [images]).stats(params)
       >>> q = lscjax.quant.gptq(params, stats, 4, grid="kmeans")
     """
     if grid not in GRIDS:
