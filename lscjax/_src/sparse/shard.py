@@ -34,7 +34,7 @@ class ShardedBlockSparse(BlockSparse):
     """A `BlockSparse` whose block rows are split over the mesh axis `axis`.
 
     The arrays hold R' >= R block rows (R' a multiple of the axis size; rows past R are empty)
-    and are global `jax.Array`s sharded along their first axis; no overflow, no row groups.
+    and are global `jax.Array` values sharded along their first axis; no overflow, no row groups.
 
     Attributes:
       mesh: static; the `jax.sharding.Mesh`.
