@@ -12,9 +12,10 @@ from flax.linen.linear import canonicalize_padding
 
 from lscjax._src.errors import LscError
 from lscjax._src.quant.qarray import QArray, is_qarray
-from lscjax._src.sparse.block_sparse import BlockSparse, stack
+from lscjax._src.sparse.block_sparse import BlockSparse
 from lscjax._src.sparse.conv import conv
 from lscjax._src.sparse.matmul import matmul
+from lscjax._src.sparse.stack import stack
 from lscjax._src.tree import check_float_leaf
 
 

@@ -58,8 +58,8 @@ class BlockSparseLinear(nnx.Module):
             self.shape,
             self.block,
             self.bits,
-            self.row_groups,
-            overflow,
+            row_groups=self.row_groups,
+            overflow=overflow,
         )
 
     def _bias(self):

@@ -16,7 +16,7 @@ from jax import lax
 
 from lscjax._src.errors import LscError
 from lscjax._src.kernels import pallas_gpu, pallas_tpu, reference
-from lscjax._src.sparse import block_sparse
+from lscjax._src.sparse import plan
 from lscjax._src.sparse.block_sparse import BlockSparse, Overflow
 
 IMPLS = ("auto", "xla", "pallas", "pallas_gpu", "pallas_tpu")
@@ -70,7 +70,15 @@ def resolve_impl(impl: str, w: BlockSparse, interpret: bool = False) -> str:
 
 def _layout(blocks, codebook, indices, counts, overflow, cfg: _Config) -> BlockSparse:
     return BlockSparse(
-        blocks, indices, counts, codebook, cfg.shape, cfg.block, cfg.bits, cfg.row_groups, overflow
+        blocks,
+        indices,
+        counts,
+        codebook,
+        cfg.shape,
+        cfg.block,
+        cfg.bits,
+        row_groups=cfg.row_groups,
+        overflow=overflow,
     )
 
 
@@ -118,7 +126,7 @@ def _xla(x, w: BlockSparse, groups: tuple[int, ...]):
     overflow rows are one more product, spread onto their output blocks.
     """
     rows, kmax = w.indices.shape
-    size = block_sparse.rows_per_group(rows, groups)
+    size = plan.rows_per_group(rows, groups)
     order = jnp.argsort(-w.counts, stable=True) if min(groups) < kmax else None
     parts = []
     for g, k in enumerate(groups):
@@ -154,7 +162,7 @@ def _row_pieces(a, gathered_row_bytes: int):
     alike. None when all M rows fit in one piece.
     """
     m = a.shape[0]
-    piece = max(1, block_sparse.TEMP_BYTES // gathered_row_bytes)
+    piece = max(1, plan.TEMP_BYTES // gathered_row_bytes)
     if m <= piece:
         return None
     n = -(-m // piece)
@@ -168,7 +176,7 @@ def _xla_in_row_pieces(x, w: BlockSparse):
     Every piece follows the plan of x's whole row count.
     """
     groups = _plan(w, x.shape[0])
-    slots = block_sparse.rows_per_group(w.blocks.shape[0], groups) * sum(groups)
+    slots = plan.rows_per_group(w.blocks.shape[0], groups) * sum(groups)
     slots += 0 if w.overflow is None else w.overflow.indices.size
     xs = _row_pieces(x, slots * w.block[0] * x.dtype.itemsize)
     if xs is None:
