@@ -67,7 +67,8 @@ def kmeans(
         names the leaf path).
 
     Example:
-      >>> q = lscjax.quant.kmeans(params, {"Conv_0/kernel": 8, "Dense_0/kernel": 5})
+      >>> bits = {"Conv_0/kernel": 8, "Conv_1/kernel": 8, "Dense_0/kernel": 5, "Dense_1/kernel": 5}
+      >>> q = lscjax.quant.kmeans(params, bits)  # or one int for every selected leaf
       >>> dense = lscjax.quant.dequantize(q)
     """
     if init not in INITS:

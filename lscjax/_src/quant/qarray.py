@@ -52,7 +52,7 @@ class QArray:
 
     Attributes:
       codes: uint8 (<= 256 codes) or uint16 array; the weight's shape for scalar methods,
-        [m, s] for "product", [stages, *shape] for "residual" ([stages, m, s] for its vectors).
+        [m, s] for "product", ``[stages, *shape]`` for "residual" ([stages, m, s] for its vectors).
       codebook: float32; [K] (or [rows, 2] for per-row "binarize"), [s, K, sub_dim] for
         "product", [stages, K] for "residual" ([stages, K, sub_dim] for its vectors).
       method: static; "kmeans" | "binarize" | "product" | "residual".

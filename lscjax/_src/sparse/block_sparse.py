@@ -115,7 +115,7 @@ class BlockSparse:
       indices: int32 [R, Kmax]; input block index of each slot.
       counts: int32 [R]; non-zero blocks of each output block row.
       codebook: float [n_codes] for coded blocks, None for float values.
-      shape: static; the logical kernel shape (Dense [in, out] or Conv [*window, in, out]).
+      shape: static; the logical kernel shape (Dense [in, out] or Conv ``[*window, in, out]``).
       block: static; (b_in, b_out).
       bits: static; None (float values), 8 or 4.
       row_groups: static, keyword-only; the XLA path's row-group plan
@@ -226,7 +226,7 @@ class BlockSparse:
         """The non-zero blocks of a concrete dense kernel.
 
         Args:
-          w: float array, Dense [in, out] or Conv [*window, in, out]; must be concrete (the
+          w: float array, Dense [in, out] or Conv ``[*window, in, out]``; must be concrete (the
             layout depends on which blocks are non-zero).
           block: b or (b_in, b_out).
 

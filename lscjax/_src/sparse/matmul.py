@@ -297,6 +297,7 @@ def matmul(x: jax.Array, w: BlockSparse, *, impl: str = "auto", interpret: bool 
 
     Example:
       >>> w = lscjax.sparse.BlockSparse.from_dense(kernel, block=(32, 32))
+      >>> x = jnp.ones((8, kernel.shape[0]), jnp.float32)
       >>> y = jax.jit(lscjax.sparse.matmul)(x, w)  # == x @ kernel
     """
     if not isinstance(w, BlockSparse):
