@@ -152,3 +152,20 @@ def test_tokenize_by_hand(tmp_path):
         tokenize(tmp_path, [])
     with pytest.raises(FileNotFoundError, match="no tokenizer.json"):
         tokenize(tmp_path / "absent", ["x"])
+
+
+def test_prefixed_and_foreign_files(tmp_path, bert):
+    from safetensors.numpy import load_file, save_file
+
+    tensors = load_file(str(FIXTURE / "model.safetensors"))
+    shutil.copy(FIXTURE / "config.json", tmp_path)
+    # A BertFor* checkpoint: 'bert.' prefix and a task head, which is left out.
+    head = {"cls.predictions.bias": np.zeros(100, np.float32)}
+    save_file({f"bert.{k}": v for k, v in tensors.items()} | head, tmp_path / "model.safetensors")
+    _, params = bert_from_hf(tmp_path)
+    jax.tree_util.tree_map(np.testing.assert_array_equal, params, bert[1])
+    save_file({f"model.{k}": v for k, v in tensors.items()}, tmp_path / "model.safetensors")
+    with pytest.raises(
+        LscError, match=r"no 'embeddings.\*' or 'encoder.\*' tensors.*model\.embeddings"
+    ):
+        bert_from_hf(tmp_path)

@@ -250,11 +250,6 @@ def test_errors(call, match):
         call()
 
 
-def test_public_api():
-    assert lscjax.sparse.BlockSparse is BlockSparse
-    assert callable(lscjax.sparse.matmul) and callable(lscjax.sparse.conv)
-
-
 def test_row_groups_and_overflow_are_keyword_only():
     """A positional rebuild from the first seven fields cannot pass the plan or overflow."""
     w = np.zeros((16, 16), np.float32)

@@ -295,7 +295,14 @@ def bert_from_hf(folder: str | os.PathLike) -> tuple[Bert, dict]:
         from safetensors.numpy import load_file
     except ImportError:
         raise LscError("reading model.safetensors needs: pip install 'lscjax[hf]'") from None
-    tree, _ = from_torch(_encoder_tensors(load_file(str(folder / "model.safetensors"))))
+    tensors = load_file(str(folder / "model.safetensors"))
+    encoder = _encoder_tensors(tensors)
+    if not encoder:
+        raise LscError(
+            f"{folder}: model.safetensors has no 'embeddings.*' or 'encoder.*' tensors of a BERT "
+            f"(optionally prefixed 'bert.'); it has {sorted(tensors)[:5]}"
+        )
+    tree, _ = from_torch(encoder)
     module = Bert(config)
     ids = jax.ShapeDtypeStruct((1, 1), jnp.int32)
     expected = jax.eval_shape(module.init, jax.random.key(0), ids, ids)["params"]

@@ -86,11 +86,25 @@ def where_regexes(patterns: list[str]):
     return lambda path, _: any(c.search(path) for c in compiled)
 
 
+def _streamed(path: str, layout: str, rc) -> bool:
+    """Whether `lscjax compress` streams the checkpoint (`compress_file`, one tensor at a time):
+    a safetensors checkpoint in Flax layout, and a recipe without per-layer rules. PyTorch-layout
+    files are converted in memory."""
+    from lscjax._src.checkpoints import is_torch_layout
+    from lscjax._src.streaming import SafetensorsSource, streams
+
+    if layout == "torch" or rc.rules or not streams(path):
+        return False
+    keys = [key for _, key, _, _ in SafetensorsSource(path).paths.values()]
+    return layout == "flax" or not is_torch_layout(dict.fromkeys(keys))
+
+
 def _compress(args) -> None:
     from lscjax._src.checkpoints import read_checkpoint
     from lscjax._src.compress import compress, recipe
     from lscjax._src.compressed import save
     from lscjax._src.report import format_storage_report, storage_report
+    from lscjax._src.streaming import compress_file
 
     settings = read_recipe_file(args.recipe_file) if args.recipe_file else {}
     patterns = args.where or settings.get("where", [])
@@ -105,9 +119,13 @@ def _compress(args) -> None:
     # the recipe is built (and checked) before the checkpoint is read
     rc = recipe(args.recipe or settings.get("recipe", "lsc"), **changes)
     where = where_regexes(patterns) if patterns else None
-    params, layout = read_checkpoint(args.input, layout=args.layout)
-    model = compress(params, rc, where=where, layout=layout, progress=not args.quiet)
-    size = save(args.output, model)
+    if _streamed(args.input, args.layout, rc):
+        model = compress_file(args.input, args.output, rc, where=where, workers=args.workers)
+        size = Path(args.output).stat().st_size
+    else:
+        params, layout = read_checkpoint(args.input, layout=args.layout)
+        model = compress(params, rc, where=where, layout=layout, progress=not args.quiet)
+        size = save(args.output, model)
     print(format_storage_report(storage_report(model, file_bytes=size)))
     print(f"wrote {args.output}")
 
@@ -180,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     comp = sub.add_parser(
         "compress",
         parents=[common],
-        help="compress a checkpoint (.npz, .safetensors, .msgpack, orbax)",
+        help="compress a checkpoint (.npz, .safetensors or its index/folder, .msgpack, orbax)",
     )
     comp.add_argument("input", help="checkpoint file or orbax folder")
     comp.add_argument("-o", "--output", required=True, help="the .lsc file to write")
@@ -215,6 +233,11 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--bits", type=int, help="code bits for every layer (0: float32 values)")
     comp.add_argument("--format", help="index format (lsc, ri, sri, csr, ...)")
     comp.add_argument("--entropy", choices=["ans", "huffman", "none"])
+    comp.add_argument(
+        "--workers",
+        type=int,
+        help="threads encoding tensors in parallel (safetensors input; default: every core)",
+    )
     comp.set_defaults(run=_compress)
 
     rep = sub.add_parser("report", parents=[common], help="per-layer storage of an .lsc file")

@@ -466,8 +466,31 @@ def compress(
             encoded[path] = encode(leaf, fmt, entropy=rc.entropy, **options)
         else:
             raw[path] = np.asarray(leaf)
-    ran = dataclasses.replace(rc, prune=pruned_by)  # "gradual" without retrain runs magnitude
-    meta = {"recipe": _record(ran), "kept_dense": kept_dense}
+    meta = recipe_meta(rc, pruned_by=pruned_by, kept_dense=kept_dense, layout=layout)
+    return CompressedModel(encoded=encoded, raw=raw, meta=meta)
+
+
+def recipe_meta(
+    rc: Recipe,
+    *,
+    pruned_by: str | None = None,
+    kept_dense: Mapping[str, str] | None = None,
+    layout: Mapping | None = None,
+) -> dict:
+    """The file header's model-level facts for a model compressed with `rc`.
+
+    Args:
+      rc: the recipe.
+      pruned_by: the pruning method that ran, recorded as the recipe's `prune` ("magnitude"
+        when "gradual" had no retraining); None: `rc.prune`.
+      kept_dense: {path: rule pattern} of the leaves the rules kept dense.
+      layout: the layout record of a converted PyTorch checkpoint.
+
+    Returns:
+      {"recipe": {...}, "kept_dense": {...}} plus "layout" when given.
+    """
+    ran = rc if pruned_by is None else dataclasses.replace(rc, prune=pruned_by)
+    meta = {"recipe": _record(ran), "kept_dense": dict(kept_dense or {})}
     if layout is not None:
         meta["layout"] = {p: dict(entry) for p, entry in layout.items()}
-    return CompressedModel(encoded=encoded, raw=raw, meta=meta)
+    return meta

@@ -6,6 +6,7 @@ pruned zeros are left out of the clustering and keep code 0, whose codebook entr
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from lscjax._src.errors import LscError
 from lscjax._src.quant.lloyd import INITS, lloyd, scalar_init
@@ -13,9 +14,44 @@ from lscjax._src.quant.options import per_leaf
 from lscjax._src.quant.qarray import QArray, check_bits, code_dtype
 from lscjax._src.tree import Where, check_float_leaf, map_selected, selected_leaves
 
+SAMPLE_POINTS = 2**16
+"""A layer with more non-zero weights fits its codebook on a deterministic sample of this many
+of them plus its smallest and largest, then assigns every weight to its nearest centroid
+(benchmarks/scale.py measures the distortion this costs)."""
+_CHUNK = 1 << 22
+
+
+def _sampled_leaf(w: np.ndarray, bits: int, *, init: str, iters: int, key) -> QArray:
+    """`kmeans_leaf` of a layer with more than SAMPLE_POINTS non-zeros, on the host: Lloyd on
+    the sample (jitted), then the nearest centroid of each weight by binary search, in chunks."""
+    values = np.asarray(w, np.float32).reshape(-1)
+    nonzero = np.flatnonzero(values)
+    k = 2**bits - int(nonzero.size < values.size)
+    picked = np.sort(np.random.default_rng(0).choice(nonzero.size, SAMPLE_POINTS, replace=False))
+    kept = values[nonzero]
+    points = np.concatenate([kept[picked], [kept.min(), kept.max()]])
+    valid = jnp.ones(points.size, bool)
+    start = scalar_init(jnp.asarray(points), valid, key, k=k, method=init)
+    centroids = np.asarray(lloyd(points[:, None], valid, start[:, None], iters=iters)[0][:, 0])
+    order = np.argsort(centroids, kind="stable")
+    ordered = centroids[order]
+    midpoints = (ordered[1:] + ordered[:-1]) / np.float32(2)
+    dtype = code_dtype(2**bits)
+    codes = np.zeros(values.size, dtype)
+    first = 2**bits - k  # 1 when code 0 is the pruned zero
+    for start_at in range(0, kept.size, _CHUNK):
+        part = slice(start_at, start_at + _CHUNK)
+        codes[nonzero[part]] = order[np.searchsorted(midpoints, kept[part])] + first
+    codebook = np.concatenate([np.zeros(first, np.float32), centroids])
+    return QArray(
+        jnp.asarray(codes.reshape(w.shape)), jnp.asarray(codebook), "kmeans", bits, tuple(w.shape)
+    )
+
 
 def kmeans_leaf(w, bits: int, *, init: str, iters: int, key) -> QArray:
     """Scalar k-means of one weight array (see `kmeans`); returns a "kmeans" QArray."""
+    if np.count_nonzero(np.asarray(w)) > SAMPLE_POINTS:
+        return _sampled_leaf(np.asarray(w), bits, init=init, iters=iters, key=key)
     w = jnp.asarray(w, jnp.float32)
     values = w.reshape(-1)
     valid = values != 0
@@ -43,7 +79,9 @@ def kmeans(
     Every selected leaf becomes a "kmeans" `QArray` with at most ``2**bits`` codes. Only the
     non-zero weights are clustered: a layer with pruned zeros gets ``2**bits - 1`` centroids plus
     code 0 = exactly 0.0, so zeros stay zeros and the codes are sparse where the weights are. The
-    centroids are the k-means centroids of the non-zero weights after `iters` Lloyd iterations.
+    centroids are the k-means centroids of the non-zero weights after `iters` Lloyd iterations;
+    a layer with more than SAMPLE_POINTS non-zeros fits them on a deterministic sample of its
+    weights and assigns every weight to its nearest centroid.
 
     This is a host-level transform (it inspects the weights to find the zeros); the clustering
     itself is jitted and compiled once per (layer size, k, init, iters).

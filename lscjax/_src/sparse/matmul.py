@@ -18,6 +18,7 @@ from lscjax._src.errors import LscError
 from lscjax._src.kernels import pallas_gpu, pallas_tpu, reference
 from lscjax._src.sparse import plan
 from lscjax._src.sparse.block_sparse import BlockSparse, Overflow
+from lscjax._src.sparse.shard import ShardedBlockSparse, sharded_matmul
 
 IMPLS = ("auto", "xla", "pallas", "pallas_gpu", "pallas_tpu")
 
@@ -308,6 +309,8 @@ def matmul(x: jax.Array, w: BlockSparse, *, impl: str = "auto", interpret: bool 
     k, n = w.matrix_shape
     if x.ndim < 1 or x.shape[-1] != k:
         raise LscError(f"matmul: x of shape {x.shape} does not match W of input size {k}")
+    if isinstance(w, ShardedBlockSparse):
+        return sharded_matmul(x, w, functools.partial(matmul, impl=impl, interpret=interpret))
     _check_overflow(w)
     kernel = resolve_impl(impl, w, interpret)
     cfg = _Config(tuple(w.shape), tuple(w.block), w.bits, kernel, bool(interpret), w.row_groups)
