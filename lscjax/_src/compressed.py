@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lscjax._src import container
-from lscjax._src.checkpoints import nest
+from lscjax._src.checkpoints import check_layout, nest
 from lscjax._src.coding.budget import Budget
 from lscjax._src.coding.codec import decode, decode_qarray, kept_count
 from lscjax._src.coding.encoded import parse
@@ -133,7 +133,9 @@ class CompressedModel:
 
         check_max_density(max_density)
         serving_block = DEFAULT_BLOCK if block is None else block
-        layered = {} if stacked is None else selection(self._shape_proxies(), stacked)
+        layered = (
+            {} if stacked is None else selection(self._shape_proxies(), stacked, allow_empty=True)
+        )
 
         def direct(enc) -> bool:
             stored = enc.options.get("block") if enc.format == "lsc" else None
@@ -155,8 +157,8 @@ class CompressedModel:
 
         return nest({p: served(p, e) for p, e in self.encoded.items()} | self.raw)
 
-    def _shape_proxies(self) -> dict:
-        """The params as nested zero-cost arrays of the leaves' dense shapes (for selections)."""
+    def shapes(self) -> dict[str, tuple]:
+        """{path: dense shape} of every leaf, compressed ones first, in file order."""
 
         def shape(path: str) -> tuple:
             if path in self.raw:
@@ -164,8 +166,11 @@ class CompressedModel:
             enc = self.encoded[path]
             return enc.quantized.shape if enc.quantized is not None else enc.shape
 
-        paths = list(self.encoded) + list(self.raw)
-        return nest({p: shape_proxy(shape(p)) for p in paths})
+        return {p: tuple(shape(p)) for p in list(self.encoded) + list(self.raw)}
+
+    def _shape_proxies(self) -> dict:
+        """The params as nested zero-cost arrays of the leaves' dense shapes (for selections)."""
+        return nest({p: shape_proxy(s) for p, s in self.shapes().items()})
 
     def layers(self) -> list[LayerStats]:
         """Per-layer storage, in file order."""
@@ -206,8 +211,9 @@ def to_bytes(model: CompressedModel) -> bytes:
 
     Raises:
       TypeError: `model` is not a CompressedModel.
-      LscError: leaf paths that do not nest ('a' and 'a/b'), or a raw leaf that a reader would
-        refuse (dtype, more than 16 axes).
+      LscError: leaf paths that do not nest ('a' and 'a/b'), a raw leaf that a reader would
+        refuse (dtype, more than 16 axes), or a layout record (`meta["layout"]`) that does not
+        match the leaves' shapes.
     """
     if not isinstance(model, CompressedModel):
         raise TypeError(
@@ -217,6 +223,7 @@ def to_bytes(model: CompressedModel) -> bytes:
         nest(dict.fromkeys(list(model.encoded) + list(model.raw)))
     except FormatError as err:
         raise LscError(f"leaf paths do not form a tree: {err}") from None
+    check_layout(model.meta.get("layout"), model.shapes())
     sections = [
         ({"path": p, "kind": "encoded"}, enc.to_bytes()) for p, enc in model.encoded.items()
     ]
@@ -275,7 +282,12 @@ def _read(data: bytes, budget: Budget) -> CompressedModel:
         nest(dict.fromkeys(list(encoded) + list(raw)))
     except FormatError as err:
         raise FormatError(f"inconsistent leaf paths: {err}") from None
-    return CompressedModel(encoded=encoded, raw=raw, meta=meta)
+    model = CompressedModel(encoded=encoded, raw=raw, meta=meta)
+    try:
+        check_layout(meta.get("layout"), model.shapes())
+    except LscError as err:
+        raise FormatError(f"layout record: {err}") from None
+    return model
 
 
 def from_bytes(data: bytes, *, max_bytes: int | None = None) -> CompressedModel:
@@ -287,8 +299,9 @@ def from_bytes(data: bytes, *, max_bytes: int | None = None) -> CompressedModel:
         decoded (`coding.budget`); default `coding.budget.default_max_bytes(len(data))`.
 
     Raises:
-      FormatError: truncated, corrupted, foreign or unknown-version data, or declared sizes
-        past `max_bytes`.
+      FormatError: truncated, corrupted, foreign or unknown-version data, a layout record
+        (`meta["layout"]`, PyTorch checkpoints) that does not match the leaves' shapes, or
+        declared sizes past `max_bytes`.
     """
     return _read(data, Budget.of(len(data), max_bytes))
 
