@@ -116,7 +116,7 @@ def test_save_refuses_a_raw_leaf_of_17_axes(tmp_path):
 @pytest.mark.parametrize("bits", [-1, 17, 2.5, True])
 def test_compress_refuses_bad_bits(bits):
     params = {"Dense_0": {"kernel": np.ones((8, 8), np.float32)}}
-    with pytest.raises(LscError, match="'Dense_0/kernel': bits must be an int in"):
+    with pytest.raises(LscError, match=r"bits must be an int in \[0, 16\]"):
         lscjax.compress(params, lscjax.recipe("lsc", sparsity=0.5, bits=bits))
 
 

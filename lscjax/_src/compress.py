@@ -25,7 +25,7 @@ from lscjax._src.loop import make_step
 from lscjax._src.prune.distributions import distributed_magnitude
 from lscjax._src.prune.magnitude import apply, check_sparsity
 from lscjax._src.quant.kmeans import kmeans
-from lscjax._src.quant.qarray import check_bits, dequantize, is_qarray
+from lscjax._src.quant.qarray import dequantize, is_qarray
 from lscjax._src.train.admm import admm, admm_masks
 from lscjax._src.train.centroids import quantized_params, shared_centroids
 from lscjax._src.train.gradual import gradual, polynomial
@@ -101,13 +101,6 @@ class Rule:
     def matches(self, path: str) -> bool:
         """Whether `pattern` occurs in `path` (`re.search`)."""
         return re.search(self.pattern, path) is not None
-
-
-def _checked_bits(path: str, bits) -> int:
-    """0 (float32 values kept) or code bits in [1, 16] (`check_bits`); LscError otherwise."""
-    if isinstance(bits, int) and not isinstance(bits, bool) and bits == 0:
-        return 0
-    return check_bits(path, bits)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -195,9 +188,9 @@ class Recipe:
         if isinstance(self.bits, Mapping):
             if path not in self.bits:
                 raise LscError(f"recipe bits map has no entry for {path!r}")
-            return _checked_bits(path, self.bits[path])
+            return int(self.bits[path])
         if self.bits is not None:
-            return _checked_bits(path, self.bits)
+            return int(self.bits)
         default = self.conv_bits if np.ndim(leaf) > 2 else self.dense_bits
         kept = int(np.count_nonzero(np.asarray(leaf)))
         return max(1, min(default, int(np.log2(max(kept, 2))) - 2))
