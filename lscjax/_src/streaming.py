@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from lscjax._src import container
-from lscjax._src.checkpoints import nest
+from lscjax._src.checkpoints import is_torch_layout, nest
 from lscjax._src.coding.codec import encode
 from lscjax._src.compress import RECIPES, Recipe, recipe_meta
 from lscjax._src.compressed import CompressedModel, raw_section
@@ -273,16 +273,24 @@ def compress_file(
       of their shape and dtype (the file holds their values).
 
     Raises:
-      LscError: an unknown recipe, a training recipe, a bad leaf (named), `workers` < 1.
+      LscError: an unknown recipe, a training recipe or one with per-layer rules, a
+        checkpoint in PyTorch layout, a bad leaf (named), `workers` < 1.
       FormatError: a checkpoint that does not parse.
     """
     rc = RECIPES.get(recipe) if isinstance(recipe, str) else recipe
     if rc is None:
         raise LscError(f"unknown recipe {recipe!r}; expected one of {sorted(RECIPES)}")
+    if rc.rules:
+        raise LscError("compress_file takes no per-layer rules (Recipe.rules): use lscjax.compress")
     workers = (os.cpu_count() or 1) if workers is None else workers
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise LscError(f"workers must be an int >= 1, got {workers!r}")
     source = SafetensorsSource(checkpoint)
+    if is_torch_layout(dict.fromkeys(key for _, key, _, _ in source.paths.values())):
+        raise LscError(
+            f"{checkpoint}: PyTorch layout (dotted names, 'weight' leaves), which compress_file "
+            "does not convert: use lscjax.compress(lscjax.read_params(path)) (Flax orientation)"
+        )
     chosen = selection(source.shape_tree(), where)
     import jax
 
@@ -319,7 +327,7 @@ def compress_file(
                     )
                     if progress is not None:
                         progress(path)
-            meta = recipe_meta(rc)
+            meta = recipe_meta(rc, pruned_by="magnitude")
             with open(output, "wb") as out:
                 out.write(container.header(meta, sections["encoded"] + sections["raw"]))
                 for part in parts:
