@@ -5,7 +5,12 @@ The layout of `codes` and `codebook` depends on the method (the team-wide conven
 * ``"kmeans"`` and ``"binarize"`` (scalar methods): ``codes`` has the weight's shape and the dense
   weight is ``codebook[codes]`` with ``codebook`` float32 [K], K <= 2**bits. For ``"kmeans"``,
   whenever the layer has pruned zeros, code 0 is reserved for exactly 0.0 (``codebook[0] == 0.0``):
-  an integer code array is then sparse exactly where the weight is. ``"binarize"`` with a per-row
+  an integer code array is then sparse exactly where the weight is. A ``"kmeans"`` QArray may
+  also hold one codebook per output channel (the last axis, n = ``shape[-1]``): ``codebook``
+  float32 [n, K] and the dense weight is ``codebook[c, codes[..., c]]``; or one per group of G
+  consecutive row blocks and channel, ``codebook`` float32 [G, n, K] over the 2-D view [m, n]
+  (G divides m; row r uses group ``r // (m // G)``): the per-channel (grouped) uniform grids of
+  GPTQ, stored as their grid values. ``"binarize"`` with a per-row
   scale uses ``codebook`` float32 [rows, 2] and the dense weight is ``codebook[row, codes]``.
 * ``"product"``: the weight's 2-D view [m, n] (rows = all leading axes, ``n = shape[-1]``) is cut
   into s segments of ``sub_dim = n // s`` columns; ``codes`` is [m, s] and ``codebook`` float32
@@ -53,7 +58,8 @@ class QArray:
     Attributes:
       codes: uint8 (<= 256 codes) or uint16 array; the weight's shape for scalar methods,
         [m, s] for "product", ``[stages, *shape]`` for "residual" ([stages, m, s] for its vectors).
-      codebook: float32; [K] (or [rows, 2] for per-row "binarize"), [s, K, sub_dim] for
+      codebook: float32; [K] (or [n, K] / [G, n, K] per channel for "kmeans", [rows, 2] for
+        per-row "binarize"), [s, K, sub_dim] for
         "product", [stages, K] for "residual" ([stages, K, sub_dim] for its vectors).
       method: static; "kmeans" | "binarize" | "product" | "residual".
       bits: static; bits per code, in [1, 16].
@@ -67,8 +73,21 @@ class QArray:
     shape: tuple = dataclasses.field(metadata=dict(static=True))
 
     def dequantize(self) -> jax.Array:
-        """The dense weight, float32 of shape `shape`."""
-        codes = self.codes.astype(jnp.int32)
+        """The dense weight, float32 of shape `shape`.
+
+        Raises:
+          LscError: concrete codes at or past the codebook size (traced codes are not checked).
+        """
+        if not isinstance(self.codes, jax.core.Tracer):
+            check_codes("QArray", self.codes, self.method, tuple(self.codebook.shape))
+        codes = jnp.asarray(self.codes).astype(jnp.int32)
+        if self.method == "kmeans" and self.codebook.ndim > 1:  # per-channel [(G,) n, K]
+            groups, n, k = (
+                (1, *self.codebook.shape) if self.codebook.ndim == 2 else self.codebook.shape
+            )
+            view = codes.reshape(groups, -1, n)
+            base = (jnp.arange(groups)[:, None, None] * n + jnp.arange(n)[None, None, :]) * k
+            return self.codebook.reshape(-1)[base + view].reshape(self.shape)
         if self.method == "product":
             segments = jnp.arange(self.codebook.shape[0])
             rows = self.codebook[segments, codes]  # [m, s, sub_dim]
@@ -124,7 +143,26 @@ def _expected_shapes(q: QArray) -> tuple[tuple, tuple]:
         return (stages, *shape), (stages, k)
     if q.method == "binarize" and len(cb) == 2:
         return shape, (rows, 2)
+    n = shape[-1] if shape else -1
+    if q.method == "kmeans" and len(cb) == 2:
+        return shape, (n, cb[1])
+    if q.method == "kmeans" and len(cb) == 3:
+        groups = cb[0] if cb[0] > 0 and rows % cb[0] == 0 else -1
+        return shape, (groups, n, cb[2])
     return shape, (cb[0] if len(cb) == 1 else -1,)
+
+
+def n_codes(method: str, codebook_shape: tuple) -> int:
+    """Entries per codebook (codes index [0, n_codes)) for a `method` codebook of that shape."""
+    return codebook_shape[1] if method in ("product", "residual") else codebook_shape[-1]
+
+
+def check_codes(path: str, codes, method: str, codebook_shape: tuple, error=LscError) -> None:
+    """Raise `error` naming `path` unless every code (int array) is below `n_codes`."""
+    codes = np.asarray(codes)
+    limit = n_codes(method, codebook_shape)
+    if codes.size and int(codes.max()) >= limit:
+        raise error(f"leaf {path!r}: code {int(codes.max())} past the {limit} codebook entries")
 
 
 def check_qarray(path: str, q: QArray, shape: tuple | None = None) -> None:
@@ -154,22 +192,26 @@ def check_qarray(path: str, q: QArray, shape: tuple | None = None) -> None:
             f"leaf {path!r}: {q.method} QArray of shape {tuple(q.shape)} has codes of shape "
             f"{tuple(q.codes.shape)}, expected {codes_shape}"
         )
-    n_codes = codebook_shape[1] if q.method in ("product", "residual") else codebook_shape[-1]
-    if n_codes > 2**q.bits:
-        raise LscError(f"leaf {path!r}: {n_codes} codebook entries exceed 2**bits = {2**q.bits}")
+    entries = n_codes(q.method, codebook_shape)
+    if entries > 2**q.bits:
+        raise LscError(f"leaf {path!r}: {entries} codebook entries exceed 2**bits = {2**q.bits}")
 
 
 def dequantize(tree):
     """Replace every `QArray` leaf of `tree` by its dense float32 weight; other leaves unchanged.
 
     Raises:
-      LscError: an inconsistent QArray (names the leaf path).
+      LscError: an inconsistent QArray, or concrete codes at or past its codebook size (names
+        the leaf path).
     """
 
     def one(kp, leaf):
         if not is_qarray(leaf):
             return leaf
-        check_qarray(path_str(kp), leaf)
+        path = path_str(kp)
+        check_qarray(path, leaf)
+        if not isinstance(leaf.codes, jax.core.Tracer):
+            check_codes(path, leaf.codes, leaf.method, tuple(leaf.codebook.shape))
         return leaf.dequantize()
 
     return jax.tree_util.tree_map_with_path(one, tree, is_leaf=is_qarray)

@@ -8,6 +8,7 @@ rule of their own); the backward pass is the XLA path's
 
 import dataclasses
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -237,6 +238,8 @@ def matmul(
     p = plan(x.shape, w, x_dtype=x.dtype, impl=impl, interpret=interpret, tuning=tuning)
     cols = -(-k // w.block[0])
     lead = x.shape[:-1]
+    if math.prod(lead) == 0 or k == 0 or n == 0:  # empty batch, contraction or output: no blocks
+        return jnp.zeros((*lead, n), jnp.result_type(x.dtype, w.dtype))
     x2 = jnp.pad(x.reshape(-1, k), ((0, 0), (0, cols * w.block[0] - k)))
     y = _product(x2, w.blocks, w.codebook, w.indices, w.counts, w.overflow, p)
     return y[:, :n].reshape(*lead, n)
