@@ -288,7 +288,7 @@ def test_row_group_plans_match_dense(temp_bytes, bits):
     in_place = (w.kmax,) if bits is None else w.row_groups  # float rows are not copied
     assert plan((3, 40), w, tuning=tuning).groups == in_place
     assert plan((7, 40), w, tuning=tuning).groups == w.row_groups
-    for m in (3, 7):  # <= and > FLOAT_IN_PLACE_MAX_ROWS
+    for m in (3, 7):  # <= and > float_in_place_max_rows
         x = rng.standard_normal((m, 40)).astype(np.float32)
         for v in (w, unplanned):
             y = jax.jit(functools.partial(matmul, tuning=tuning))(x, v)
@@ -319,7 +319,7 @@ def test_product_forms_match_dense(slot_form_max_rows, bits):
 
 
 def test_many_rows_match_dense():
-    """x of more than SLOT_FORM_MAX_ROWS rows (the row form; conv patches, big batches) gives
+    """x of more than slot_form_max_rows rows (the row form; conv patches, big batches) gives
     x @ W."""
     rng = np.random.default_rng(6)
     kernel = random_block_kernel(rng, (40, 36), 8, 0.5)

@@ -23,10 +23,10 @@ Padded slots of coded blocks are masked to 0.0 when dequantized (code 0 need not
 
 Row groups (``row_groups``, static): the rows of a random mask differ in length, so padding every
 row to Kmax multiplies zeros (Kmax / mean count is 1.6 at 10 % density with 128 block rows). The
-constructors (`lscjax._src.sparse.convert`) record a serving plan: the rows taken in descending count order (a stable sort of
-``counts``) and cut into groups of ``ceil(R / n)`` rows, each padded only to its own longest row
-(n up to MAX_ROW_GROUPS).
-The XLA path multiplies each group on its own (see `row_groups`); the layout above is unchanged.
+constructors (`lscjax._src.sparse.convert`) record a serving plan: the rows taken in descending
+count order (a stable sort of ``counts``) and cut into groups of ``ceil(R / n)`` rows, each padded
+only to its own longest row (n up to `Tuning.max_row_groups`). The XLA path multiplies each group on
+its own (see `row_groups`); the layout above is unchanged.
 
 Overflow (``overflow``, float values): the few longest rows of a random mask set Kmax, and every
 other row is padded to them. The constructors cut such a layout at the width ``Kmax`` that leaves
