@@ -260,3 +260,23 @@ def test_row_groups_and_overflow_are_keyword_only():
     np.testing.assert_array_equal(np.asarray(rebuilt.todense()), w)
     leaves, treedef = jax.tree.flatten(bs)  # unflattening passes them by keyword
     assert jax.tree.unflatten(treedef, leaves).row_groups == bs.row_groups
+
+
+def test_one_block_grid_convention_for_lsc_and_block_sparse():
+    """LSC's block bitmask and BlockSparse's layout count blocks the same named way: in_blocks
+    along the matrix view's rows (input features), out_blocks along its columns (outputs)."""
+    from lscjax._src.coding.layout import block_grid
+    from lscjax.coding import decode_blocks, encode
+
+    w = np.zeros((3, 3, 2, 20), np.float32)  # Conv HWIO: matrix view [18, 20]
+    w[0, 0, 0, 17] = 1.0  # matrix row 0, column 17: input block 0, output block 4 (b = 4)
+    grid = block_grid(w.shape, (4, 4))
+    assert grid == (5, 5) and (grid.in_blocks, grid.out_blocks) == (5, 5)
+    tall = block_grid((18, 8), (4, 4))
+    assert (tall.in_blocks, tall.out_blocks) == (5, 2)
+    in_cols, out_rows, _ = decode_blocks(encode(w, "lsc", block=4))
+    assert (int(in_cols[0]), int(out_rows[0])) == (0, 4)
+    bs = BlockSparse.from_dense(w, 4)
+    assert bs.blocks.shape[0] == grid.out_blocks  # one block row per output block
+    np.testing.assert_array_equal(np.asarray(bs.counts), [0, 0, 0, 0, 1])
+    assert int(bs.indices[4, 0]) == 0  # its input block

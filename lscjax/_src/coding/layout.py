@@ -7,6 +7,7 @@ same reshape. Dense Linen kernels [in, out] are unchanged.
 """
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 
@@ -21,6 +22,27 @@ def matrix_shape(shape: tuple) -> tuple[int, int]:
     if len(shape) == 0:
         return 1, 1
     return math.prod(shape[:-1]), shape[-1]
+
+
+class BlockGrid(NamedTuple):
+    """The blocks of a matrix view [K, N] (input features x output features) cut into
+    b_in x b_out blocks, named by the features they span (the one convention for "rows").
+
+    Attributes:
+      in_blocks: ceil(K / b_in), blocks along the view's rows: input feature blocks (LSC's
+        block rows; a BlockSparse's input block indices).
+      out_blocks: ceil(N / b_out), blocks along its columns: output feature blocks (a
+        BlockSparse's block rows R, one per output block).
+    """
+
+    in_blocks: int
+    out_blocks: int
+
+
+def block_grid(shape: tuple, block: tuple[int, int]) -> BlockGrid:
+    """The `BlockGrid` of the matrix view of `shape` cut into blocks ``(b_in, b_out)``."""
+    k, n = matrix_shape(shape)
+    return BlockGrid(-(-k // block[0]), -(-n // block[1]))
 
 
 def gaps(positions: np.ndarray, starts: np.ndarray | None = None) -> np.ndarray:

@@ -34,7 +34,7 @@ import numpy as np
 from lscjax._src.coding import sri
 from lscjax._src.coding.bitstream import INDEX, BitReader, BitWriter, gamma_bits, unpack_uints
 from lscjax._src.coding.entropy import SymbolCoder
-from lscjax._src.coding.layout import gap_table, gaps, matrix_shape, segment_ends
+from lscjax._src.coding.layout import block_grid, gap_table, gaps, matrix_shape, segment_ends
 from lscjax._src.coding.values import ValueCodec
 from lscjax._src.errors import FormatError, LscError
 
@@ -43,11 +43,6 @@ MAX_BLOCK = 4096
 EXACT_SEARCH_ELEMENTS = 2**16
 """Up to this many elements every candidate b is encoded and counted exactly; above it b is the
 candidate with the fewest estimated bits (`estimated_bits`) and only k is chosen exactly."""
-
-
-def _grid(shape: tuple, block: int) -> tuple[int, int]:
-    rows, cols = matrix_shape(shape)
-    return -(-rows // block), -(-cols // block)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,7 +71,7 @@ class BlockPlan:
     def of(cls, nonzero: np.ndarray, block: int) -> "BlockPlan":
         """Plan for the bool matrix `nonzero` [R, C] with b = `block`."""
         rows, cols = nonzero.shape
-        grid_rows, grid_cols = _grid(nonzero.shape, block)
+        grid_rows, grid_cols = block_grid(nonzero.shape, (block, block))  # (in, out)
         padded = np.zeros((grid_rows * block, grid_cols * block), bool)
         padded[:rows, :cols] = nonzero
         tiles = padded.reshape(grid_rows, block, grid_cols, block).transpose(0, 2, 1, 3)
@@ -302,8 +297,8 @@ def read_directory(r: BitReader, shape: tuple, entropy: str) -> Directory:
     k = r.gamma("lsc k", limit=sri.K_RANGE.stop - 1)
     if block < 1 or k < 1:
         raise FormatError(f"bad lsc header: block {block}, k {k}")
-    grid = _grid(shape, block)
-    tiles = np.flatnonzero(r.uints(grid[0] * grid[1], 1, "lsc block bitmask"))
+    grid = block_grid(shape, (block, block))
+    tiles = np.flatnonzero(r.uints(grid.in_blocks * grid.out_blocks, 1, "lsc block bitmask"))
     fields = []
     for what, size in (("lsc block counts", tiles.size - 1), ("lsc block lengths", tiles.size)):
         width = r.gamma(f"{what} width", limit=64)

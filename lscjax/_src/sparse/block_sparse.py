@@ -44,6 +44,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lscjax._src.coding.layout import block_grid
 from lscjax._src.errors import LscError
 from lscjax._src.quant.qarray import QArray
 
@@ -68,12 +69,6 @@ def matrix_shape(shape: tuple) -> tuple[int, int]:
 def to_matrix(w):
     """Kernel [*window, in, out] -> its matrix view [prod(window) * in, out] (a reshape)."""
     return w.reshape(matrix_shape(w.shape))
-
-
-def grid(shape: tuple, block: tuple[int, int]) -> tuple[int, int]:
-    """(R, C): output block rows and input block columns of a kernel of `shape`."""
-    k, n = matrix_shape(shape)
-    return -(-n // block[1]), -(-k // block[0])
 
 
 def pack_nibbles(codes: np.ndarray) -> np.ndarray:
@@ -165,7 +160,7 @@ class BlockSparse:
         if isinstance(self.counts, jax.core.Tracer):
             raise LscError("block_density reads the counts: not available under jit")
         counts = np.asarray(self.counts)
-        blocks = counts.size * grid(self.shape, self.block)[1]
+        blocks = counts.size * block_grid(self.shape, self.block).in_blocks
         return int(counts.sum()) / blocks if blocks else 0.0
 
     @property

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lscjax._src.coding.codec import decode_qarray
+from lscjax._src.coding.layout import block_grid
 from lscjax._src.coding.lsc import decode_blocks
 from lscjax._src.errors import LscError
 from lscjax._src.quant.qarray import QArray, check_qarray
@@ -21,7 +22,6 @@ from lscjax._src.sparse.block_sparse import (
     BlockSparse,
     Overflow,
     as_block,
-    grid,
     pack_nibbles,
     to_matrix,
 )
@@ -150,7 +150,7 @@ def from_encoded(encoded, *, tuning: Tuning | None = None) -> BlockSparse:
         return from_qarray(decode_qarray(encoded), encoded.options["block"], tuning=tuning)
     b = int(encoded.options["block"])
     in_cols, out_rows, tiles = decode_blocks(encoded)
-    rows, _ = grid(tuple(encoded.shape), (b, b))
+    rows = block_grid(tuple(encoded.shape), (b, b)).out_blocks
     if q is None:
         blocks, indices, counts = ell_from_coords(out_rows, in_cols, tiles, rows)
         return _planned(
@@ -215,7 +215,7 @@ def _with_plan(w: BlockSparse, tuning: Tuning | None) -> BlockSparse:
 def todense(w: BlockSparse) -> jax.Array:
     """`BlockSparse.todense`."""
     w = merged(w)
-    rows, cols = grid(w.shape, w.block)
+    cols, rows = block_grid(w.shape, w.block)  # (in, out): R = out blocks
     bi, bo = w.block
     r = jnp.broadcast_to(jnp.arange(rows)[:, None], w.indices.shape)
     values = jnp.where(w.valid()[:, :, None, None], w.block_values(), 0).astype(w.dtype)

@@ -2,8 +2,9 @@
 
 import numpy as np
 
+from lscjax._src.coding.layout import block_grid
 from lscjax._src.errors import LscError
-from lscjax._src.sparse.block_sparse import as_block, grid, matrix_shape
+from lscjax._src.sparse.block_sparse import as_block, matrix_shape
 
 
 def random_block_kernel(
@@ -33,7 +34,7 @@ def random_block_kernel(
     if not 0.0 <= density <= 1.0:
         raise LscError(f"density must be in [0, 1], got {density!r}")
     block = as_block(block)
-    rows, cols = grid(shape, block)
+    cols, rows = block_grid(shape, block)  # (in, out)
     if balanced:
         ranks = np.argsort(np.argsort(rng.random((rows, cols)), axis=1), axis=1)
         mask = ranks < round(density * cols)
