@@ -56,6 +56,8 @@ def keep_masks(inner: optax.GradientTransformation, masks) -> optax.GradientTran
     inner = optax.with_extra_args_support(inner)
 
     def init(params):
+        if type(params).__name__ == "_ParamsPlaceholder":  # optax.tree_map_params: no params
+            return KeepMasksState(inner.init(params))
         picked = check_matching(params, masks, "keep_masks: masks tree")
         for path, leaf in leaves_with_paths(params):
             mask = picked[path]
