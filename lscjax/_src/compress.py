@@ -1,12 +1,15 @@
 """`compress`: the whole pipeline, params -> prune -> (retrain) -> quantize -> (fine-tune) -> encode.
 
-Two recipes ship: "deep_compression" (Han et al. 2016: magnitude pruning, k-means weight sharing
-with 8-bit conv / 5-bit fc codes, Huffman-coded relative index) and "lsc" (Liu et al. 2020:
-pruning, k-means, Layerwise Sparse Coding with rANS entropy coding). Every field can be changed
+Four recipes ship: "deep_compression" (Han et al. 2016: magnitude pruning, k-means weight sharing
+with 8-bit conv / 5-bit fc codes, Huffman-coded relative index), "lsc" (Liu et al. 2020:
+pruning, k-means, Layerwise Sparse Coding with rANS entropy coding), and the calibrated
+"sparsegpt" and "wanda" (one-shot pruning from calibration data, GPTQ onto each layer's k-means
+codebook, LSC + rANS; they need `calibration=`). Every field can be changed
 per call (`recipe("lsc", sparsity={...}, bits={...})`) or a `Recipe` given whole.
 """
 
 import dataclasses
+import warnings
 from collections.abc import Callable, Iterable, Mapping
 
 import jax
@@ -14,9 +17,11 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
+from lscjax._src.calibrated import CALIBRATED_PRUNE, calibrated_pass
 from lscjax._src.coding.codec import encode
 from lscjax._src.compressed import CompressedModel
 from lscjax._src.errors import LscError
+from lscjax._src.flax.calibration import Calibration
 from lscjax._src.loop import make_step
 from lscjax._src.prune.distributions import distributed_magnitude
 from lscjax._src.prune.magnitude import apply
@@ -39,7 +44,9 @@ class Recipe:
         so large redundant layers lose more), or {path: sparsity} per layer.
       prune: "magnitude" (one shot, Han et al.), "gradual" (Zhu & Gupta's polynomial schedule
         from 0 to `sparsity` over the first 3/4 of the retrain steps; one-shot magnitude
-        when no `retrain` is given) or "admm" (Zhang et al. 2018; needs `retrain`).
+        when no `retrain` is given), "admm" (Zhang et al. 2018; needs `retrain`), or the
+        calibrated "sparsegpt" (Frantar & Alistarh 2023) and "wanda" (Sun et al. 2024), which
+        need `calibration=` and prune each called layer to `sparsity` (per layer).
       bits: code bits per layer: an int, a {path: bits} map, or None for the default of
         `conv_bits` for kernels with ndim > 2 and `dense_bits` for 2-D kernels. 0 keeps the
         float32 values (no quantization).
@@ -47,6 +54,8 @@ class Recipe:
       format: the index format ("lsc", "ri", "sri", "csr", ...; see lscjax.coding.encode).
       entropy: "ans", "huffman" or "none".
       format_options: extra options for lscjax.coding.encode (e.g. {"block": 4}).
+      pattern: the calibrated methods' sparsity pattern: None (unstructured), "n:m" or a
+        pair (b0, b1) of block sides (see `lscjax.prune.sparsegpt`).
     """
 
     name: str
@@ -58,6 +67,7 @@ class Recipe:
     format: str = "lsc"
     entropy: str = "ans"
     format_options: Mapping = dataclasses.field(default_factory=dict)
+    pattern: str | tuple[int, int] | None = None
 
     def bits_for(self, path: str, leaf) -> int:
         """The code bits of one selected leaf (0: float32 values kept).
@@ -78,15 +88,18 @@ class Recipe:
         return max(1, min(default, int(np.log2(max(kept, 2))) - 2))
 
 
-PRUNE_METHODS = ("magnitude", "gradual", "admm")
+PRUNE_METHODS = ("magnitude", "gradual", "admm", *CALIBRATED_PRUNE)
 RECIPES = {
     "deep_compression": Recipe("deep_compression", sparsity=0.92, format="ri", entropy="huffman"),
     "lsc": Recipe("lsc", sparsity=0.95, prune="gradual", format="lsc", entropy="ans"),
+    "sparsegpt": Recipe("sparsegpt", sparsity=0.5, prune="sparsegpt", bits=4),
+    "wanda": Recipe("wanda", sparsity=0.5, prune="wanda", bits=4),
 }
 
 
 def recipe(name: str, **changes) -> Recipe:
-    """A shipped recipe ("deep_compression" or "lsc") with some fields changed."""
+    """A shipped recipe ("deep_compression", "lsc", "sparsegpt" or "wanda") with some fields
+    changed."""
     if name not in RECIPES:
         raise LscError(f"unknown recipe {name!r}; expected one of {sorted(RECIPES)}")
     return dataclasses.replace(RECIPES[name], **changes)
@@ -138,6 +151,8 @@ def _prune(params, rc: Recipe, retrain: Retrain | None, where: Where, progress: 
     """Prune per the recipe: (params with exact zeros, masks)."""
     if rc.prune not in PRUNE_METHODS:
         raise LscError(f"recipe prune must be one of {PRUNE_METHODS}, got {rc.prune!r}")
+    if rc.pattern is not None:
+        raise LscError(f"recipe pattern applies to {tuple(CALIBRATED_PRUNE)} only")
     per_layer = isinstance(rc.sparsity, Mapping)
     if rc.prune == "magnitude" or (rc.prune == "gradual" and retrain is None):
         masks = distributed_magnitude(
@@ -173,53 +188,130 @@ def _prune(params, rc: Recipe, retrain: Retrain | None, where: Where, progress: 
     return apply(params, masks), masks
 
 
+def _calibrated_prune(params, rc: Recipe, calibration, where, progress: bool, bits=None):
+    """Layer-sequential SparseGPT / Wanda pruning (and GPTQ of the layers in `bits`):
+    (params, masks, {path: QArray})."""
+    params, found, qleaves = calibrated_pass(
+        params,
+        calibration,
+        where,
+        prune=rc.prune,
+        sparsity=rc.sparsity,
+        pattern=rc.pattern,
+        bits=bits,
+        progress=progress,
+    )
+    masks = map_selected(lambda p, _: found[p], params, where=lambda p, _: p in found)
+    return params, masks, qleaves
+
+
+ONE_SHOT_SAFE = 0.5
+"""The highest one-shot magnitude sparsity `compress` runs without a warning (see README)."""
+
+
+def _warn_one_shot(rc: Recipe, retrain, calibration) -> None:
+    """Warn when a recipe would prune by magnitude, one shot, past ONE_SHOT_SAFE: no data."""
+    if retrain is not None or calibration is not None or rc.prune not in ("magnitude", "gradual"):
+        return
+    values = rc.sparsity.values() if isinstance(rc.sparsity, Mapping) else [rc.sparsity]
+    highest = max(values, default=0.0)
+    if highest > ONE_SHOT_SAFE:
+        warnings.warn(
+            f"recipe {rc.name!r} prunes {highest:.0%} by magnitude in one shot, with neither "
+            "retrain= nor calibration=: this usually destroys a trained model's accuracy. Pass "
+            "calibration=lscjax.Calibration(apply_fn, batches) with the 'sparsegpt' recipe, "
+            "retrain=lscjax.Retrain(...) or lscjax.distillation(...), or a sparsity <= "
+            f"{ONE_SHOT_SAFE}.",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
 def compress(
     params,
     recipe: str | Recipe = "lsc",
     *,
     retrain: Retrain | None = None,
+    calibration: Calibration | None = None,
     where: Where = None,
     progress: bool = False,
 ) -> CompressedModel:
     """Compress a parameter pytree into a `CompressedModel` (save it with `lscjax.save`).
 
-    Stages: prune the selected leaves (one-shot magnitude, gradual over the retrain steps, or
-    ADMM); retrain the kept weights with `keep_masks` (if `retrain`); k-means-quantize each
-    selected leaf to its bits (zeros keep the 0 code); fine-tune the centroids with
-    `shared_centroids` (if `retrain`); encode each selected leaf with the recipe's format and
-    entropy coder. Unselected leaves (biases, norms) are stored losslessly.
+    Stages: prune the selected leaves (one-shot magnitude, gradual over the retrain steps,
+    ADMM, or from calibration data SparseGPT / Wanda); retrain the kept weights with
+    `keep_masks` (if `retrain`); quantize each selected leaf to its bits (zeros keep the 0
+    code): k-means, or with `calibration` GPTQ onto each called layer's k-means codebook;
+    fine-tune the centroids with `shared_centroids` (if `retrain`); encode each selected leaf
+    with the recipe's format and entropy coder. Unselected leaves (biases, norms) are stored
+    losslessly.
+
+    With `calibration` and no `retrain`, each layer in call order is pruned and quantized
+    before the next one is measured (one layer-sequential pass); with both, pruning and
+    quantization are two such passes with the retraining between them. Selected leaves that
+    are not a called layer's kernel (e.g. embedding tables) get plain k-means.
 
     Args:
       params: a pytree of float arrays (nested dicts, as Flax params).
-      recipe: "lsc", "deep_compression", or a `Recipe`.
-      retrain: optional `Retrain` hook (loss, data, steps) run after pruning and quantization.
+      recipe: "lsc", "deep_compression", "sparsegpt", "wanda", or a `Recipe`.
+      retrain: optional `Retrain` hook (loss, data, steps) run after pruning and quantization
+        (`lscjax.distillation` builds one from unlabelled batches).
+      calibration: a `lscjax.Calibration` (the model function and unlabelled batches); needed
+        by the "sparsegpt" and "wanda" recipes.
       where: the leaves to compress (default: 'kernel' leaves with ndim >= 2).
       progress: progress bars.
 
     Returns:
       A CompressedModel holding one Encoded per selected leaf and the raw unselected leaves.
 
+    Warns:
+      UserWarning: one-shot magnitude pruning past 50% without `retrain` or `calibration`
+        (what the "lsc" and "deep_compression" recipes do alone): it usually destroys a
+        trained model's accuracy.
+
     Raises:
-      LscError (a ValueError): an unknown recipe or bad setting, naming the leaf path.
+      LscError (a ValueError): an unknown recipe or bad setting, naming the leaf path; a
+        calibrated recipe without `calibration`.
     """
     rc = RECIPES.get(recipe) if isinstance(recipe, str) else recipe
     if rc is None:
         raise LscError(f"unknown recipe {recipe!r}; expected one of {sorted(RECIPES)}")
-    params, masks = _prune(params, rc, retrain, where, progress)
-    if retrain is not None:
-        params, _ = retrain.run(
-            params,
-            keep_masks(retrain.optimizer, masks),
-            retrain.steps,
-            progress=progress,
-            desc="retrain",
+    calibrated = rc.prune in CALIBRATED_PRUNE
+    if calibration is not None and not isinstance(calibration, Calibration):
+        raise LscError(
+            f"calibration must be a lscjax.Calibration, got {type(calibration).__name__}"
         )
-        params = apply(params, masks)  # exact zeros, whatever the optimizer did
+    if calibrated and calibration is None:
+        raise LscError(
+            f"recipe prune={rc.prune!r} needs calibration=lscjax.Calibration(apply_fn, batches)"
+        )
+    _warn_one_shot(rc, retrain, calibration)
     chosen = selection(params, where)
-    bits = {p: rc.bits_for(p, w) for p, w in leaves_with_paths(params) if chosen[p]}
-    quantized = {p: b for p, b in bits.items() if b > 0}
-    if quantized:
-        qleaves = {}
+    qleaves = {}
+    if calibrated and retrain is None:  # one pass: each layer pruned, then quantized
+        bits = {p: rc.bits_for(p, w) for p, w in leaves_with_paths(params) if chosen[p]}
+        params, _, qleaves = _calibrated_prune(params, rc, calibration, where, progress, bits)
+    else:
+        if calibrated:
+            params, masks, _ = _calibrated_prune(params, rc, calibration, where, progress)
+        else:
+            params, masks = _prune(params, rc, retrain, where, progress)
+        if retrain is not None:
+            params, _ = retrain.run(
+                params,
+                keep_masks(retrain.optimizer, masks),
+                retrain.steps,
+                progress=progress,
+                desc="retrain",
+            )
+            params = apply(params, masks)  # exact zeros, whatever the optimizer did
+        bits = {p: rc.bits_for(p, w) for p, w in leaves_with_paths(params) if chosen[p]}
+        if calibration is not None:
+            params, _, qleaves = calibrated_pass(
+                params, calibration, where, bits=bits, progress=progress
+            )
+    quantized = {p: b for p, b in bits.items() if b > 0 and p not in qleaves}
+    if quantized or qleaves:
         for path in tqdm(quantized, desc="k-means", disable=not progress, leave=False):
             one = kmeans(params, quantized, where=lambda p, _, q=path: p == q)
             qleaves[path] = dict(leaves_with_paths(one, is_leaf=is_qarray))[path]
