@@ -1,5 +1,7 @@
 """compress with calibration=: the "sparsegpt" / "wanda" recipes and distillation retraining."""
 
+import warnings
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -84,3 +86,12 @@ def test_distillation_retrains_towards_the_dense_outputs_keeping_masks(mlp):
     assert output_error(apply_fn, params, tuned, x) < output_error(apply_fn, params, one_shot, x)
     with pytest.raises(LscError, match="steps"):
         lscjax.distillation(apply_fn, params, [x], 0)
+
+
+def test_one_shot_magnitude_past_half_without_data_warns(mlp):
+    _, params, _, _ = mlp
+    with pytest.warns(UserWarning, match="one shot"):
+        lscjax.compress(params, lscjax.recipe("lsc", bits=4))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        lscjax.compress(params, lscjax.recipe("lsc", sparsity=0.5, bits=4))
