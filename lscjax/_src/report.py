@@ -43,7 +43,10 @@ def storage_report(model, *, file_bytes: int | None = None) -> dict:
       {"layers": [{path, shape, weights, kept, kept_pct, value_bits, index_bits, total_bits,
       value_bits_per_nz, index_bits_per_nz, ratio}], "total": {...}} where ratios are dense
       float32 bits over stored bits; "total" adds the raw (lossless) leaves and, when
-      `file_bytes` is given, the whole file against all params as dense float32.
+      `file_bytes` is given, the whole file against all params as dense float32; "skipped":
+      [{path, shape, dtype, bytes, reason}] for every leaf stored as it is ("not selected" or
+      "kept dense (rule ...)"); "layout": the file's layout record of a converted PyTorch
+      checkpoint ({path: {source, transform, source_shape}}) or None.
     """
     layers = []
     for s in model.layers():
@@ -79,7 +82,25 @@ def storage_report(model, *, file_bytes: int | None = None) -> dict:
     if file_bytes is not None:
         total["file_bytes"] = file_bytes
         total["file_ratio"] = model.dense_bits / (8 * file_bytes)
-    return {"layers": layers, "total": total}
+    kept_dense = model.meta.get("kept_dense", {})
+    skipped = [
+        {
+            "path": path,
+            "shape": list(np.shape(array)),
+            "dtype": str(np.asarray(array).dtype),
+            "bytes": int(np.asarray(array).nbytes),
+            "reason": (
+                f"kept dense (rule {kept_dense[path]!r})" if path in kept_dense else "not selected"
+            ),
+        }
+        for path, array in model.raw.items()
+    ]
+    return {
+        "layers": layers,
+        "total": total,
+        "skipped": skipped,
+        "layout": model.meta.get("layout"),
+    }
 
 
 def format_storage_report(report: dict) -> str:
@@ -117,6 +138,20 @@ def format_storage_report(report: dict) -> str:
             f"file: {t['file_bytes']} bytes, {t['file_ratio']:.1f}x smaller than all params as "
             f"float32 (weights alone: {t['weights_ratio']:.1f}x; lossless leaves {t['raw_bits'] // 8} bytes)"
         )
+    if report.get("skipped"):
+        rows = [
+            [r["path"], "x".join(map(str, r["shape"])), r["dtype"], r["bytes"], r["reason"]]
+            for r in report["skipped"]
+        ]
+        lines += ["", "stored as they are (not compressed):"]
+        lines.append(format_table(["leaf", "shape", "dtype", "bytes", "why"], rows))
+    if report.get("layout"):
+        rows = [
+            [path, e["source"], "x".join(map(str, e["source_shape"])), e["transform"]]
+            for path, e in report["layout"].items()
+        ]
+        lines += ["", "layout: converted from a PyTorch checkpoint (Flax leaf <- tensor):"]
+        lines.append(format_table(["leaf", "source", "source shape", "transform"], rows))
     return "\n".join(lines)
 
 
@@ -125,6 +160,14 @@ def plot_storage(report: dict, out) -> None:
 
     Needs matplotlib (pip install 'lscjax[plot]').
     """
+    fig = storage_figure(report)
+    fig.savefig(out, dpi=120)
+    fig.clear()
+
+
+def storage_figure(report: dict):
+    """The matplotlib Figure of `plot_storage`: the legend sits right of the axes, so it covers
+    no bar and no label, and the y range leaves room for the "% kept" labels above the bars."""
     try:
         import matplotlib
     except ImportError:
@@ -138,7 +181,7 @@ def plot_storage(report: dict, out) -> None:
     names = [r["path"].rsplit("/", 1)[0] for r in layers]
     value_kb = np.array([r["value_bits"] for r in layers]) / 8192
     index_kb = np.array([r["index_bits"] for r in layers]) / 8192
-    fig, ax = plt.subplots(figsize=(max(4, 1.3 * len(layers)), 3.5))
+    fig, ax = plt.subplots(figsize=(max(4, 1.3 * len(layers)) + 2, 3.5), layout="constrained")
     ax.bar(names, value_kb, label="values")
     ax.bar(names, index_kb, bottom=value_kb, label="index (all metadata)")
     for i, r in enumerate(layers):
@@ -149,9 +192,8 @@ def plot_storage(report: dict, out) -> None:
             va="bottom",
             fontsize=8,
         )
+    ax.set_ylim(0, 1.15 * float(np.max(value_kb + index_kb, initial=0.0)) or 1.0)
     ax.set_ylabel("KiB")
     ax.set_title(f"{report['total']['weights_ratio']:.1f}x smaller weights")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, fontsize=8)
+    return fig
