@@ -3,7 +3,17 @@
 from lscjax._src.sparse.block_sparse import BlockSparse as BlockSparse
 from lscjax._src.sparse.block_sparse import stack as stack
 from lscjax._src.sparse.conv import conv as conv
+from lscjax._src.sparse.embed import lookup as lookup
 from lscjax._src.sparse.matmul import matmul as matmul
 from lscjax._src.sparse.matmul import resolve_impl as resolve_impl
+from lscjax._src.sparse.multi_axis import MultiAxisKernel as MultiAxisKernel
 
-__all__ = ["BlockSparse", "conv", "matmul", "resolve_impl", "stack"]
+__all__ = [
+    "BlockSparse",
+    "MultiAxisKernel",
+    "conv",
+    "lookup",
+    "matmul",
+    "resolve_impl",
+    "stack",
+]
