@@ -111,7 +111,7 @@ def print_table(title: str, result: dict) -> None:
 
 
 def checks(result: dict, densities: dict) -> list:
-    """The issue's claims on these layers: (claim, layer, passed)."""
+    """The claims checked on these layers (as printed and recorded): (claim, layer, passed)."""
     out = []
     for name, layer in result.items():
         rows = layer["rows"]

@@ -13,11 +13,9 @@ separate buffers, at least ROTATE_BYTES of them (8x this machine's 32 MB L3), so
 reads its weights cold from memory, as a layer of a model larger than the cache does. The
 functions take turns in chunks of calls (load drifts hit all alike), every function making the
 same number of calls; ratios use the fastest call (the machine is shared and load only adds
-time), medians are recorded beside them. Sessions 1-4 interleaved single calls instead, so each
-sparse call ran right after a dense one had streamed 64 MB through the caches; that also evicts
-JAX's own dispatch path, and charged each sparse call about 0.1-0.3 ms of runtime re-warming
-(`dispatch_overhead` measures it on a no-op: printed and recorded in the results' meta);
-``--protocol interleaved`` times that way again, for comparison.
+time), medians are recorded beside them. A call right after a dense product, which streams
+64 MB through every cache level, also finds JAX's own dispatch path cold: `dispatch_overhead`
+measures that on a no-op (printed and recorded in the results' meta).
 
 Two block masks: "random" (the non-zero blocks at uniformly random positions: rows differ in
 length, so a padded ELL layout would carry Kmax - mean(counts) zero blocks per row; float
@@ -28,7 +26,7 @@ Prints ratios (time / dense, BCOO / sparse) and writes benchmarks/results/matmul
 are given against the row's own dense minimum and against the pooled dense baseline (the best
 dense time of the batch size over all rows: the same computation); goals use the pooled one.
 
-Usage: python benchmarks/matmul.py [--reps 20] [--quick] [--out PATH] [--protocol interleaved]
+Usage: python benchmarks/matmul.py [--reps 20] [--quick] [--out PATH]
        python benchmarks/matmul.py --table PATH   (a results file as a Markdown table)
 """
 
@@ -57,7 +55,8 @@ CHUNK = 16  # calls a function makes in a row before the next takes its turn
 
 
 def best_times(fns: dict, args: dict, reps: int) -> tuple[dict, dict]:
-    """(min, median) wall time (s) of each jitted fn over `reps` round-robin runs.
+    """(min, median) wall time (s) of each jitted fn over `reps` round-robin runs (weights warm:
+    used for BCOO, which is many times slower than the others whatever its cache state).
 
     Round-robin timing exposes every fn to the same load drifts; ratios use the minimum, since
     background load on a shared machine only ever adds time.
@@ -169,7 +168,7 @@ def coded(rng, kernel, block):
     return BlockSparse.from_codes(codes, codebook, block, bits=4), codebook[codes]
 
 
-def run(reps: int, quick: bool, protocol: str = "rotated") -> list[dict]:
+def run(reps: int, quick: bool) -> list[dict]:
     rng = np.random.default_rng(0)
     batches = (16,) if quick else (1, 16, 64)
     blocks = (32, 64)
@@ -200,16 +199,8 @@ def run(reps: int, quick: bool, protocol: str = "rotated") -> list[dict]:
                     np.testing.assert_allclose(
                         sparse_fn(x, w_codes), x @ decoded, rtol=2e-3, atol=2e-3
                     )
-                    if protocol == "rotated":
-                        fns = {
-                            name: (fn, [(x, w) for w in ws]) for name, (fn, ws) in weights.items()
-                        }
-                        t, t_median = rotated_times(fns, reps)
-                    else:  # sessions 1-4: one call of each per round, first weight copy only
-                        fns = {name: fn for name, (fn, _) in weights.items()}
-                        t, t_median = best_times(
-                            fns, {name: (x, ws[0]) for name, (_, ws) in weights.items()}, reps
-                        )
+                    fns = {name: (fn, [(x, w) for w in ws]) for name, (fn, ws) in weights.items()}
+                    t, t_median = rotated_times(fns, reps)
                     if bcoo is not None:  # >= 20x slower: a few calls measure it well enough
                         bcoo_t, bcoo_median = best_times({"bcoo": bcoo_fn}, {"bcoo": (x, bcoo)}, 3)
                         t.update(bcoo_t)
@@ -282,8 +273,8 @@ def pool_dense(rows: list[dict]) -> None:
 
 
 def kmax_text(row: dict) -> str:
-    """'Kmax / mean count' of a results row, with the overflow width when the float layout has
-    one (rows of older results files have none)."""
+    """'Kmax / mean count' of a results row, with the ELL width where the float layout is split
+    into an overflow."""
     width = row.get("overflow_width")
     split = f" (split at {width})" if width else ""
     return f"{row['kmax']} / {row['mean_count']:.1f}{split}"
@@ -295,13 +286,8 @@ def markdown_table(results: dict) -> str:
     lines = [
         f"JAX {meta['jax']}, backend {meta['backend']}, {meta['cpu_count']} CPUs, load average "
         f"at the end {tuple(round(a, 1) for a in meta['load_average'])}; fastest of "
-        f"{meta['reps'] * meta['calls_per_round']} calls per function, "
-        + (
-            "weights cold (rotated copies)"
-            if meta["protocol"] == "rotated"
-            else "interleaved single calls (sessions 1-4)"
-        )
-        + f"; a no-op jitted call took {meta['noop_ms']:.3f} ms in a row, "
+        f"{meta['reps'] * meta['calls_per_round']} calls per function, weights cold (rotated "
+        f"copies); a no-op jitted call took {meta['noop_ms']:.3f} ms in a row, "
         f"{meta['noop_after_dense_ms']:.3f} ms right after a dense product.",
         "",
         "| block | density | mask | batch | Kmax / mean (f32 split) | dense ms (pooled) | f32 ms "
@@ -327,20 +313,13 @@ def main():
         "--reps",
         type=int,
         default=20,
-        help=f"rounds of {CHUNK} calls per function (interleaved: of one call)",
+        help=f"rounds of {CHUNK} calls per function",
     )
     parser.add_argument(
         "--quick", action="store_true", help="only the goal point (batch 16, density 10%%)"
     )
     parser.add_argument(
         "--out", help="JSON path (default: benchmarks/results/matmul.json; --quick writes none)"
-    )
-    parser.add_argument(
-        "--protocol",
-        choices=("rotated", "interleaved"),
-        default="rotated",
-        help="rotated weight copies (default), or sessions 1-4's single interleaved calls "
-        "(--reps rounds of one call each)",
     )
     parser.add_argument("--table", help="print this results file as a Markdown table and exit")
     args = parser.parse_args()
@@ -353,7 +332,7 @@ def main():
         f"no-op jitted call: {overhead['noop_ms']:.3f} ms in a row, "
         f"{overhead['noop_after_dense_ms']:.3f} ms right after a dense product"
     )
-    rows = run(args.reps, args.quick, args.protocol)
+    rows = run(args.reps, args.quick)
     pool_dense(rows)
     goal_rows = [r for r in rows if r["batch"] == GOAL["batch"] and r["density"] == GOAL["density"]]
     for r in goal_rows:
@@ -372,8 +351,7 @@ def main():
         rows,
         quick=args.quick,
         reps=args.reps,
-        protocol=args.protocol,
-        calls_per_round=CHUNK if args.protocol == "rotated" else 1,
+        calls_per_round=CHUNK,
         rotate_bytes=ROTATE_BYTES,
         size=SIZE,
         goal=GOAL,

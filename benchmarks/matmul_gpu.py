@@ -1,7 +1,6 @@
 """Block-sparse matmul on a GPU (the Pallas Triton kernel) against dense bfloat16 ``x @ W``.
 
-Issue 5's GPU protocol, ready for a session that is lent a GPU (none was, so far): every timed
-call multiplies x by each of `--sets` different weight sets in turn (one jitted function with
+Not yet run on a GPU (the numbers in docs/results/sparse.md are CPU only). Every timed call multiplies x by each of `--sets` different weight sets in turn (one jitted function with
 the products unrolled, summed into one output: one dispatch), so no set is still in the L2 cache
 when it comes round again (H100: 50 MB of L2; 64 sets of an 8192^2 bf16 kernel are 8 GB; 4
 distinct random kernels fill them, each repeated in its own buffers). Time per product = call

@@ -10,7 +10,7 @@ float values and with 4-bit codes under:
 * ``in place``: one group of length Kmax in stored order (no copy of float rows);
 * ``n=2, 4, 8, 16``: the sorted plan cut into n groups (reordered unless all rows are equal);
 * ``overflow`` (float values): the layout the constructors make, its longest rows split off into
-  an overflow (`lscjax._src.sparse.block_sparse.overflow_width`), under the library's plan.
+  an overflow (`lscjax._src.sparse.plan.overflow_width`), under the library's plan.
 
 The other plans run on the unsplit layout (`merged`).
 
@@ -31,9 +31,10 @@ import jax.numpy as jnp
 import numpy as np
 from matmul import CHUNK, SIZE, coded, copies, rotated_times, write_results
 
-from lscjax._src.sparse import block_sparse
+from lscjax._src.sparse import plan as sparse_plan
 from lscjax._src.sparse.matmul import _plan, _xla
 from lscjax._src.sparse.random import random_block_kernel
+from lscjax._src.sparse.stack import merged
 from lscjax.sparse import BlockSparse
 
 DENSITY = 0.10
@@ -51,12 +52,12 @@ def run(reps: int, quick: bool = False) -> list[dict]:
                 rng, (SIZE, SIZE), block, DENSITY, balanced=mask == "balanced"
             )
             split = BlockSparse.from_dense(kernel, block)
-            weights = {"f32": block_sparse.merged(split)}
+            weights = {"f32": merged(split)}
             weights["4bit"], _ = coded(rng, kernel, block)
             w_dense = jnp.asarray(kernel)
             counts = np.asarray(split.counts)
             plans = {"in place": (int(counts.max()),)}
-            plans.update({f"n={n}": block_sparse.sorted_plan(counts, n) for n in GROUP_COUNTS})
+            plans.update({f"n={n}": sparse_plan.sorted_plan(counts, n) for n in GROUP_COUNTS})
             dense_sets = copies(w_dense, kernel.nbytes)
             sparse_sets = {storage: copies(w, w.nbytes) for storage, w in weights.items()}
             split_sets = copies(split, split.nbytes) if split.overflow is not None else []
@@ -117,7 +118,7 @@ def main():
         reps=args.reps,
         size=SIZE,
         density=DENSITY,
-        max_row_groups=block_sparse.MAX_ROW_GROUPS,
+        max_row_groups=sparse_plan.MAX_ROW_GROUPS,
     )
 
 

@@ -17,10 +17,12 @@ from lscjax._src.compressed import load as load
 from lscjax._src.compressed import save as save
 from lscjax._src.errors import FormatError as FormatError
 from lscjax._src.errors import LscError as LscError
+from lscjax._src.flax.calibration import Calibration as Calibration
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Calibration",
     "CompressedModel",
     "FormatError",
     "LscError",

@@ -22,17 +22,21 @@ from lscjax._src.prune.channels import weight_masks as weight_masks
 from lscjax._src.prune.distributions import distributed_magnitude as distributed_magnitude
 from lscjax._src.prune.distributions import erk_sparsities as erk_sparsities
 from lscjax._src.prune.distributions import layer_sparsities as layer_sparsities
+from lscjax._src.prune.hessian import LayerStats as LayerStats
 from lscjax._src.prune.l1_filters import filter_norms as filter_norms
 from lscjax._src.prune.l1_filters import l1_filters as l1_filters
 from lscjax._src.prune.sensitivity import sensitivity as sensitivity
 from lscjax._src.prune.sensitivity import sensitivity_table as sensitivity_table
+from lscjax._src.prune.sparsegpt import sparsegpt as sparsegpt
 from lscjax._src.prune.thin import Thinned as Thinned
 from lscjax._src.prune.thin import thin as thin
 from lscjax._src.prune.thinet import thinet as thinet
+from lscjax._src.prune.wanda import wanda as wanda
 
 __all__ += [
     "ChannelSelection",
     "LayerActivations",
+    "LayerStats",
     "Thinned",
     "apoz",
     "apoz_scores",
@@ -50,7 +54,9 @@ __all__ += [
     "project_topk",
     "sensitivity",
     "sensitivity_table",
+    "sparsegpt",
     "thin",
     "thinet",
+    "wanda",
     "weight_masks",
 ]

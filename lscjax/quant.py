@@ -1,10 +1,12 @@
 """Quantization: weights as integer codes into float32 codebooks (`QArray`).
 
 Deep Compression's trained k-means weight sharing and Gong et al.'s binarization, product and
-residual quantization; `centroid_grads` for fine-tuning the shared values.
+residual quantization; GPTQ's error-compensated quantization from calibration
+statistics; `centroid_grads` for fine-tuning the shared values.
 """
 
 from lscjax._src.quant.binarize import binarize as binarize
+from lscjax._src.quant.gptq import gptq as gptq
 from lscjax._src.quant.grads import centroid_grads as centroid_grads
 from lscjax._src.quant.kmeans import kmeans as kmeans
 from lscjax._src.quant.product import product as product
@@ -19,6 +21,7 @@ __all__ = [
     "binarize",
     "centroid_grads",
     "dequantize",
+    "gptq",
     "is_qarray",
     "kmeans",
     "product",

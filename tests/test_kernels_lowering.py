@@ -8,7 +8,7 @@ lowering's own rule. (Compiling the lowered IR for a GPU or TPU still needs the 
 
 The Triton lowering reads the target GPU's compute capability; with no GPU present, JAX 0.11
 raises unless an abstract device names one, so the GPU kernel is exported for an H100 (the
-device of the issue's GPU goals) under an abstract mesh, in every JAX version.
+device of benchmarks/matmul_gpu.py's goal point) under an abstract mesh, in every JAX version.
 """
 
 import contextlib

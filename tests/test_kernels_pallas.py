@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 
 from lscjax._src.kernels import pallas_gpu, pallas_tpu, reference
 from lscjax._src.kernels.reference import TOLERANCE
-from lscjax._src.sparse.block_sparse import merged
 from lscjax._src.sparse.random import random_block_kernel
+from lscjax._src.sparse.stack import merged
 from lscjax.sparse import BlockSparse, matmul
 
 KERNELS = {"pallas_gpu": pallas_gpu, "pallas_tpu": pallas_tpu}

@@ -201,3 +201,53 @@ def test_kmeans_reuses_the_compiled_clustering_for_same_shapes():
     q = lscjax.quant.kmeans(make_params(0.3, seed=12), 3, iters=7)
     assert (lloyd._cache_size(), scalar_init._cache_size()) == compiled
     assert q["Dense_0"]["kernel"].bits == 3
+
+
+def numpy_lloyd_converged(x, centroids):
+    """NumPy Lloyd (float64) until the assignment no longer changes."""
+    x, c = x.astype(np.float64), centroids.astype(np.float64).copy()
+    assign = None
+    while True:
+        new = np.argmin(np.abs(x[:, None] - c[None, :]), axis=1)
+        if assign is not None and np.array_equal(new, assign):
+            return np.mean((x - c[new]) ** 2)
+        assign = new
+        sums = np.bincount(assign, weights=x, minlength=c.size)
+        counts = np.bincount(assign, minlength=c.size)
+        c = np.where(counts > 0, sums / np.maximum(counts, 1), c)
+
+
+def test_converged_kmeans_matches_numpy_lloyd_run_to_convergence():
+    w = np.random.default_rng(7).standard_t(3, size=(96, 64)).astype(np.float32)
+    start = scalar_init(
+        jnp.asarray(w.ravel()), jnp.ones(w.size, bool), jax.random.key(0), k=32, method="linear"
+    )
+    q = lscjax.quant.kmeans({"k": {"kernel": w}}, 5)["k"]["kernel"]
+    got = float(np.mean((np.asarray(q.dequantize()) - w) ** 2))
+    reference = numpy_lloyd_converged(w.ravel(), np.asarray(start))
+    assert got <= 1.01 * reference
+    fixed = lscjax.quant.kmeans({"k": {"kernel": w}}, 5, iters=30)["k"]["kernel"]
+    assert got < float(np.mean((np.asarray(fixed.dequantize()) - w) ** 2))
+
+
+def test_weighted_kmeans_with_equal_weights_is_plain_kmeans():
+    w = pruned_weights((40, 30), 0.5, 8)
+    params = {"k": {"kernel": w}}
+    plain = lscjax.quant.kmeans(params, 4)["k"]["kernel"]
+    weighted = lscjax.quant.kmeans(params, 4, weights={"k": {"kernel": np.full(w.shape, 3.0)}})
+    np.testing.assert_array_equal(weighted["k"]["kernel"].codes, plain.codes)
+    np.testing.assert_allclose(weighted["k"]["kernel"].codebook, plain.codebook, rtol=1e-6)
+
+
+def test_weighted_kmeans_centroids_are_weighted_means():
+    w = pruned_weights((40, 30), 1.0, 9)
+    importance = np.random.default_rng(9).uniform(0, 4, size=w.shape).astype(np.float32)
+    q = lscjax.quant.kmeans({"k": {"kernel": w}}, 3, weights={"k": {"kernel": importance}})
+    q = q["k"]["kernel"]
+    codes = np.asarray(q.codes).ravel()
+    for j in np.unique(codes):  # at convergence each centroid is its members' weighted mean
+        sel = codes == j
+        mean = np.sum(w.ravel()[sel] * importance.ravel()[sel]) / np.sum(importance.ravel()[sel])
+        np.testing.assert_allclose(q.codebook[j], mean, rtol=1e-4, atol=1e-6)
+    with pytest.raises(LscError, match="k/kernel"):
+        lscjax.quant.kmeans({"k": {"kernel": w}}, 3, weights={"k": {"kernel": importance[:2]}})

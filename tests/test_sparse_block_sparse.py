@@ -9,9 +9,10 @@ from hypothesis import strategies as st
 
 import lscjax
 from lscjax import LscError
-from lscjax._src.sparse import block_sparse
-from lscjax._src.sparse.block_sparse import merged, overflow_width
+from lscjax._src.sparse import plan
+from lscjax._src.sparse.plan import overflow_width
 from lscjax._src.sparse.random import random_block_kernel
+from lscjax._src.sparse.stack import merged
 from lscjax.quant import QArray
 from lscjax.sparse import BlockSparse
 
@@ -78,7 +79,7 @@ def test_overflow_width_by_hand(monkeypatch):
     assert overflow_width(np.zeros(0, int)) is None
     # [2, 1]: width 1 leaves 2 + 1 = 3 of 4 slots, 25% fewer: split at 20%, not at 30%
     assert overflow_width(np.array([2, 1])) == 1
-    monkeypatch.setattr(block_sparse, "MIN_OVERFLOW_SAVING", 0.3)
+    monkeypatch.setattr(plan, "MIN_OVERFLOW_SAVING", 0.3)
     assert overflow_width(np.array([2, 1])) is None
 
 
@@ -249,6 +250,15 @@ def test_errors(call, match):
         call()
 
 
-def test_public_api():
-    assert lscjax.sparse.BlockSparse is BlockSparse
-    assert callable(lscjax.sparse.matmul) and callable(lscjax.sparse.conv)
+def test_row_groups_and_overflow_are_keyword_only():
+    """A positional rebuild from the first seven fields cannot pass the plan or overflow."""
+    w = np.zeros((16, 16), np.float32)
+    w[:4, :] = 1.0  # blocks of 4: one non-zero input block in each output block row
+    bs = BlockSparse.from_dense(w, 4)
+    fields = (bs.blocks, bs.indices, bs.counts, None, bs.shape, bs.block, None)
+    with pytest.raises(TypeError, match="positional"):
+        BlockSparse(*fields, bs.row_groups)
+    rebuilt = BlockSparse(*fields, row_groups=bs.row_groups, overflow=bs.overflow)
+    np.testing.assert_array_equal(np.asarray(rebuilt.todense()), w)
+    leaves, treedef = jax.tree.flatten(bs)  # unflattening passes them by keyword
+    assert jax.tree.unflatten(treedef, leaves).row_groups == bs.row_groups

@@ -14,8 +14,10 @@ from lscjax import LscError
 from lscjax._src.kernels import reference
 from lscjax._src.kernels.reference import TOLERANCE
 from lscjax._src.sparse import matmul as sparse_matmul
-from lscjax._src.sparse.block_sparse import merged, overflow_width, row_groups, split_overflow
+from lscjax._src.sparse.convert import split_overflow
+from lscjax._src.sparse.plan import overflow_width, row_groups
 from lscjax._src.sparse.random import random_block_kernel
+from lscjax._src.sparse.stack import merged
 from lscjax.sparse import BlockSparse, matmul, resolve_impl, stack
 
 SIZES = st.sampled_from([1, 7, 16, 33, 48])
@@ -96,7 +98,7 @@ def _kept_blocks_dense(w: BlockSparse, blocks, codebook=None):
 @pytest.mark.parametrize("temp_bytes", [2**30, 64])  # 64: x's rows in pieces of one
 @pytest.mark.parametrize("long_row", [False, True])  # True: one full row, split into an overflow
 def test_grads_match_dense_vjp(set_trace_constant, impl, shape, block, batch, temp_bytes, long_row):
-    set_trace_constant("lscjax._src.sparse.block_sparse.TEMP_BYTES", temp_bytes)
+    set_trace_constant("lscjax._src.sparse.plan.TEMP_BYTES", temp_bytes)
     rng = np.random.default_rng(0)
     kernel = random_block_kernel(rng, shape, block, 0.3)
     if long_row:
@@ -128,7 +130,7 @@ def test_grads_match_dense_vjp(set_trace_constant, impl, shape, block, batch, te
 @pytest.mark.parametrize("bits", [4, 8])
 @pytest.mark.parametrize("temp_bytes", [2**30, 64])
 def test_codebook_grads_match_dense_vjp(set_trace_constant, bits, temp_bytes):
-    set_trace_constant("lscjax._src.sparse.block_sparse.TEMP_BYTES", temp_bytes)
+    set_trace_constant("lscjax._src.sparse.plan.TEMP_BYTES", temp_bytes)
     rng = np.random.default_rng(1)
     codebook = jnp.asarray(np.concatenate([[0.0], rng.standard_normal(2**bits - 1)]), jnp.float32)
     codes = rng.integers(1, 2**bits, (24, 20))
@@ -246,7 +248,7 @@ def test_errors(x, kwargs, match):
 
 def test_row_groups_by_hand(monkeypatch):
     """Rows in descending count order, cut into groups padded to their own longest row."""
-    monkeypatch.setattr("lscjax._src.sparse.block_sparse.MIN_GROUP_ROWS", 2)
+    monkeypatch.setattr("lscjax._src.sparse.plan.MIN_GROUP_ROWS", 2)
     counts = np.array([1, 5, 3, 0, 2, 4])  # sorted: 5 4 | 3 2 | 1 0
     equal = np.full(6, 3)
     for coded in (False, True):
@@ -254,7 +256,7 @@ def test_row_groups_by_hand(monkeypatch):
         assert row_groups(np.zeros(0, int), slot_bytes=4, coded=coded) == (1,)
     assert row_groups(equal, slot_bytes=4, coded=True) == (3, 3, 3)
     assert row_groups(equal, slot_bytes=4, coded=False) == (3,)  # float rows multiplied in place
-    monkeypatch.setattr("lscjax._src.sparse.block_sparse.TEMP_BYTES", 5 * 4)  # one Kmax-padded row
+    monkeypatch.setattr("lscjax._src.sparse.plan.TEMP_BYTES", 5 * 4)  # one Kmax-padded row
     assert row_groups(counts, slot_bytes=4, coded=False) == (5, 4, 3, 2, 1, 1)  # a row per group
     assert row_groups(equal, slot_bytes=4, coded=True) == (3, 3, 3, 3, 3, 3)  # 12 B > 20 / 2
     assert row_groups(equal, slot_bytes=4, coded=False) == (3,)  # in place: no temporary
@@ -266,9 +268,9 @@ def test_row_group_plans_match_dense(monkeypatch, set_trace_constant, temp_bytes
     """Every plan (one group, a few, one row each; reordered or not) gives x @ W, whether x's
     rows are gathered at once or in pieces (of 1 row at 1 byte, a few at 3000, the last padded),
     and for float values also with x of few rows (rows kept in stored order)."""
-    set_trace_constant("lscjax._src.sparse.block_sparse.TEMP_BYTES", temp_bytes)
+    set_trace_constant("lscjax._src.sparse.plan.TEMP_BYTES", temp_bytes)
     set_trace_constant("lscjax._src.sparse.matmul.FLOAT_IN_PLACE_MAX_ROWS", 4)
-    monkeypatch.setattr("lscjax._src.sparse.block_sparse.MIN_GROUP_ROWS", 2)
+    monkeypatch.setattr("lscjax._src.sparse.plan.MIN_GROUP_ROWS", 2)
     rng = np.random.default_rng(4)
     codebook = np.concatenate([[0.0], rng.standard_normal(15)]).astype(np.float32)
     mask = random_block_kernel(rng, (40, 36), 4, 0.4) != 0  # R = 9 rows of unequal length

@@ -28,6 +28,7 @@ def _compress(args) -> None:
     from lscjax._src.compress import compress, recipe
     from lscjax._src.compressed import save
     from lscjax._src.report import format_storage_report, storage_report
+    from lscjax._src.streaming import compress_file, streams
 
     changes = {
         k: v
@@ -39,10 +40,13 @@ def _compress(args) -> None:
         )
         if v is not None
     }
-    model = compress(
-        read_params(args.input), recipe(args.recipe, **changes), progress=not args.quiet
-    )
-    size = save(args.output, model)
+    rc = recipe(args.recipe, **changes)
+    if streams(args.input):
+        model = compress_file(args.input, args.output, rc, workers=args.workers)
+        size = Path(args.output).stat().st_size
+    else:
+        model = compress(read_params(args.input), rc, progress=not args.quiet)
+        size = save(args.output, model)
     print(format_storage_report(storage_report(model, file_bytes=size)))
     print(f"wrote {args.output}")
 
@@ -107,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     comp = sub.add_parser(
         "compress",
         parents=[common],
-        help="compress a checkpoint (.npz, .safetensors, .msgpack, orbax)",
+        help="compress a checkpoint (.npz, .safetensors or its index/folder, .msgpack, orbax)",
     )
     comp.add_argument("input", help="checkpoint file or orbax folder")
     comp.add_argument("-o", "--output", required=True, help="the .lsc file to write")
@@ -116,6 +120,11 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--bits", type=int, help="code bits for every layer (0: float32 values)")
     comp.add_argument("--format", help="index format (lsc, ri, sri, csr, ...)")
     comp.add_argument("--entropy", choices=["ans", "huffman", "none"])
+    comp.add_argument(
+        "--workers",
+        type=int,
+        help="threads encoding tensors in parallel (safetensors input; default: every core)",
+    )
     comp.set_defaults(run=_compress)
 
     rep = sub.add_parser("report", parents=[common], help="per-layer storage of an .lsc file")

@@ -240,5 +240,9 @@ def compress(
             encoded[path] = encode(leaf, rc.format, entropy=rc.entropy, **rc.format_options)
         else:
             raw[path] = np.asarray(leaf)
-    meta = {"recipe": dataclasses.asdict(rc) | {"format_options": dict(rc.format_options)}}
-    return CompressedModel(encoded=encoded, raw=raw, meta=meta)
+    return CompressedModel(encoded=encoded, raw=raw, meta=recipe_meta(rc))
+
+
+def recipe_meta(rc: Recipe) -> dict:
+    """The file header's model-level facts for a model compressed with `rc`."""
+    return {"recipe": dataclasses.asdict(rc) | {"format_options": dict(rc.format_options)}}

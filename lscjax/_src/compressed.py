@@ -235,16 +235,18 @@ def to_bytes(model: CompressedModel) -> bytes:
     sections = [
         ({"path": p, "kind": "encoded"}, enc.to_bytes()) for p, enc in model.encoded.items()
     ]
-    for path, array in model.raw.items():
-        array = np.asarray(array)
-        if array.dtype.name not in RAW_DTYPES:
-            raise LscError(
-                f"leaf {path!r}: cannot store dtype {array.dtype} (expected {RAW_DTYPES})"
-            )
-        entry = {"path": path, "kind": "raw", "dtype": array.dtype.name, "shape": list(array.shape)}
-        little = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<"))
-        sections.append((entry, little.tobytes()))
+    sections += [raw_section(path, array) for path, array in model.raw.items()]
     return container.pack(model.meta, sections)
+
+
+def raw_section(path: str, array) -> tuple[dict, bytes]:
+    """The container section (entry, little-endian bytes) of a leaf stored losslessly."""
+    array = np.asarray(array)
+    if array.dtype.name not in RAW_DTYPES:
+        raise LscError(f"leaf {path!r}: cannot store dtype {array.dtype} (expected {RAW_DTYPES})")
+    entry = {"path": path, "kind": "raw", "dtype": array.dtype.name, "shape": list(array.shape)}
+    little = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<"))
+    return entry, little.tobytes()
 
 
 def _raw_leaf(entry: dict, payload) -> np.ndarray:

@@ -46,9 +46,14 @@ def pack(meta: dict, sections: list[tuple[dict, bytes]]) -> bytes:
         {**entry, "length": len(payload), "crc32": zlib.crc32(payload)}
         for entry, payload in sections
     ]
-    header = json.dumps({"meta": meta, "sections": entries}, separators=(",", ":")).encode()
-    prefix = _PREFIX.pack(MAGIC, VERSION, 0, len(header), zlib.crc32(header))
-    return b"".join([prefix, header] + [payload for _, payload in sections])
+    return b"".join([header(meta, entries)] + [payload for _, payload in sections])
+
+
+def header(meta: dict, entries: list[dict]) -> bytes:
+    """The bytes before the sections (prefix and JSON header), for entries that already carry
+    their "length" and "crc32": the sections' payloads follow them, in order."""
+    text = json.dumps({"meta": meta, "sections": entries}, separators=(",", ":")).encode()
+    return _PREFIX.pack(MAGIC, VERSION, 0, len(text), zlib.crc32(text)) + text
 
 
 def _require(cond: bool, message: str) -> None:

@@ -40,7 +40,7 @@ from lscjax._src.errors import FormatError, LscError
 
 BLOCK_CANDIDATES = (4, 8, 16, 32, 64, 128, 256, 512)
 MAX_BLOCK = 4096
-EXACT_SEARCH_ELEMENTS = 2**20
+EXACT_SEARCH_ELEMENTS = 2**16
 """Up to this many elements every candidate b is encoded and counted exactly; above it b is the
 candidate with the fewest estimated bits (`estimated_bits`) and only k is chosen exactly."""
 
@@ -147,21 +147,26 @@ class BlockCode:
         return cls(plan, k, coder, z, lengths, bits)
 
 
+def _tile_sums(a: np.ndarray, factor: int) -> np.ndarray:
+    """Sums of the `factor` x `factor` tiles of a [R, C] (zero-padded at the edges): strided
+    adds, no sort or bincount."""
+    rows, cols = -(-a.shape[0] // factor), -(-a.shape[1] // factor)
+    padded = np.zeros((rows * factor, cols * factor), a.dtype)
+    padded[: a.shape[0], : a.shape[1]] = a
+    down = sum(padded[i::factor] for i in range(factor))
+    return sum(down[:, j::factor] for j in range(factor))
+
+
 def candidate_counts(nonzero: np.ndarray) -> dict:
     """{b: non-zeros per block int64 [grid rows, grid cols]} for every b in BLOCK_CANDIDATES
-    (powers of two), from the bool matrix `nonzero` [R, C]: one bincount, then 2-D sums."""
-    rows, cols = np.nonzero(nonzero)
+    (powers of two), from the bool matrix `nonzero` [R, C]: tile sums of the smallest b, then
+    2 x 2 sums of those for each next b."""
     base = BLOCK_CANDIDATES[0]
-    grid = _grid(nonzero.shape, base)
-    tiles = (rows // base) * grid[1] + cols // base
-    counts = np.bincount(tiles, minlength=grid[0] * grid[1]).reshape(grid)
-    out = {}
-    for block in BLOCK_CANDIDATES:
-        factor = block // base
-        coarse = (-(-grid[0] // factor), -(-grid[1] // factor))
-        padded = np.zeros((coarse[0] * factor, coarse[1] * factor), np.int64)
-        padded[: grid[0], : grid[1]] = counts
-        out[block] = padded.reshape(coarse[0], factor, coarse[1], factor).sum(axis=(1, 3))
+    counts = _tile_sums(nonzero.view(np.uint8), base).astype(np.int64)  # <= 16 a tile
+    out = {base: counts}
+    for smaller, block in zip(BLOCK_CANDIDATES, BLOCK_CANDIDATES[1:], strict=False):
+        counts = _tile_sums(counts, block // smaller)
+        out[block] = counts
     return out
 
 
@@ -173,12 +178,14 @@ def estimated_bits(counts: np.ndarray, block: int, shape: tuple) -> float:
     area = np.outer(
         tile_extent(np.arange(counts.shape[0]), block, rows),
         tile_extent(np.arange(counts.shape[1]), block, cols),
-    )[counts > 0]
-    p = counts[counts > 0] / area
-    with np.errstate(divide="ignore", invalid="ignore"):
-        entropy = -np.nan_to_num(p * np.log2(p)) - np.nan_to_num((1 - p) * np.log2(1 - p))
+    )
+    occupied = np.count_nonzero(counts)
+    partial = (counts > 0) & (counts < area)  # full and empty blocks have no entropy
+    n, area = counts[partial], area[partial]
+    p = n / area
+    entropy = -(n * np.log2(p) + (area - n) * np.log2(1 - p))
     field = 2 * (block * block).bit_length()
-    return counts.size + p.size * field + float((area * entropy).sum())
+    return counts.size + occupied * field + float(entropy.sum())
 
 
 def _candidates(nonzero: np.ndarray, shape: tuple) -> tuple:

@@ -80,7 +80,7 @@ class BlockSparseLinear(nnx.Module):
 
 
 class BlockSparseConv(BlockSparseLinear):
-    """`nnx.Conv` served from a `BlockSparse` kernel [*window, in, out] (patches + matmul)."""
+    """`nnx.Conv` served from a `BlockSparse` kernel ``[*window, in, out]`` (patches + matmul)."""
 
     def __init__(self, layer, kernel, *, path: str, impl: str, interpret: bool):
         if layer.feature_group_count != 1 or layer.mask is not None:

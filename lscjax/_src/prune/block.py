@@ -25,7 +25,7 @@ def block_scores(w: jnp.ndarray, block: tuple[int, int], reduce: str = "l2") -> 
       w: float array [..., n] (ndim >= 2); a conv kernel [kh, kw, cin, cout] is the matrix
         [kh * kw * cin, cout].
       block: (b0, b1) tile shape.
-      reduce: "l2" (Frobenius norm of the tile), "l1" (sum of |w|) or "max" (largest |w|).
+      reduce: "l2" (Frobenius norm of the tile), "l1" (sum of ``|w|``) or "max" (largest ``|w|``).
 
     Returns:
       float array [ceil(rows / b0), ceil(cols / b1)].

@@ -1,21 +1,84 @@
 """Deep Compression's trained quantization: per-layer scalar k-means weight sharing.
 
-Each selected layer's non-zero weights are clustered by Lloyd's algorithm (`lloyd.lloyd`, jitted);
-pruned zeros are left out of the clustering and keep code 0, whose codebook entry is exactly 0.0.
+Each selected layer's non-zero weights are clustered by Lloyd's algorithm (`lloyd.lloyd`, jitted)
+run to convergence; pruned zeros are left out of the clustering and keep code 0, whose codebook
+entry is exactly 0.0. Per-weight importance weights (e.g. a Hessian diagonal, as in SqueezeLLM)
+make the centroids weighted means.
 """
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from lscjax._src.errors import LscError
 from lscjax._src.quant.lloyd import INITS, lloyd, scalar_init
 from lscjax._src.quant.options import per_leaf
 from lscjax._src.quant.qarray import QArray, check_bits, code_dtype
-from lscjax._src.tree import Where, check_float_leaf, map_selected, selected_leaves
+from lscjax._src.tree import Where, check_float_leaf, map_selected, selected_leaves, selection
+
+SAMPLE_POINTS = 2**16
+"""A layer with more non-zero weights fits its codebook on a deterministic sample of this many
+of them plus its smallest and largest, then assigns every weight to its nearest centroid
+(benchmarks/scale.py measures the distortion this costs)."""
+_CHUNK = 1 << 22
+DEFAULT_INIT = "linear"
+MAX_ITERS = 1000
+TOL = 1e-6
 
 
-def kmeans_leaf(w, bits: int, *, init: str, iters: int, key) -> QArray:
-    """Scalar k-means of one weight array (see `kmeans`); returns a "kmeans" QArray."""
+def _sampled_leaf(
+    w: np.ndarray, bits: int, *, init: str, iters: int, key, tol: float, weights
+) -> QArray:
+    """`kmeans_leaf` of a layer with more than SAMPLE_POINTS non-zeros, on the host: Lloyd on
+    the sample (jitted), then the nearest centroid of each weight by binary search, in chunks."""
+    values = np.asarray(w, np.float32).reshape(-1)
+    nonzero = np.flatnonzero(values)
+    k = 2**bits - int(nonzero.size < values.size)
+    picked = np.sort(np.random.default_rng(0).choice(nonzero.size, SAMPLE_POINTS, replace=False))
+    kept = values[nonzero]
+    ends = [int(np.argmin(kept)), int(np.argmax(kept))]
+    points = np.concatenate([kept[picked], kept[ends]])
+    sample_weights = None
+    if weights is not None:
+        importance = np.asarray(weights, np.float32).reshape(-1)[nonzero]
+        sample_weights = jnp.asarray(np.concatenate([importance[picked], importance[ends]]))
+    valid = jnp.ones(points.size, bool)
+    start = scalar_init(jnp.asarray(points), valid, key, k=k, method=init)
+    centroids = lloyd(
+        points[:, None], valid, start[:, None], iters=iters, tol=tol, weights=sample_weights
+    )[0][:, 0]
+    centroids = np.asarray(centroids)
+    order = np.argsort(centroids, kind="stable")
+    ordered = centroids[order]
+    midpoints = (ordered[1:] + ordered[:-1]) / np.float32(2)
+    dtype = code_dtype(2**bits)
+    codes = np.zeros(values.size, dtype)
+    first = 2**bits - k  # 1 when code 0 is the pruned zero
+    for start_at in range(0, kept.size, _CHUNK):
+        part = slice(start_at, start_at + _CHUNK)
+        codes[nonzero[part]] = order[np.searchsorted(midpoints, kept[part])] + first
+    codebook = np.concatenate([np.zeros(first, np.float32), centroids])
+    return QArray(
+        jnp.asarray(codes.reshape(w.shape)), jnp.asarray(codebook), "kmeans", bits, tuple(w.shape)
+    )
+
+
+def kmeans_leaf(
+    w, bits: int, *, init: str, iters: int, key, tol: float = TOL, weights=None
+) -> QArray:
+    """Scalar k-means of one weight array (see `kmeans`); returns a "kmeans" QArray.
+
+    Args:
+      w: float array of any shape.
+      bits: bits per code.
+      init, iters, tol: as in `kmeans`.
+      key: PRNG key for the random inits.
+      weights: optional float array shaped like `w` (>= 0), each weight's importance.
+    """
+    if np.count_nonzero(np.asarray(w)) > SAMPLE_POINTS:
+        return _sampled_leaf(
+            np.asarray(w), bits, init=init, iters=iters, key=key, tol=tol, weights=weights
+        )
     w = jnp.asarray(w, jnp.float32)
     values = w.reshape(-1)
     valid = values != 0
@@ -27,7 +90,10 @@ def kmeans_leaf(w, bits: int, *, init: str, iters: int, key) -> QArray:
             jnp.zeros(w.shape, jnp.uint8), jnp.zeros((1,), jnp.float32), "kmeans", bits, w.shape
         )
     start = scalar_init(values, valid, key, k=k, method=init)
-    centroids, assignment, _ = lloyd(values[:, None], valid, start[:, None], iters=iters)
+    point_weights = None if weights is None else jnp.asarray(weights, jnp.float32).reshape(-1)
+    centroids, assignment, _ = lloyd(
+        values[:, None], valid, start[:, None], iters=iters, tol=tol, weights=point_weights
+    )
     codes = jnp.where(valid, assignment + int(has_zeros), 0).astype(code_dtype(2**bits))
     codebook = centroids[:, 0]
     if has_zeros:
@@ -35,15 +101,47 @@ def kmeans_leaf(w, bits: int, *, init: str, iters: int, key) -> QArray:
     return QArray(codes.reshape(w.shape), codebook, "kmeans", bits, tuple(w.shape))
 
 
+def _check_weights(params, weights, where):
+    """{path: importance array} for the selected leaves, checked; {} when `weights` is None."""
+    if weights is None:
+        return {}
+    chosen = selection(params, where)
+    given = dict(selected_leaves(weights, lambda p, _: chosen.get(p, False)))
+    out = {}
+    for path, leaf in selected_leaves(params, where):
+        if path not in given:
+            raise LscError(f"leaf {path!r}: weights= has no entry for this selected leaf")
+        imp = np.asarray(given[path], np.float32)
+        if imp.shape != np.shape(leaf):
+            raise LscError(
+                f"leaf {path!r}: weights of shape {imp.shape}, the leaf has {np.shape(leaf)}"
+            )
+        if not np.all(np.isfinite(imp)) or np.any(imp < 0):
+            raise LscError(f"leaf {path!r}: weights must be finite and >= 0")
+        out[path] = imp
+    return out
+
+
 def kmeans(
-    params, bits, *, init: str = "linear", iters: int = 30, where: Where = None, seed: int = 0
+    params,
+    bits,
+    *,
+    init: str = DEFAULT_INIT,
+    iters: int = MAX_ITERS,
+    tol: float = TOL,
+    weights=None,
+    where: Where = None,
+    seed: int = 0,
 ):
     """Per-layer scalar k-means weight sharing (Han et al., Deep Compression, 2016).
 
     Every selected leaf becomes a "kmeans" `QArray` with at most ``2**bits`` codes. Only the
     non-zero weights are clustered: a layer with pruned zeros gets ``2**bits - 1`` centroids plus
-    code 0 = exactly 0.0, so zeros stay zeros and the codes are sparse where the weights are. The
-    centroids are the k-means centroids of the non-zero weights after `iters` Lloyd iterations.
+    code 0 = exactly 0.0, so zeros stay zeros and the codes are sparse where the weights are.
+    Lloyd's iterations run until the assignment stops changing or an iteration lowers the
+    distortion by less than `tol` of its value, at most `iters` of them. A layer with more than
+    SAMPLE_POINTS non-zeros fits its centroids on a deterministic sample of its weights and
+    assigns every weight to its nearest centroid.
 
     This is a host-level transform (it inspects the weights to find the zeros); the clustering
     itself is jitted and compiled once per (layer size, k, init, iters).
@@ -53,7 +151,12 @@ def kmeans(
       bits: bits per code, an int in [1, 16] or a {path: bits} map (e.g. 8 for conv, 5 for fc).
       init: "linear" (Deep Compression's: evenly between the min and max non-zero weight),
         "density", "random" or "kmeans++".
-      iters: Lloyd iterations.
+      iters: the most Lloyd iterations.
+      tol: relative distortion change that stops the iterations (0: only a fixed assignment, or
+        `iters`, stops them).
+      weights: optional pytree like `params` with a float array >= 0 of each selected leaf's
+        shape: per-weight importance (e.g. the Hessian diagonal of each weight's input). The
+        centroids are then weighted means, minimising the weighted squared error.
       where: selection (default: 'kernel' leaves with ndim >= 2).
       seed: PRNG seed for the "random" and "kmeans++" inits (folded with the leaf index).
 
@@ -63,28 +166,40 @@ def kmeans(
 
     Raises:
       LscError (a ValueError): bits outside [1, 16] or missing from the map, unknown init,
-        iters < 0, a selected leaf that is not floating point or holds NaN/Inf (the message
-        names the leaf path).
+        iters < 0, tol < 0, weights missing or misshapen for a selected leaf, a selected leaf
+        that is not floating point or holds NaN/Inf (the message names the leaf path).
 
     Example:
-      >>> q = lscjax.quant.kmeans(params, {"Conv_0/kernel": 8, "Dense_0/kernel": 5})
+      >>> bits = {"Conv_0/kernel": 8, "Conv_1/kernel": 8, "Dense_0/kernel": 5, "Dense_1/kernel": 5}
+      >>> q = lscjax.quant.kmeans(params, bits)  # or one int for every selected leaf
       >>> dense = lscjax.quant.dequantize(q)
     """
     if init not in INITS:
         raise LscError(f"init must be one of {INITS}, got {init!r}")
     if isinstance(iters, bool) or not isinstance(iters, int) or iters < 0:
         raise LscError(f"iters must be an int >= 0, got {iters!r}")
+    if not isinstance(tol, int | float) or not tol >= 0:
+        raise LscError(f"tol must be a number >= 0, got {tol!r}")
     leaves = selected_leaves(params, where)
     index = {}
     for i, (path, leaf) in enumerate(leaves):
         check_float_leaf(path, leaf)
         check_bits(path, per_leaf(bits, path, "bits"))
         index[path] = i
+    importance = _check_weights(params, weights, where)
     key = jax.random.key(seed)
 
     def one(path, w):
         leaf_bits = per_leaf(bits, path, "bits")
         leaf_key = jax.random.fold_in(key, index[path])
-        return kmeans_leaf(w, leaf_bits, init=init, iters=iters, key=leaf_key)
+        return kmeans_leaf(
+            w,
+            leaf_bits,
+            init=init,
+            iters=iters,
+            key=leaf_key,
+            tol=float(tol),
+            weights=importance.get(path),
+        )
 
     return map_selected(one, params, where=where, fill="keep")

@@ -1,4 +1,4 @@
-"""Lloyd's k-means in JAX: jitted, vectorized over points, with a per-iteration distortion trace.
+"""Lloyd's k-means in JAX: jitted, vectorized over points, run to convergence, with a distortion trace.
 
 Points are float32 [n, d]. For d == 1 the nearest centroid is found by binary search over the
 sorted centroids' midpoints (O(n log k) time, O(n) memory), for d > 1 by a dense [n, k] distance
@@ -24,44 +24,75 @@ def nearest(points: jax.Array, centroids: jax.Array) -> jax.Array:
     return jnp.argmin(sq, axis=1).astype(jnp.int32)
 
 
-def _distortion(points, valid, centroids, assignment) -> jax.Array:
+def _distortion(points, weight, centroids, assignment) -> jax.Array:
     err = jnp.sum((points - centroids[assignment]) ** 2, axis=1)
-    return jnp.sum(jnp.where(valid, err, 0.0)) / jnp.maximum(jnp.sum(valid), 1)
+    return jnp.sum(weight * err) / jnp.maximum(jnp.sum(weight), 1e-30)
 
 
 @functools.partial(jax.jit, static_argnames=("iters",))
-def lloyd(points: jax.Array, valid: jax.Array, init: jax.Array, *, iters: int):
-    """Run `iters` Lloyd iterations (assign to the nearest centroid, move centroids to the means).
+def lloyd(
+    points: jax.Array,
+    valid: jax.Array,
+    init: jax.Array,
+    *,
+    iters: int,
+    tol: float | jax.Array = 0.0,
+    weights: jax.Array | None = None,
+):
+    """Lloyd's iterations (assign to the nearest centroid, move centroids to the weighted means).
 
-    A centroid that loses all its points keeps its position.
+    Stops after `iters` iterations, or earlier once the assignment stops changing (every further
+    iteration would return the same centroids, so this is exact) or once an iteration lowers the
+    distortion by less than ``tol`` times its previous value. A centroid that loses all its points
+    keeps its position.
 
     Args:
       points: float32 [n, d].
       valid: bool [n]; only these points are clustered and counted in the distortion.
       init: float32 [k, d] initial centroids.
-      iters: number of iterations (static).
+      iters: the most iterations (static).
+      tol: relative distortion change below which the iterations stop (0: only a fixed
+        assignment stops them early).
+      weights: optional float32 [n] >= 0 importance of each point (e.g. a Hessian diagonal):
+        centroids are weighted means and the distortion a weighted mean squared error. None
+        weighs every valid point 1.
 
     Returns:
       (centroids float32 [k, d], assignment int32 [n], distortion float32 [iters + 1]) where
-      ``distortion[t]`` is the mean squared error over the valid points of the centroids after t
-      iterations with every point at its nearest centroid; it never increases with t (up to
-      float32 rounding).
+      ``distortion[t]`` is the (weighted) mean squared error over the valid points of the
+      centroids after t iterations with every point at its nearest centroid, and after the
+      stopping iteration the final value repeated; it never increases with t (up to float32
+      rounding).
     """
     k = init.shape[0]
     weight = valid.astype(jnp.float32)
+    if weights is not None:
+        weight = weight * jnp.asarray(weights, jnp.float32)
+    assignment = nearest(points, init)
+    first = _distortion(points, weight, init, assignment)
+    trace = jnp.full((iters + 1,), first, jnp.float32)
 
-    def step(centroids, _):
-        assignment = nearest(points, centroids)
-        distortion = _distortion(points, valid, centroids, assignment)
+    def cond(carry):
+        t, _, _, _, done = carry
+        return (t < iters) & ~done
+
+    def body(carry):
+        t, centroids, assignment, trace, _ = carry
         sums = jax.ops.segment_sum(points * weight[:, None], assignment, k)
         counts = jax.ops.segment_sum(weight, assignment, k)
-        moved = sums / jnp.maximum(counts, 1.0)[:, None]
-        return jnp.where(counts[:, None] > 0, moved, centroids), distortion
+        moved = sums / jnp.maximum(counts, 1e-30)[:, None]
+        centroids = jnp.where(counts[:, None] > 0, moved, centroids)
+        new = nearest(points, centroids)
+        distortion = _distortion(points, weight, centroids, new)
+        before = trace[t]
+        stalled = (tol > 0) & (before - distortion <= tol * before)
+        done = jnp.all((new == assignment) | ~valid) | stalled
+        trace = jnp.where(jnp.arange(iters + 1) > t, distortion, trace)
+        return t + 1, centroids, new, trace, done
 
-    centroids, trace = jax.lax.scan(step, init, None, length=iters)
-    assignment = nearest(points, centroids)
-    final = _distortion(points, valid, centroids, assignment)
-    return centroids, assignment, jnp.append(trace, final)
+    carry = (jnp.int32(0), init, assignment, trace, jnp.bool_(False))
+    _, centroids, assignment, trace, _ = jax.lax.while_loop(cond, body, carry)
+    return centroids, assignment, trace
 
 
 @functools.partial(jax.jit, static_argnames=("k", "method"))

@@ -5,7 +5,12 @@ The layout of `codes` and `codebook` depends on the method (the team-wide conven
 * ``"kmeans"`` and ``"binarize"`` (scalar methods): ``codes`` has the weight's shape and the dense
   weight is ``codebook[codes]`` with ``codebook`` float32 [K], K <= 2**bits. For ``"kmeans"``,
   whenever the layer has pruned zeros, code 0 is reserved for exactly 0.0 (``codebook[0] == 0.0``):
-  an integer code array is then sparse exactly where the weight is. ``"binarize"`` with a per-row
+  an integer code array is then sparse exactly where the weight is. A ``"kmeans"`` QArray may
+  also hold one codebook per output channel (the last axis, n = ``shape[-1]``): ``codebook``
+  float32 [n, K] and the dense weight is ``codebook[c, codes[..., c]]``; or one per group of G
+  consecutive row blocks and channel, ``codebook`` float32 [G, n, K] over the 2-D view [m, n]
+  (G divides m; row r uses group ``r // (m // G)``): the per-channel (grouped) uniform grids of
+  GPTQ, stored as their grid values. ``"binarize"`` with a per-row
   scale uses ``codebook`` float32 [rows, 2] and the dense weight is ``codebook[row, codes]``.
 * ``"product"``: the weight's 2-D view [m, n] (rows = all leading axes, ``n = shape[-1]``) is cut
   into s segments of ``sub_dim = n // s`` columns; ``codes`` is [m, s] and ``codebook`` float32
@@ -52,8 +57,9 @@ class QArray:
 
     Attributes:
       codes: uint8 (<= 256 codes) or uint16 array; the weight's shape for scalar methods,
-        [m, s] for "product", [stages, *shape] for "residual" ([stages, m, s] for its vectors).
-      codebook: float32; [K] (or [rows, 2] for per-row "binarize"), [s, K, sub_dim] for
+        [m, s] for "product", ``[stages, *shape]`` for "residual" ([stages, m, s] for its vectors).
+      codebook: float32; [K] (or [n, K] / [G, n, K] per channel for "kmeans", [rows, 2] for
+        per-row "binarize"), [s, K, sub_dim] for
         "product", [stages, K] for "residual" ([stages, K, sub_dim] for its vectors).
       method: static; "kmeans" | "binarize" | "product" | "residual".
       bits: static; bits per code, in [1, 16].
@@ -69,6 +75,13 @@ class QArray:
     def dequantize(self) -> jax.Array:
         """The dense weight, float32 of shape `shape`."""
         codes = self.codes.astype(jnp.int32)
+        if self.method == "kmeans" and self.codebook.ndim > 1:  # per-channel [(G,) n, K]
+            groups, n, k = (
+                (1, *self.codebook.shape) if self.codebook.ndim == 2 else self.codebook.shape
+            )
+            view = codes.reshape(groups, -1, n)
+            base = (jnp.arange(groups)[:, None, None] * n + jnp.arange(n)[None, None, :]) * k
+            return self.codebook.reshape(-1)[base + view].reshape(self.shape)
         if self.method == "product":
             segments = jnp.arange(self.codebook.shape[0])
             rows = self.codebook[segments, codes]  # [m, s, sub_dim]
@@ -124,6 +137,12 @@ def _expected_shapes(q: QArray) -> tuple[tuple, tuple]:
         return (stages, *shape), (stages, k)
     if q.method == "binarize" and len(cb) == 2:
         return shape, (rows, 2)
+    n = shape[-1] if shape else -1
+    if q.method == "kmeans" and len(cb) == 2:
+        return shape, (n, cb[1])
+    if q.method == "kmeans" and len(cb) == 3:
+        groups = cb[0] if cb[0] > 0 and rows % cb[0] == 0 else -1
+        return shape, (groups, n, cb[2])
     return shape, (cb[0] if len(cb) == 1 else -1,)
 
 

@@ -69,7 +69,7 @@ def residual(
 
     Returns:
       The params with a "residual" QArray at every selected leaf, codes uint8/uint16 and
-      codebook float32: [stages, *shape] and [stages, k] (scalar), [stages, m, n / d] and
+      codebook float32: ``[stages, *shape]`` and [stages, k] (scalar), [stages, m, n / d] and
       [stages, k, d] (vectors); other leaves unchanged.
 
     Raises:

@@ -72,20 +72,20 @@ def conv(
 ) -> jax.Array:
     """Channels-last convolution ``lax.conv_general_dilated(x, kernel)`` with a BlockSparse kernel.
 
-    The patches of x (`patches`, in the kernel's (*window, C_in) order) are multiplied by the
+    The patches of x (`patches`, in the kernel's ``(*window, C_in)`` order) are multiplied by the
     kernel's matrix view [prod(window) * C_in, C_out] with `matmul`, so the dense kernel is
     never formed.
 
     Args:
-      x: float [N, *spatial, C_in] (1 to 3 spatial dims).
-      w: BlockSparse of a kernel [*window, C_in, C_out] (Flax's Conv layout).
+      x: float ``[N, *spatial, C_in]`` (1 to 3 spatial dims).
+      w: BlockSparse of a kernel ``[*window, C_in, C_out]`` (Flax's Conv layout).
       strides: window strides (int or one per spatial dim).
       padding: "VALID", "SAME" or explicit (low, high) pairs per spatial dim.
       input_dilation, kernel_dilation: as in `lax.conv_general_dilated` (lhs / rhs dilation).
       impl, interpret: passed to `matmul`.
 
     Returns:
-      [N, *out_spatial, C_out] of ``result_type(x.dtype, w.dtype)``.
+      ``[N, *out_spatial, C_out]`` of ``result_type(x.dtype, w.dtype)``.
 
     Raises:
       LscError: a kernel of rank < 3 or > 5, or x whose channels / rank do not match it.

@@ -13,8 +13,9 @@ import numpy as np
 
 from lscjax._src.errors import LscError
 from lscjax._src.quant.qarray import QArray, is_qarray
-from lscjax._src.sparse.block_sparse import BlockSparse, stack
+from lscjax._src.sparse.block_sparse import BlockSparse
 from lscjax._src.sparse.multi_axis import MultiAxisKernel, is_block_sparse, matrix_split
+from lscjax._src.sparse.stack import stack
 from lscjax._src.tree import check_float_leaf, leaves_with_paths
 
 # Largest fraction of non-zero blocks at which a kernel is served block-sparse by default; denser

@@ -16,8 +16,9 @@ from jax import lax
 
 from lscjax._src.errors import LscError
 from lscjax._src.kernels import pallas_gpu, pallas_tpu, reference
-from lscjax._src.sparse import block_sparse
+from lscjax._src.sparse import plan
 from lscjax._src.sparse.block_sparse import BlockSparse, Overflow
+from lscjax._src.sparse.shard import ShardedBlockSparse, sharded_matmul
 
 IMPLS = ("auto", "xla", "pallas", "pallas_gpu", "pallas_tpu")
 
@@ -70,7 +71,15 @@ def resolve_impl(impl: str, w: BlockSparse, interpret: bool = False) -> str:
 
 def _layout(blocks, codebook, indices, counts, overflow, cfg: _Config) -> BlockSparse:
     return BlockSparse(
-        blocks, indices, counts, codebook, cfg.shape, cfg.block, cfg.bits, cfg.row_groups, overflow
+        blocks,
+        indices,
+        counts,
+        codebook,
+        cfg.shape,
+        cfg.block,
+        cfg.bits,
+        row_groups=cfg.row_groups,
+        overflow=overflow,
     )
 
 
@@ -118,7 +127,7 @@ def _xla(x, w: BlockSparse, groups: tuple[int, ...]):
     overflow rows are one more product, spread onto their output blocks.
     """
     rows, kmax = w.indices.shape
-    size = block_sparse.rows_per_group(rows, groups)
+    size = plan.rows_per_group(rows, groups)
     order = jnp.argsort(-w.counts, stable=True) if min(groups) < kmax else None
     parts = []
     for g, k in enumerate(groups):
@@ -154,7 +163,7 @@ def _row_pieces(a, gathered_row_bytes: int):
     alike. None when all M rows fit in one piece.
     """
     m = a.shape[0]
-    piece = max(1, block_sparse.TEMP_BYTES // gathered_row_bytes)
+    piece = max(1, plan.TEMP_BYTES // gathered_row_bytes)
     if m <= piece:
         return None
     n = -(-m // piece)
@@ -168,7 +177,7 @@ def _xla_in_row_pieces(x, w: BlockSparse):
     Every piece follows the plan of x's whole row count.
     """
     groups = _plan(w, x.shape[0])
-    slots = block_sparse.rows_per_group(w.blocks.shape[0], groups) * sum(groups)
+    slots = plan.rows_per_group(w.blocks.shape[0], groups) * sum(groups)
     slots += 0 if w.overflow is None else w.overflow.indices.size
     xs = _row_pieces(x, slots * w.block[0] * x.dtype.itemsize)
     if xs is None:
@@ -289,6 +298,7 @@ def matmul(x: jax.Array, w: BlockSparse, *, impl: str = "auto", interpret: bool 
 
     Example:
       >>> w = lscjax.sparse.BlockSparse.from_dense(kernel, block=(32, 32))
+      >>> x = jnp.ones((8, kernel.shape[0]), jnp.float32)
       >>> y = jax.jit(lscjax.sparse.matmul)(x, w)  # == x @ kernel
     """
     if not isinstance(w, BlockSparse):
@@ -299,6 +309,8 @@ def matmul(x: jax.Array, w: BlockSparse, *, impl: str = "auto", interpret: bool 
     k, n = w.matrix_shape
     if x.ndim < 1 or x.shape[-1] != k:
         raise LscError(f"matmul: x of shape {x.shape} does not match W of input size {k}")
+    if isinstance(w, ShardedBlockSparse):
+        return sharded_matmul(x, w, functools.partial(matmul, impl=impl, interpret=interpret))
     _check_overflow(w)
     kernel = resolve_impl(impl, w, interpret)
     cfg = _Config(tuple(w.shape), tuple(w.block), w.bits, kernel, bool(interpret), w.row_groups)

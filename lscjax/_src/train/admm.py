@@ -70,9 +70,10 @@ def admm(
       LscError: bad sparsity/map or every, or an update called without params.
 
     Example:
-      >>> targets = {"Conv_0/kernel": 0.8, "Conv_1/kernel": 0.92, ...}
-      >>> opt = lscjax.train.admm(optax.adam(1e-3), targets, rho=1e-3, every=300)
-      >>> params, state = fit(apply_fn, params, opt, x, y, steps=6 * 300)
+      >>> targets = {"Conv_0/kernel": 0.8, "Conv_1/kernel": 0.92, "Dense_0/kernel": 0.95,
+      ...            "Dense_1/kernel": 0.8}
+      >>> opt = lscjax.train.admm(optax.adam(1e-3), targets, rho=1e-3, every=5)
+      >>> params, state = lscjax.models.fit(apply_fn, params, opt, x, y, steps=6 * 5)
       >>> masks = lscjax.train.admm_masks(state)
       >>> opt = lscjax.train.keep_masks(optax.adam(1e-3), masks)  # retrain
     """

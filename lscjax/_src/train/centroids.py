@@ -87,14 +87,15 @@ def shared_centroids(
         inconsistent QArray (names the leaf path); at update, params not given.
 
     Example:
-      >>> q = lscjax.quant.kmeans(params, {"Conv_0/kernel": 8, "Dense_0/kernel": 5})
+      >>> bits = {"Conv_0/kernel": 8, "Conv_1/kernel": 8, "Dense_0/kernel": 5, "Dense_1/kernel": 5}
+      >>> q = lscjax.quant.kmeans(params, bits)  # or one int for every selected leaf
       >>> opt = lscjax.train.shared_centroids(optax.adam(1e-4), q)
       >>> params, state = lscjax.models.fit(apply_fn, lscjax.quant.dequantize(q), opt, x, y,
-      ...                                   steps=1000)
+      ...                                   steps=20)
       >>> q = lscjax.train.quantized_params(params, state)
       >>> opt = lscjax.train.shared_centroids(optax.adam(1e-4))  # or: init from the QArrays
       >>> params, state = lscjax.models.fit(apply_fn, lscjax.quant.dequantize(q), opt, x, y,
-      ...                                   steps=1000, opt_state=opt.init(q))
+      ...                                   steps=20, opt_state=opt.init(q))
     """
 
     def init(params):

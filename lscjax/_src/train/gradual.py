@@ -139,7 +139,8 @@ def gradual(
     Example:
       >>> sched = lscjax.train.polynomial(0.0, 0.9, begin=0, end=2000, frequency=100)
       >>> opt = lscjax.train.gradual(optax.adam(1e-3), sched)
-      >>> masks = opt_state.masks  # after training
+      >>> opt_state = opt.init(params)
+      >>> masks = opt_state.masks  # all True at first; updated as training runs
     """
     if distribution != "global" and not isinstance(distribution, Mapping):
         if distribution not in ("uniform", "erk"):

@@ -1,0 +1,264 @@
+"""`Calibration`: the input statistics of a Flax model's layers over unlabelled batches.
+
+For every Dense / DenseGeneral / Conv layer (Linen) and Linear / LinearGeneral / Conv layer
+(NNX) that the model calls, the layer's inputs are flattened to rows X [N, d] (a Conv's through
+its patches, in the order of ``kernel.reshape(-1, out)``: kh, kw, cin) and reduced on the fly
+to ``X^T X`` and the per-feature squared norms, in float32: the activations themselves are never
+kept. Linen layers are seen through ``flax.linen.intercept_methods``; NNX layers by wrapping
+their classes' ``__call__`` while the capture is traced, each layer found by the identity of its
+kernel among the params passed in.
+"""
+
+import contextlib
+import math
+from collections.abc import Callable, Iterable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from lscjax._src.errors import LscError
+from lscjax._src.prune.hessian import LayerStats
+from lscjax._src.tree import Where, leaves_with_paths, selection
+
+LINEN_LAYERS = (nn.Dense, nn.DenseGeneral, nn.Conv)
+NNX_LAYERS = (nnx.Linear, nnx.LinearGeneral, nnx.Conv)
+
+
+def _padding(padding, nd: int):
+    if isinstance(padding, str) and padding.upper() in ("SAME", "VALID"):
+        return padding.upper()
+    if isinstance(padding, int):
+        return [(padding, padding)] * nd
+    if isinstance(padding, tuple | list) and len(padding) == nd:
+        return [(p, p) if isinstance(p, int) else tuple(p) for p in padding]
+    raise LscError(f"calibration: Conv padding {padding!r} is not supported")
+
+
+def _tuple(value, nd: int):
+    if value is None:
+        return (1,) * nd
+    return (value,) * nd if isinstance(value, int) else tuple(value)
+
+
+def layer_rows(module, x) -> jax.Array:
+    """The rows X float32 [N, d] that `module` (a supported layer) multiplies by its kernel."""
+    x = jnp.asarray(x, jnp.float32)
+    if isinstance(module, nn.Dense | nnx.Linear):
+        return x.reshape(-1, x.shape[-1])
+    if isinstance(module, nn.DenseGeneral | nnx.LinearGeneral):
+        if getattr(module, "batch_dims", ()) or getattr(module, "batch_axis", None):
+            raise LscError(f"calibration: {type(module).__name__} with batch dims is not supported")
+        axis = module.axis if isinstance(module.axis, tuple | list) else (module.axis,)
+        axis = tuple(a % x.ndim for a in axis)
+        moved = jnp.moveaxis(x, axis, tuple(range(x.ndim - len(axis), x.ndim)))
+        return moved.reshape(-1, math.prod(x.shape[a] for a in axis))
+    kernel_size = tuple(module.kernel_size)
+    nd = len(kernel_size)
+    if module.feature_group_count != 1:
+        raise LscError("calibration: grouped Conv (feature_group_count > 1) is not supported")
+    if x.ndim == nd + 1:
+        x = x[None]
+    x = x.reshape(-1, *x.shape[-(nd + 1) :])
+    spatial = "".join("HWDXYZ"[i] for i in range(nd))
+    patches = jax.lax.conv_general_dilated_patches(
+        x,
+        kernel_size,
+        _tuple(module.strides, nd),
+        _padding(module.padding, nd),
+        lhs_dilation=_tuple(module.input_dilation, nd),
+        rhs_dilation=_tuple(module.kernel_dilation, nd),
+        dimension_numbers=(f"N{spatial}C", f"{spatial}IO", f"N{spatial}C"),
+    )  # [..., C * prod(kernel_size)], C major
+    c = x.shape[-1]
+    patches = patches.reshape(-1, c, math.prod(kernel_size))
+    return jnp.swapaxes(patches, 1, 2).reshape(-1, math.prod(kernel_size) * c)
+
+
+@contextlib.contextmanager
+def _nnx_capture(callback):
+    """Wrap the NNX layer classes' __call__ so that each call reports (module, input)."""
+    originals = {cls: cls.__call__ for cls in NNX_LAYERS}
+
+    def wrap(cls):
+        original = originals[cls]
+
+        def call(self, x, *args, **kwargs):
+            callback(self, self.kernel.get_value(), x)
+            return original(self, x, *args, **kwargs)
+
+        return call
+
+    try:
+        for cls in NNX_LAYERS:
+            cls.__call__ = wrap(cls)
+        yield
+    finally:
+        for cls, original in originals.items():
+            cls.__call__ = original
+
+
+def _traced_calls(apply_fn, params, batch, wanted: Callable[[str], bool]):
+    """Run apply_fn(params, batch) under tracing and return [(kernel path, rows)] per layer call."""
+    ids = {id(leaf): path for path, leaf in leaves_with_paths(params)}
+    paths = set(ids.values())
+    calls = []
+
+    def record(path, x_rows):
+        if wanted(path):
+            calls.append((path, x_rows))
+
+    def linen(next_fun, args, kwargs, context):
+        module = context.module
+        if context.method_name == "__call__" and isinstance(module, LINEN_LAYERS):
+            kernel = module.get_variable("params", "kernel")
+            path = ids.get(id(kernel), "/".join(module.path) + "/kernel")
+            if path in paths:
+                record(path, lambda: layer_rows(module, args[0]))
+        return next_fun(*args, **kwargs)
+
+    def nnx_call(module, kernel, x):
+        path = ids.get(id(kernel))
+        if path is not None:
+            record(path, lambda: layer_rows(module, x))
+
+    with nn.intercept_methods(linen), _nnx_capture(nnx_call):
+        apply_fn(params, batch)
+    return calls
+
+
+class Calibration:
+    """Unlabelled calibration batches and the model function that consumes them.
+
+    Attributes:
+      apply_fn: ``(params, batch) -> outputs``, a plain (not jitted) function calling the Flax
+        model, e.g. ``lambda p, x: model.apply({"params": p}, x)`` (Linen) or
+        ``lambda s, x: nnx.merge(graphdef, s)(x)`` (NNX; params = the nnx.State of its Params).
+      batches: the first `num_batches` batches (all when None), kept as given (model inputs,
+        e.g. token ids int32 [B, T] or images float32 [B, H, W, C]).
+
+    Example:
+      >>> cal = lscjax.Calibration(apply_fn, [images])  # apply_fn(params, batch) -> logits
+      >>> stats = cal.stats(params)  # {"Conv_0/kernel": LayerStats, ...}
+      >>> pruned = cal.sequential(params, lambda p, s: lscjax.prune.sparsegpt(p, s, 0.5)[0])
+    """
+
+    def __init__(self, apply_fn: Callable, batches: Iterable, *, num_batches: int | None = None):
+        """See the class docstring.
+
+        Raises:
+          LscError: apply_fn not callable, num_batches < 1, no batches.
+        """
+        if not callable(apply_fn):
+            raise LscError(f"apply_fn must be callable, got {type(apply_fn).__name__}")
+        if num_batches is not None and (
+            isinstance(num_batches, bool) or not isinstance(num_batches, int) or num_batches < 1
+        ):
+            raise LscError(f"num_batches must be None or an int >= 1, got {num_batches!r}")
+        kept = []
+        for batch in batches:
+            if num_batches is not None and len(kept) == num_batches:
+                break
+            kept.append(batch)
+        if not kept:
+            raise LscError("calibration batches yield no batch")
+        self.apply_fn = apply_fn
+        self.batches = kept
+        self._runs: dict = {}
+
+    def _probe(self, params, where: Where) -> dict[str, int]:
+        """{kernel path: d} of the selected layers the model calls, in call order (traced once)."""
+        chosen = {p: True for p, _ in leaves_with_paths(params)}
+        if where is not None:
+            chosen = selection(params, where)
+        found: dict[str, int] = {}
+
+        def probe(p, batch):
+            for path, rows in _traced_calls(self.apply_fn, p, batch, chosen.get):
+                found.setdefault(path, int(rows().shape[1]))
+            return 0
+
+        jax.eval_shape(probe, params, self.batches[0])
+        if not found:
+            raise LscError(
+                "calibration: no selected kernel belongs to a Dense/DenseGeneral/Conv layer "
+                f"that apply_fn calls (selected: {[p for p, c in chosen.items() if c][:5]})"
+            )
+        return found
+
+    def layers(self, params, *, where: Where = None) -> list[str]:
+        """The kernel paths of the selected layers that the model calls, in call order.
+
+        Args:
+          params: the model's params (as apply_fn takes them).
+          where: selection over the params (default: every kernel of a supported layer).
+
+        Raises:
+          LscError: no selected kernel belongs to a supported layer the model calls.
+        """
+        return list(self._probe(params, where))
+
+    def _run(self, paths: tuple[str, ...]):
+        """The jitted (params, batch, sums) -> sums for the layers `paths`, compiled once."""
+        if paths not in self._runs:
+            wanted = set(paths).__contains__
+
+            def run(params, batch, sums):
+                sums = dict(sums)
+                for path, rows in _traced_calls(self.apply_fn, params, batch, wanted):
+                    x = rows()
+                    gram, sq, count = sums[path]
+                    sums[path] = (gram + x.T @ x, sq + jnp.sum(x * x, axis=0), count + x.shape[0])
+                return sums
+
+            self._runs[paths] = jax.jit(run, donate_argnums=2)
+        return self._runs[paths]
+
+    def stats(self, params, *, where: Where = None) -> dict[str, LayerStats]:
+        """Statistics of the selected layers' inputs over all batches, from `params`' model.
+
+        Args:
+          params: the model's params.
+          where: selection (default: every kernel of a supported layer).
+
+        Returns:
+          {kernel path: LayerStats} (gram float32 [d, d], norms float32 [d], count) in call
+          order. A layer called more than once per batch accumulates every call.
+
+        Raises:
+          LscError: as `layers`.
+        """
+        dims = self._probe(params, where)
+        paths = tuple(dims)
+        sums = {
+            path: (jnp.zeros((d, d), jnp.float32), jnp.zeros((d,), jnp.float32), jnp.int32(0))
+            for path, d in dims.items()
+        }
+        run = self._run(paths)
+        for batch in self.batches:
+            sums = run(params, batch, sums)
+        return {
+            path: LayerStats(sums[path][0], jnp.sqrt(sums[path][1]), int(sums[path][2]))
+            for path in paths
+        }
+
+    def sequential(self, params, compress_layer: Callable, *, where: Where = None):
+        """Layer-sequential calibration (the SparseGPT / GPTQ protocol).
+
+        The layers are taken in call order; each one's statistics come from the model whose
+        earlier layers `compress_layer` has already changed, and then it is changed too.
+
+        Args:
+          params: the model's params.
+          compress_layer: ``(params, {path: LayerStats}) -> params`` (one layer's stats), e.g.
+            ``lambda p, s: lscjax.prune.sparsegpt(p, s, 0.5)[0]``.
+          where: selection (default: every kernel of a supported layer).
+
+        Returns:
+          The params after every selected layer was compressed.
+        """
+        for path in self.layers(params, where=where):
+            one = self.stats(params, where=lambda p, _, q=path: p == q)
+            params = compress_layer(params, one)
+        return params

@@ -1,0 +1,233 @@
+"""GPTQ (Frantar et al. 2023): error-compensated quantization, one input feature at a time.
+
+The features of each layer are quantized in order (`prune.hessian.lazy_sweep`); the rounding
+error of each is spread over the features not yet quantized by the optimal brain surgeon
+update, so the layer's output on the calibration inputs stays close. The grid is either a
+per-output-channel uniform grid (min-max, asymmetric, optionally per group of input features)
+or the layer's k-means codebook (k-means of the weights weighted by their input feature's
+Hessian diagonal). Zeros of a pruned kernel stay exactly 0, so GPTQ runs after SparseGPT or
+Wanda on their masks.
+"""
+
+import functools
+from collections.abc import Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lscjax._src.errors import LscError
+from lscjax._src.prune.hessian import (
+    check_block_size,
+    check_damp,
+    inverse_factor,
+    lazy_sweep,
+    matrix_view,
+    padded,
+    stats_leaves,
+)
+from lscjax._src.prune.sparsegpt import lazy_block
+from lscjax._src.quant.kmeans import DEFAULT_INIT, kmeans_leaf
+from lscjax._src.quant.lloyd import nearest
+from lscjax._src.quant.options import per_leaf
+from lscjax._src.quant.qarray import QArray, check_bits, code_dtype
+from lscjax._src.tree import Where, map_selected
+
+GRIDS = ("uniform", "kmeans")
+
+
+def uniform_grid(x: jax.Array, maxq: int) -> tuple[jax.Array, jax.Array]:
+    """Per-row asymmetric min-max grid of x float32 [n, c] (0 always on it): (scale, zero) [n]."""
+    lo = jnp.minimum(jnp.min(x, axis=1), 0.0)
+    hi = jnp.maximum(jnp.max(x, axis=1), 0.0)
+    flat = lo == hi
+    lo, hi = jnp.where(flat, -1.0, lo), jnp.where(flat, 1.0, hi)
+    scale = (hi - lo) / maxq
+    return scale, jnp.round(-lo / scale)
+
+
+def grid_values(scale: jax.Array, zero: jax.Array, maxq: int) -> jax.Array:
+    """The grid values float32 [..., maxq + 1] of scales and zero points [...]."""
+    return scale[..., None] * (jnp.arange(maxq + 1, dtype=jnp.float32) - zero[..., None])
+
+
+@functools.partial(jax.jit, static_argnames=("block", "group"))
+def uniform_sweep(wt, u, keep, maxq, *, block: int, group: int):
+    """GPTQ onto per-row uniform grids of maxq + 1 levels. wt float32 [n, dp], u [dp, dp], keep
+    bool [n, dp], maxq float32 [].
+
+    group == 0: one grid per row, from all its weights; else a grid per row and group of `group`
+    features, found from the current (compensated) weights when the sweep reaches the group.
+
+    Returns:
+      (Wt float32 [n, dp], codes int32 [n, dp], scale float32 [G, n], zero float32 [G, n]) with
+      G = dp // group (1 for group == 0).
+    """
+    rows, dp = wt.shape
+    scale, zero = uniform_grid(wt, maxq)
+    groups = dp // group if group else 1
+    grids = (jnp.zeros((groups, rows)) + scale, jnp.zeros((groups, rows)) + zero)
+
+    def start(w1, diag1, i1, aux):
+        return aux
+
+    def column(w1, i, gi, diag1, aux):
+        (scales, zeros), codes = aux
+        if group:
+            fresh = uniform_grid(jax.lax.dynamic_slice(w1, (0, i), (rows, group)), maxq)
+            first = gi % group == 0
+            at = gi // group
+            scale = jnp.where(first, fresh[0], scales[at])
+            zero = jnp.where(first, fresh[1], zeros[at])
+            scales = jax.lax.dynamic_update_index_in_dim(scales, scale, at, axis=0)
+            zeros = jax.lax.dynamic_update_index_in_dim(zeros, zero, at, axis=0)
+        else:
+            scale, zero = scales[0], zeros[0]
+        w = jax.lax.dynamic_index_in_dim(w1, i, axis=1, keepdims=False)
+        kept = jax.lax.dynamic_index_in_dim(keep, gi, axis=1, keepdims=False)
+        code = jnp.where(kept, jnp.clip(jnp.round(w / scale) + zero, 0, maxq), zero)
+        codes = jax.lax.dynamic_update_index_in_dim(codes, code.astype(jnp.int32), gi, axis=1)
+        return scale * (code - zero), ((scales, zeros), codes)
+
+    aux = (grids, jnp.zeros((rows, dp), jnp.int32))
+    out, ((scales, zeros), codes) = lazy_sweep(wt, u, aux, block=block, start=start, column=column)
+    return out, codes, scales, zeros
+
+
+@functools.partial(jax.jit, static_argnames=("block", "reserved"))
+def codebook_sweep(wt, u, keep, codebook, *, block: int, reserved: bool):
+    """GPTQ onto one codebook float32 [K] (entry 0 = exactly 0.0 for pruned weights when
+    `reserved`; the others taken by nearest value). Returns (Wt [n, dp], codes int32 [n, dp])."""
+    rows, dp = wt.shape
+    choices = codebook[int(reserved) :]
+
+    def start(w1, diag1, i1, aux):
+        return aux
+
+    def column(w1, i, gi, diag1, codes):
+        w = jax.lax.dynamic_index_in_dim(w1, i, axis=1, keepdims=False)
+        kept = jax.lax.dynamic_index_in_dim(keep, gi, axis=1, keepdims=False)
+        code = jnp.where(kept, nearest(w[:, None], choices[:, None]) + int(reserved), 0)
+        codes = jax.lax.dynamic_update_index_in_dim(codes, code, gi, axis=1)
+        return jnp.where(kept, codebook[code], 0.0), codes
+
+    return lazy_sweep(
+        wt, u, jnp.zeros((rows, dp), jnp.int32), block=block, start=start, column=column
+    )
+
+
+def gptq_leaf(path, w, stats, bits, *, grid, group_size, block_size, damp, init, key) -> QArray:
+    """One kernel as a QArray by GPTQ (see `gptq`)."""
+    d = int(stats.gram.shape[0])
+    mat = matrix_view(path, w, d, layout=grid == "uniform")
+    n = mat.shape[1]
+    group = d if group_size is None else group_size
+    if d % group:
+        raise LscError(f"leaf {path!r}: group_size {group} does not divide {d} input features")
+    block = lazy_block(block_size, d, group if group_size is not None else 1)
+    u = inverse_factor(jnp.asarray(stats.gram, jnp.float32), damp)
+    wt, u = padded(mat.T, u, block)
+    keep = wt != 0
+    shape = tuple(np.shape(w))
+    if grid == "uniform":
+        maxq = 2**bits - 1
+        wide = 0 if group_size is None else group
+        _, codes, scales, zeros = uniform_sweep(
+            wt, u, keep, jnp.float32(maxq), block=block, group=wide
+        )
+        book = grid_values(scales[: d // group, :n], zeros[: d // group, :n], maxq)  # [G, n, K]
+        book = book[0] if group_size is None else book
+    elif not bool(jnp.any(mat != 0)):  # nothing to cluster: all codes 0 -> 0.0
+        return QArray(
+            jnp.zeros(shape, jnp.uint8), jnp.zeros((1,), jnp.float32), "kmeans", bits, shape
+        )
+    else:
+        importance = jnp.broadcast_to(
+            jnp.diagonal(jnp.asarray(stats.gram, jnp.float32))[:, None], mat.shape
+        )
+        q = kmeans_leaf(mat, bits, init=init, iters=1000, key=key, weights=importance)
+        book = q.codebook
+        reserved = bool(jnp.any(mat == 0))
+        _, codes = codebook_sweep(wt, u, keep, book, block=block, reserved=reserved)
+    codes = codes[:n, :d].T.reshape(shape).astype(code_dtype(2**bits))
+    return QArray(codes, jnp.asarray(book, jnp.float32), "kmeans", bits, shape)
+
+
+def gptq(
+    params,
+    stats: Mapping,
+    bits,
+    *,
+    grid: str = "uniform",
+    group_size: int | None = None,
+    block_size: int = 128,
+    damp: float = 0.01,
+    init: str = DEFAULT_INIT,
+    where: Where = None,
+    seed: int = 0,
+):
+    """GPTQ: quantize each calibrated kernel with error compensation (Frantar et al. 2023).
+
+    Each kernel W [d, n] (the matrix view; d = its stats' input features) is quantized one
+    input feature at a time; the rounding error of each feature is spread over the features
+    not yet quantized so as to minimise ``||X W - X Q||`` on the calibration inputs X (Hessian
+    ``H = X^T X`` damped by ``damp * mean(diag(H))``, lazy batches of `block_size`). Exact
+    zeros (pruned weights, e.g. from `lscjax.prune.sparsegpt`) stay exactly 0.
+
+    Args:
+      params: pytree of float arrays (kernels as in `lscjax.prune.sparsegpt`).
+      stats: {path: LayerStats} (from `lscjax.Calibration`), one per quantized kernel.
+      bits: bits per code, an int in [1, 16] or a {path: bits} map.
+      grid: "uniform": a min-max asymmetric grid of ``2**bits`` levels per output channel
+        (per group of `group_size` input features and channel when given), 0 on every grid;
+        the QArray's codebook holds each grid's values, float32 [n, 2**bits] (or
+        [d / group_size, n, 2**bits]). "kmeans": the layer's k-means codebook, k-means of its
+        non-zero weights weighted by their input feature's Hessian diagonal H_ii (codebook
+        float32 [2**bits], entry 0 = 0.0 when the kernel has zeros), as `lscjax.quant.kmeans`.
+      group_size: input features per uniform grid (must divide d); None: one per channel.
+      block_size: features per lazy batch (rounded up to a multiple of group_size).
+      damp: the damping, a fraction of the Hessian's mean diagonal, in [0, 1].
+      init: the k-means init (grid="kmeans").
+      where: the leaves to quantize (default: every leaf that `stats` has).
+      seed: PRNG seed of the random k-means inits.
+
+    Returns:
+      The params with a "kmeans" QArray at every selected kernel (codes uint8 / uint16 of the
+      kernel's shape), other leaves unchanged.
+
+    Raises:
+      LscError (a ValueError): bad bits, grid, group_size, block_size or damp; group_size with
+        grid="kmeans"; a selected leaf without stats or not matching them; an empty selection
+        (messages name the path).
+
+    Example:
+      >>> stats = lscjax.Calibration(apply_fn, [images]).stats(params)
+      >>> q = lscjax.quant.gptq(params, stats, 4, grid="kmeans")
+    """
+    if grid not in GRIDS:
+        raise LscError(f"grid must be one of {GRIDS}, got {grid!r}")
+    if group_size is not None:
+        if grid != "uniform":
+            raise LscError("group_size applies to grid='uniform' only")
+        if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1:
+            raise LscError(f"group_size must be None or an int >= 1, got {group_size!r}")
+    block_size = check_block_size(block_size)
+    damp = check_damp(damp)
+    leaves = stats_leaves(params, stats, where)
+    key = jax.random.key(seed)
+    done = {}
+    for i, (path, w, s) in enumerate(leaves):
+        leaf_bits = check_bits(path, per_leaf(bits, path, "bits"))
+        done[path] = gptq_leaf(
+            path,
+            w,
+            s,
+            leaf_bits,
+            grid=grid,
+            group_size=group_size,
+            block_size=block_size,
+            damp=damp,
+            init=init,
+            key=jax.random.fold_in(key, i),
+        )
+    return map_selected(lambda p, _: done[p], params, where=lambda p, _: p in done, fill="keep")

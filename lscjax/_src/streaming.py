@@ -1,0 +1,343 @@
+"""Streaming compression of safetensors checkpoints: one tensor in memory at a time, on every core.
+
+`compress_file` reads a `.safetensors` file, or Hugging Face's multi-file checkpoint (a folder or
+its ``model.safetensors.index.json``), memory-mapped, one tensor at a time; prunes, quantizes and
+encodes each as it comes; and writes the .lsc file section by section. The file is byte for byte
+the one `lscjax.compress` + `lscjax.save` write for the same params and recipe, for any number of
+workers: tensors are encoded in parallel threads (NumPy and the coders release the GIL) and
+written in the order of the in-memory path.
+
+One global magnitude threshold (the "global" sparsity of the recipes) needs every selected weight
+before any is pruned: it is found exactly by a radix selection over the float32 bit patterns of
+``|w|`` (two passes of 16-bit histograms, read one tensor at a time), with ties broken as
+`lscjax.prune.magnitude` does (the lower flat index, in leaf order, is kept).
+"""
+
+import concurrent.futures
+import dataclasses
+import json
+import os
+import shutil
+import threading
+import zlib
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+
+import numpy as np
+
+from lscjax._src import container
+from lscjax._src.checkpoints import nest
+from lscjax._src.coding.codec import encode
+from lscjax._src.compress import RECIPES, Recipe, recipe_meta
+from lscjax._src.compressed import CompressedModel, raw_section
+from lscjax._src.errors import FormatError, LscError
+from lscjax._src.prune.distributions import layer_sparsities
+from lscjax._src.prune.magnitude import check_sparsity, keep_count, topk_mask
+from lscjax._src.quant.kmeans import DEFAULT_INIT, MAX_ITERS, TOL, kmeans_leaf
+from lscjax._src.tree import Where, check_float_leaf, leaves_with_paths, selection, shape_proxy
+
+INDEX_NAME = "model.safetensors.index.json"
+CHUNK = 1 << 22
+"""Elements per chunk when histogramming a tensor (bounds the temporaries to ~16 MiB each)."""
+_HALF = 1 << 16
+
+
+class SafetensorsSource:
+    """The tensors of a safetensors checkpoint, read lazily (memory-mapped) one at a time.
+
+    Keys are leaf paths as `lscjax._src.checkpoints.read_params` gives them: split on '/' when
+    any key has one, else on '.', with a top-level 'params' group unwrapped.
+
+    Args:
+      path: a `.safetensors` file, a `model.safetensors.index.json` index, or a folder holding
+        either (an index, or exactly one `.safetensors` file).
+
+    Attributes:
+      files: the `.safetensors` files, in index order.
+      paths: {leaf path: (file index, key, shape, dtype name)} in flattening order.
+
+    Raises:
+      FileNotFoundError: no such file, or a file the index names is missing.
+      FormatError: an index or file that does not parse, or conflicting keys.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        try:
+            from safetensors import safe_open
+        except ImportError:
+            raise LscError("reading .safetensors needs: pip install 'lscjax[io]'") from None
+        self.files = _resolve_files(Path(path))
+        self._handles = []
+        keys: dict[str, tuple] = {}
+        for i, file in enumerate(self.files):
+            try:
+                handle = safe_open(str(file), framework="numpy")
+                for key in handle.keys():
+                    view = handle.get_slice(key)
+                    if key in keys:
+                        raise FormatError(
+                            f"{file}: tensor {key!r} also in {self.files[keys[key][0]]}"
+                        )
+                    keys[key] = (i, key, tuple(view.get_shape()), view.get_dtype())
+            except FormatError:
+                raise
+            except Exception as err:  # safetensors raises its own SafetensorError
+                raise FormatError(f"{file}: not a readable .safetensors file ({err})") from None
+            self._handles.append(handle)
+        sep = "/" if any("/" in k for k in keys) else "."
+        tree = nest({k.replace(sep, "/"): k for k in keys})
+        if isinstance(tree.get("params"), dict):
+            tree = tree["params"]
+        self.paths = {p: keys[k] for p, k in leaves_with_paths(tree)}
+        self._lock = threading.Lock()
+
+    def shape_tree(self) -> dict:
+        """The params as nested zero-cost arrays of the tensors' shapes (for `where=`)."""
+        return nest({p: shape_proxy(info[2]) for p, info in self.paths.items()})
+
+    def read(self, path: str) -> np.ndarray:
+        """The tensor at leaf `path`, copied out of the memory map."""
+        file, key, _, _ = self.paths[path]
+        with self._lock:
+            return self._handles[file].get_tensor(key)
+
+
+def streams(path: str | os.PathLike) -> bool:
+    """Whether `compress_file` reads `path`: a .safetensors file, an index, or a folder with
+    either."""
+    path = Path(path)
+    if path.is_dir():
+        return (path / INDEX_NAME).exists() or any(path.glob("*.safetensors"))
+    return path.suffix.lower() == ".safetensors" or path.name.endswith(".safetensors.index.json")
+
+
+def _resolve_files(path: Path) -> list[Path]:
+    if not path.exists():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    if path.is_dir():
+        if (path / INDEX_NAME).exists():
+            path = path / INDEX_NAME
+        else:
+            found = sorted(path.glob("*.safetensors"))
+            if len(found) != 1:
+                raise FormatError(
+                    f"{path}: expected {INDEX_NAME} or exactly one .safetensors file, "
+                    f"found {len(found)}"
+                )
+            return found
+    if path.name.endswith(".json"):
+        try:
+            weight_map = json.loads(path.read_text())["weight_map"]
+            names = list(dict.fromkeys(weight_map.values()))
+        except (ValueError, KeyError, TypeError, AttributeError) as err:
+            raise FormatError(f"{path}: not a safetensors index ({err})") from None
+        files = [path.parent / name for name in names]
+        for file in files:
+            if not file.exists():
+                raise FileNotFoundError(f"{path}: names {file.name}, which is missing")
+        return files
+    if path.suffix.lower() != ".safetensors":
+        raise LscError(f"{path}: streaming reads .safetensors files or their index")
+    return [path]
+
+
+def _abs_bits(w: np.ndarray) -> np.ndarray:
+    """uint32 bit patterns of |w| as float32 (ordered like the magnitudes)."""
+    return np.abs(np.asarray(w, np.float32)).view(np.uint32)
+
+
+def _chunks(w: np.ndarray) -> Iterator[np.ndarray]:
+    flat = w.reshape(-1)
+    for start in range(0, flat.size, CHUNK):
+        yield _abs_bits(flat[start : start + CHUNK])
+
+
+def _hi_histogram(w: np.ndarray) -> np.ndarray:
+    hist = np.zeros(_HALF, np.int64)
+    for bits in _chunks(w):
+        hist += np.bincount(bits >> 16, minlength=_HALF)
+    return hist
+
+
+def _lo_histogram(w: np.ndarray, hi: int) -> np.ndarray:
+    hist = np.zeros(_HALF, np.int64)
+    for bits in _chunks(w):
+        hist += np.bincount(bits[(bits >> 16) == hi] & (_HALF - 1), minlength=_HALF)
+    return hist
+
+
+def _split(hist: np.ndarray, k: int) -> tuple[int, int]:
+    """(bin, count above it) such that count above < k <= count above + hist[bin]."""
+    above = np.cumsum(hist[::-1])[::-1] - hist  # elements in higher bins
+    return (b := int(np.flatnonzero((above < k) & (above + hist >= k))[-1])), int(above[b])
+
+
+@dataclasses.dataclass(frozen=True)
+class GlobalThreshold:
+    """The exact global top-k of magnitudes, as a rule per leaf.
+
+    Attributes:
+      bits: the float32 bit pattern of the k-th largest |w| (None when k == 0: nothing kept).
+      ties: {path: how many weights equal to it that leaf keeps} (its lowest flat indices).
+    """
+
+    bits: int | None
+    ties: dict
+
+    def mask(self, path: str, w: np.ndarray) -> np.ndarray:
+        """bool mask (True = kept) of `w` [any shape]."""
+        if self.bits is None:
+            return np.zeros(w.shape, bool)
+        a = _abs_bits(w)
+        equal = a == self.bits
+        keep = a > self.bits
+        budget = self.ties.get(path, 0)
+        if budget:
+            keep |= equal & (np.cumsum(equal.reshape(-1)).reshape(w.shape) <= budget)
+        return keep
+
+
+def global_threshold(read: Callable, paths: list[str], sparsity: float, pool) -> GlobalThreshold:
+    """The exact global magnitude threshold of the leaves `paths` (in order), reading each
+    tensor with ``read(path)`` twice."""
+    sparsity = check_sparsity(sparsity)
+    hists = list(pool.map(lambda p: _hi_histogram(read(p)), paths))
+    total = int(sum(h.sum() for h in hists))
+    k = keep_count(total, sparsity)
+    if k == 0:
+        return GlobalThreshold(None, {})
+    hi, above_hi = _split(sum(hists), k)
+    lows = list(pool.map(lambda p: _lo_histogram(read(p), hi), paths))
+    lo, above_lo = _split(sum(lows), k - above_hi)
+    budget = k - above_hi - above_lo
+    ties = {}
+    for path, hist in zip(paths, lows, strict=True):
+        ties[path] = min(budget, int(hist[lo]))
+        budget -= ties[path]
+    return GlobalThreshold((hi << 16) | lo, ties)
+
+
+def _masker(rc: Recipe, source: SafetensorsSource, chosen: dict, pool) -> Callable:
+    """(path, w) -> bool mask, for the recipe's one-shot magnitude pruning."""
+    paths = [p for p, c in chosen.items() if c]
+    if rc.prune not in ("magnitude", "gradual"):
+        raise LscError(f"streaming compression prunes one-shot; recipe prune={rc.prune!r} trains")
+    if isinstance(rc.sparsity, Mapping):
+        proxies = source.shape_tree()
+        per_leaf = layer_sparsities(proxies, rc.sparsity, where=lambda p, _: chosen[p])
+        return lambda path, w: np.asarray(topk_mask(np.abs(w), keep_count(w.size, per_leaf[path])))
+
+    def read_checked(path):
+        w = source.read(path)
+        check_float_leaf(path, w)
+        return w
+
+    return global_threshold(read_checked, paths, rc.sparsity, pool).mask
+
+
+def _compress_leaf(path: str, w: np.ndarray, mask, rc: Recipe, quant_key):
+    """One selected leaf: pruned, quantized to its bits, encoded -> Encoded."""
+    w = np.where(mask, w, np.zeros((), w.dtype))
+    bits = rc.bits_for(path, w)
+    if bits > 0:
+        w = kmeans_leaf(w, bits, init=DEFAULT_INIT, iters=MAX_ITERS, tol=TOL, key=quant_key)
+    return encode(w, rc.format, entropy=rc.entropy, **rc.format_options)
+
+
+def compress_file(
+    checkpoint: str | os.PathLike,
+    output: str | os.PathLike,
+    recipe: str | Recipe = "lsc",
+    *,
+    where: Where = None,
+    workers: int | None = None,
+    progress: Callable | None = None,
+) -> CompressedModel:
+    """Compress a safetensors checkpoint into an .lsc file, one tensor in memory at a time.
+
+    The result is byte-identical to ``save(output, compress(read_params(checkpoint), recipe,
+    where=where))`` for recipes that prune one-shot (no `retrain`), whatever `workers`.
+
+    Args:
+      checkpoint: a `.safetensors` file, a `model.safetensors.index.json`, or a folder with
+        either (`SafetensorsSource`).
+      output: the .lsc file to write (a temporary ``output + ".part"`` is used on the way).
+      recipe: "lsc", "deep_compression" or a `Recipe` with prune "magnitude" or "gradual".
+      where: the leaves to compress (default: 'kernel' leaves with ndim >= 2); a callable
+        sees zero-cost arrays of each leaf's shape, not its values.
+      workers: threads encoding tensors in parallel (default: every core).
+      progress: called with each leaf path as it is written.
+
+    Returns:
+      A CompressedModel for reports: the encoded leaves, and the raw ones as zero-cost arrays
+      of their shape and dtype (the file holds their values).
+
+    Raises:
+      LscError: an unknown recipe, a training recipe, a bad leaf (named), `workers` < 1.
+      FormatError: a checkpoint that does not parse.
+    """
+    rc = RECIPES.get(recipe) if isinstance(recipe, str) else recipe
+    if rc is None:
+        raise LscError(f"unknown recipe {recipe!r}; expected one of {sorted(RECIPES)}")
+    workers = (os.cpu_count() or 1) if workers is None else workers
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise LscError(f"workers must be an int >= 1, got {workers!r}")
+    source = SafetensorsSource(checkpoint)
+    chosen = selection(source.shape_tree(), where)
+    import jax
+
+    quant_key = jax.random.fold_in(jax.random.key(0), 0)
+    output = Path(output)
+    parts = [output.with_name(output.name + suffix) for suffix in (".part", ".raw.part")]
+    encoded, raw, sections = {}, {}, {"encoded": [], "raw": []}
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+        mask = _masker(rc, source, chosen, pool)
+
+        def job(path):
+            w = source.read(path)
+            if not chosen[path]:
+                return raw_section(path, w), w
+            check_float_leaf(path, w)
+            return None, _compress_leaf(path, w, mask(path, w), rc, quant_key)
+
+        try:
+            with open(parts[0], "wb") as enc_file, open(parts[1], "wb") as raw_file:
+                for path, (section, result) in zip(
+                    source.paths, _ordered(pool, job, list(source.paths), workers), strict=True
+                ):
+                    if section is None:
+                        encoded[path] = result
+                        section = ({"path": path, "kind": "encoded"}, result.to_bytes())
+                        kind, out = "encoded", enc_file
+                    else:
+                        raw[path] = np.broadcast_to(np.zeros((), result.dtype), result.shape)
+                        kind, out = "raw", raw_file
+                    entry, payload = section
+                    out.write(payload)
+                    sections[kind].append(
+                        {**entry, "length": len(payload), "crc32": zlib.crc32(payload)}
+                    )
+                    if progress is not None:
+                        progress(path)
+            meta = recipe_meta(rc)
+            with open(output, "wb") as out:
+                out.write(container.header(meta, sections["encoded"] + sections["raw"]))
+                for part in parts:
+                    with open(part, "rb") as f:
+                        shutil.copyfileobj(f, out, 1 << 24)
+        finally:
+            for part in parts:
+                part.unlink(missing_ok=True)
+    return CompressedModel(encoded=encoded, raw=raw, meta=meta)
+
+
+def _ordered(pool, fn: Callable, items: list, window: int) -> Iterator:
+    """``fn(item)`` for each item, computed in `pool` at most `window` + 1 at a time, yielded
+    in order (memory: a bounded number of tensors in flight)."""
+    pending = []
+    for item in items:
+        pending.append(pool.submit(fn, item))
+        if len(pending) > window:
+            yield pending.pop(0).result()
+    for future in pending:
+        yield future.result()

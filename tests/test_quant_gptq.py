@@ -1,0 +1,121 @@
+"""GPTQ against oracles: H = I is round-to-nearest (and plain k-means), correlated inputs make it
+better than rounding, pruned zeros stay 0; per-channel QArrays through coding and serving."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import lscjax
+from lscjax import LscError
+from lscjax._src.prune.hessian import LayerStats
+from lscjax.flax import compressed_apply, to_block_sparse
+
+
+def numpy_rtn(w, bits):
+    """Round-to-nearest onto each output channel's min-max asymmetric grid (NumPy). w [d, n]."""
+    maxq = 2**bits - 1
+    lo, hi = np.minimum(w.min(0), 0), np.maximum(w.max(0), 0)
+    scale = (hi - lo) / maxq
+    zero = np.round(-lo / scale)
+    return scale * (np.clip(np.round(w / scale) + zero, 0, maxq) - zero)
+
+
+@pytest.fixture(scope="module")
+def correlated():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(1024, 48)) @ (np.eye(48) + 0.3 * rng.normal(size=(48, 48)))
+    x = (x * np.exp(0.5 * rng.normal(size=48))).astype(np.float32)
+    w = rng.normal(size=(48, 20)).astype(np.float32)
+    gram = x.astype(np.float64).T @ x
+    stats = LayerStats(jnp.asarray(gram, jnp.float32), jnp.sqrt(jnp.diagonal(gram)), len(x))
+    return x, {"l": {"kernel": w}}, {"l/kernel": stats}
+
+
+def eye(d):
+    return {"l/kernel": LayerStats(jnp.eye(d), jnp.ones(d), d)}
+
+
+@pytest.mark.parametrize("bits", [2, 4])
+def test_gptq_with_identity_hessian_is_round_to_nearest(bits):
+    w = np.random.default_rng(1).normal(size=(30, 7)).astype(np.float32)
+    q = lscjax.quant.gptq({"l": {"kernel": w}}, eye(30), bits)["l"]["kernel"]
+    assert q.codebook.shape == (7, 2**bits)
+    np.testing.assert_allclose(q.dequantize(), numpy_rtn(w, bits), rtol=1e-6, atol=1e-6)
+
+
+def test_gptq_kmeans_grid_with_identity_hessian_is_plain_kmeans():
+    w = np.random.default_rng(2).standard_t(4, size=(40, 9)).astype(np.float32)
+    params = {"l": {"kernel": w}}
+    got = lscjax.quant.gptq(params, eye(40), 3, grid="kmeans")["l"]["kernel"]
+    want = lscjax.quant.kmeans(params, 3)["l"]["kernel"]
+    np.testing.assert_array_equal(got.codebook, want.codebook)
+    np.testing.assert_array_equal(got.codes, want.codes)
+
+
+@pytest.mark.parametrize("grid", ["uniform", "kmeans"])
+def test_gptq_error_below_round_to_nearest_on_correlated_inputs(correlated, grid):
+    x, params, stats = correlated
+    w = params["l"]["kernel"]
+    q = lscjax.quant.gptq(params, stats, 3, grid=grid)["l"]["kernel"].dequantize()
+    if grid == "uniform":
+        rtn = numpy_rtn(w, 3)
+    else:  # nearest centroid of the same (Hessian-weighted) codebook
+        rtn = lscjax.quant.gptq(params, eye(48), 3, grid="kmeans")["l"]["kernel"]
+        book = lscjax.quant.gptq(params, stats, 3, grid="kmeans")["l"]["kernel"].codebook
+        rtn = np.asarray(book)[np.abs(w[..., None] - np.asarray(book)).argmin(-1)]
+    err = np.linalg.norm(x @ w - x @ np.asarray(q))
+    assert err < 0.8 * np.linalg.norm(x @ w - x @ rtn)
+
+
+@pytest.mark.parametrize("grid", ["uniform", "kmeans"])
+def test_gptq_after_sparsegpt_keeps_pruned_weights_zero(correlated, grid):
+    _, params, stats = correlated
+    pruned, masks = lscjax.prune.sparsegpt(params, stats, 0.5)
+    q = lscjax.quant.gptq(pruned, stats, 4, grid=grid)["l"]["kernel"]
+    dense = np.asarray(q.dequantize())
+    assert np.all(dense[~np.asarray(masks["l"]["kernel"])] == 0)
+    if grid == "kmeans":
+        assert q.codebook[0] == 0 and q.codebook.shape == (16,)
+
+
+def test_gptq_groups_have_their_own_grids(correlated):
+    _, params, stats = correlated
+    q = lscjax.quant.gptq(params, stats, 4, group_size=16)["l"]["kernel"]
+    assert q.codebook.shape == (3, 20, 16)
+    dense = np.asarray(q.dequantize())
+    for g in range(3):  # every group's values lie on that group's grid
+        rows = dense[16 * g : 16 * (g + 1)]
+        assert np.all(np.any(np.isclose(rows[..., None], np.asarray(q.codebook[g])[None]), -1))
+    with pytest.raises(LscError, match="group_size"):
+        lscjax.quant.gptq(params, stats, 4, group_size=7)
+    with pytest.raises(LscError, match="group_size"):
+        lscjax.quant.gptq(params, stats, 4, grid="kmeans", group_size=16)
+    with pytest.raises(LscError, match="grid"):
+        lscjax.quant.gptq(params, stats, 4, grid="log")
+
+
+class TwoDense(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        return nn.Dense(5)(nn.relu(nn.Dense(32)(x)))
+
+
+def test_per_channel_qarray_through_coding_and_serving():
+    model = TwoDense()
+    x = jax.random.normal(jax.random.key(0), (64, 16))
+    params = model.init(jax.random.key(1), x)["params"]
+    cal = lscjax.Calibration(lambda p, b: model.apply({"params": p}, b), [x])
+    stats = cal.stats(params)
+    pruned, _ = lscjax.prune.sparsegpt(params, stats, 0.5)
+    q = lscjax.quant.gptq(pruned, stats, 4)
+    leaf = q["Dense_0"]["kernel"]
+    enc = lscjax.coding.encode(leaf, "lsc", entropy="ans")
+    back = lscjax.coding.decode_qarray(enc)
+    np.testing.assert_array_equal(back.codes, leaf.codes)
+    np.testing.assert_array_equal(back.codebook, leaf.codebook)
+    dense = lscjax.quant.dequantize(q)
+    served = to_block_sparse(q, block=4)
+    got = jax.jit(compressed_apply(model.apply))({"params": served}, x)
+    np.testing.assert_allclose(got, model.apply({"params": dense}, x), rtol=1e-5, atol=1e-5)

@@ -1,0 +1,164 @@
+"""Streaming compression of safetensors checkpoints: the same bytes as the in-memory path, for
+any number of workers, one tensor at a time."""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+from safetensors.numpy import save_file
+
+import lscjax
+from lscjax._src.checkpoints import nest
+from lscjax._src.cli import main
+from lscjax._src.compressed import to_bytes
+from lscjax._src.quant import kmeans as kmeans_module
+from lscjax._src.streaming import SafetensorsSource, compress_file, global_threshold
+
+
+def _flat(rng, ties: bool) -> dict:
+    """A small transformer-like checkpoint, dotted names; `ties`: weights from {-3..3} / 10, so
+    that the global threshold falls inside a run of equal magnitudes."""
+
+    def draw(*shape):
+        if ties:
+            return (rng.integers(-3, 4, shape) / 10).astype(np.float32)
+        return rng.normal(size=shape).astype(np.float32)
+
+    flat = {"embed.embedding": draw(40, 32)}
+    for i in range(2):
+        flat[f"layers_{i}.attention.kernel"] = draw(32, 48)
+        flat[f"layers_{i}.attention.bias"] = draw(48)
+        flat[f"layers_{i}.mlp.kernel"] = draw(48, 80)
+        flat[f"layers_{i}.norm.scale"] = np.ones(48, np.float32)
+    return flat
+
+
+def _write_multi_file(folder, flat: dict) -> None:
+    """Hugging Face's layout: two shards and model.safetensors.index.json."""
+    names = sorted(flat)
+    shards = {"model-00001-of-00002.safetensors": names[::2]}
+    shards["model-00002-of-00002.safetensors"] = names[1::2]
+    for file, keys in shards.items():
+        save_file({k: flat[k] for k in keys}, str(folder / file))
+    weight_map = {k: file for file, keys in shards.items() for k in keys}
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    out = {}
+    for kind in ("normal", "ties"):
+        folder = tmp_path_factory.mktemp(kind)
+        out[kind] = folder, _flat(np.random.default_rng(0), kind == "ties")
+        _write_multi_file(folder, out[kind][1])
+    return out
+
+
+@pytest.fixture(scope="module")
+def checkpoint(checkpoints):
+    return checkpoints["normal"]
+
+
+RECIPES = {
+    "lsc": lscjax.recipe("lsc"),
+    "deep_compression": lscjax.recipe("deep_compression"),
+    "per_layer_float": lscjax.recipe(
+        "lsc",
+        sparsity={
+            f"layers_{i}/{n}/kernel": 0.5 + 0.2 * i for i in range(2) for n in ("attention", "mlp")
+        },
+        bits=0,
+        format="sri",
+    ),
+}
+
+
+@pytest.mark.parametrize(
+    "kind,name",
+    [
+        ("normal", "lsc"),
+        ("ties", "lsc"),
+        ("normal", "deep_compression"),
+        ("ties", "per_layer_float"),
+    ],
+)
+def test_streaming_file_equals_in_memory_for_1_and_n_workers(checkpoints, tmp_path, kind, name):
+    folder, flat = checkpoints[kind]
+    expected = to_bytes(lscjax.compress(nest(flat, "."), RECIPES[name]))
+    for workers in (1, 3):
+        out = tmp_path / f"{workers}.lsc"
+        compress_file(folder, out, RECIPES[name], workers=workers)
+        assert out.read_bytes() == expected, workers
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["1.lsc", "3.lsc"]  # no parts left
+
+
+def test_cli_compress_streams_safetensors(checkpoint, tmp_path, capsys):
+    folder, flat = checkpoint
+    out = tmp_path / "cli.lsc"
+    index = folder / "model.safetensors.index.json"
+    assert main(["compress", str(index), "-o", str(out), "--workers", "2", "--quiet"]) == 0
+    assert "wrote" in capsys.readouterr().out
+    assert out.read_bytes() == to_bytes(lscjax.compress(nest(flat, "."), "lsc"))
+    back = lscjax.load(out)
+    np.testing.assert_array_equal(back["embed"]["embedding"], flat["embed.embedding"])
+
+
+def test_global_threshold_matches_global_magnitude_with_ties():
+    rng = np.random.default_rng(1)
+    leaves = {f"l{i}": (rng.integers(0, 5, (30, 20 + i)) / 4).astype(np.float32) for i in range(4)}
+    paths = sorted(leaves)
+    for sparsity in (0.0, 0.37, 0.9, 0.999):
+        masks = lscjax.prune.magnitude(
+            {p: {"kernel": leaves[p]} for p in paths}, sparsity, scope="global"
+        )
+
+        class Serial:
+            map = staticmethod(lambda fn, items: [fn(i) for i in items])
+
+        rule = global_threshold(leaves.__getitem__, paths, sparsity, Serial)
+        for p in paths:
+            np.testing.assert_array_equal(rule.mask(p, leaves[p]), np.asarray(masks[p]["kernel"]))
+
+
+def test_source_reads_a_single_file_and_a_folder(tmp_path):
+    flat = {"params/Dense_0/kernel": np.ones((3, 4), np.float32), "params/Dense_0/bias": np.ones(4)}
+    save_file(flat, str(tmp_path / "one.safetensors"))
+    for where in (tmp_path, tmp_path / "one.safetensors"):
+        source = SafetensorsSource(where)
+        assert list(source.paths) == ["Dense_0/bias", "Dense_0/kernel"]
+        np.testing.assert_array_equal(source.read("Dense_0/kernel"), flat["params/Dense_0/kernel"])
+
+
+def test_bad_inputs_are_clear_errors(checkpoint, tmp_path):
+    folder, _ = checkpoint
+    with pytest.raises(lscjax.LscError, match="workers"):
+        compress_file(folder, tmp_path / "x.lsc", "lsc", workers=0)
+    with pytest.raises(lscjax.LscError, match="admm"):
+        compress_file(folder, tmp_path / "x.lsc", lscjax.recipe("lsc", prune="admm"))
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "model.safetensors.index.json").write_text(
+        json.dumps({"weight_map": {"a.kernel": "missing.safetensors"}})
+    )
+    with pytest.raises(FileNotFoundError, match="missing.safetensors"):
+        SafetensorsSource(broken)
+    (broken / "model.safetensors.index.json").write_text("[]")
+    with pytest.raises(lscjax.FormatError, match="index"):
+        SafetensorsSource(broken)
+
+
+def test_sampled_kmeans_assigns_every_weight_its_nearest_centroid(monkeypatch):
+    monkeypatch.setattr(kmeans_module, "SAMPLE_POINTS", 500)
+    rng = np.random.default_rng(2)
+    w = rng.normal(size=(60, 70)).astype(np.float32)
+    w[rng.random(w.shape) < 0.3] = 0.0
+    key = jax.random.key(0)
+    q = kmeans_module.kmeans_leaf(w, 4, init="linear", iters=20, key=key)
+    again = kmeans_module.kmeans_leaf(w, 4, init="linear", iters=20, key=key)
+    codes, book = np.asarray(q.codes), np.asarray(q.codebook)
+    np.testing.assert_array_equal(codes, np.asarray(again.codes))  # deterministic sample
+    assert book[0] == 0.0 and np.all(codes[w == 0] == 0) and np.all(codes[w != 0] > 0)
+    distance = np.abs(w[w != 0][:, None] - book[None, 1:])
+    np.testing.assert_array_equal(codes[w != 0] - 1, np.argmin(distance, axis=1))
+    assert book[1:].min() >= w.min() and book[1:].max() <= w.max()
