@@ -1,6 +1,8 @@
 """Transformer layers served from the compressed form: DenseGeneral (attention projections),
 Einsum, Embed (looked up from codes), Linen and NNX, against dense apply on the decoded weights."""
 
+from pathlib import Path
+
 import chex
 import flax.linen as nn
 import jax
@@ -13,7 +15,7 @@ import lscjax
 from lscjax import LscError
 from lscjax._src.tree import leaves_with_paths, path_str
 from lscjax.flax import compressed_apply, to_block_sparse, to_block_sparse_nnx, to_dense
-from lscjax.quant import QArray
+from lscjax.quant import QArray, is_qarray
 from lscjax.sparse import BlockSparse, MultiAxisKernel, lookup
 
 VOCAB, DIM, HEADS, TOKENS = 40, 32, 2, 6
@@ -260,3 +262,31 @@ def test_default_policy_serves_dense_kernels_dense_and_says_why(encoder):
     got = jax.jit(compressed_apply(model.apply))({"params": served}, ids)
     want = model.apply({"params": decoded}, ids)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * float(jnp.abs(want).max()))
+
+
+@pytest.mark.parametrize("bits", [None, 4, 8])
+def test_tiny_bert_served_equals_dense_apply(bits):
+    """The tiny BERT fixture with every Dense kernel block-pruned and every Embed table (with
+    codes) compressed serves like dense apply on the decoded weights, under jit, one trace."""
+    chex.clear_trace_counter()
+    model, params = lscjax.models.bert_from_hf(Path(__file__).parent / "fixtures" / "tiny_bert")
+    params = _block_pruned(params, 7)
+    if bits is not None:
+        params = lscjax.quant.kmeans(params, bits, where=_weights, iters=5)
+    served = to_block_sparse(params, block=BLOCK, max_density=1.0)
+    kernels = [leaf for path, leaf in leaves_with_paths(served, is_qarray) if "kernel" in path]
+    assert kernels and all(isinstance(k, BlockSparse) for k in kernels)
+    decoded = lscjax.quant.dequantize(params)
+    ids = jax.random.randint(jax.random.key(8), (2, 7), 0, model.config.vocab_size)
+    mask = jnp.ones_like(ids).at[1, 5:].set(0)
+
+    @jax.jit
+    @chex.assert_max_traces(n=1)
+    def encode(variables, ids, mask):
+        return compressed_apply(model.apply)(variables, ids, mask)
+
+    for step in range(2):
+        shifted = (ids + step) % model.config.vocab_size
+        got = encode({"params": served}, shifted, mask)
+        want = model.apply({"params": decoded}, shifted, mask)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * float(jnp.abs(want).max()))

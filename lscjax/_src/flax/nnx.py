@@ -32,7 +32,7 @@ class BlockSparseLinear(nnx.Module):
     ``overflow_indices``, ``overflow_rows``; absent when the kernel has none): float arrays (block
     values [R, Kmax, b_in, b_out], codebook [n_codes]) are ``nnx.Param``, integer ones (uint8
     codes, int32 indices [R, Kmax] and counts [R]) `BlockLayout`. ``bias`` (nnx.Param
-    [*features]) or None. Fine-tuning with ``nnx.Param`` filters trains the block values /
+    ``[*features]``) or None. Fine-tuning with ``nnx.Param`` filters trains the block values /
     codebook and the bias.
     """
 
@@ -66,7 +66,7 @@ class BlockSparseLinear(nnx.Module):
         return None if self.bias is None else self.bias[...]
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        """x float [..., *in] -> [..., *out] (the contracted axes are the layer's ``axis``)."""
+        """x float ``[..., *in]`` -> ``[..., *out]`` (the contracted axes are the layer's ``axis``)."""
         return layers.contract(
             self,
             x,
@@ -131,7 +131,7 @@ class CodedEmbed(nnx.Module):
 
 def _axes(node) -> tuple[int, int]:
     """(rank, contracted axes) of one layer's kernel: Linear 2 and 1, LinearGeneral its batch,
-    in and out features and its in features, Conv [*window, in, out] and window + in."""
+    in and out features and its in features, Conv ``[*window, in, out]`` and window + in."""
     if isinstance(node, nnx.LinearGeneral):
         rank = len(node.batch_axis) + len(node.in_features) + len(node.out_features)
         return rank, len(node.in_features)

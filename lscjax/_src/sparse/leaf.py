@@ -68,7 +68,7 @@ def block_sparse_leaf(
 
     Args:
       path: the leaf path, named in errors.
-      leaf: float kernel [*shape] (or [L, *shape] with `stacked`) or QArray.
+      leaf: float kernel ``[*shape]`` (or ``[L, *shape]`` with `stacked`) or QArray.
       block: b or (b_in, b_out).
       stacked: the leaf is L layers' kernels [L, ...]: each is converted and the L BlockSparse
         are stacked (`lscjax.sparse.stack`).

@@ -7,7 +7,7 @@ A layer that contracts the first ``in_ndim`` axes of its kernel (``nn.DenseGener
 That [K, N] matrix is the kernel's matrix view; `BlockSparse` cuts its blocks.
 
 `BlockSparse`'s own view of a kernel is ``shape[:-1]`` by ``shape[-1]`` (Dense [in, out], Conv
-[*window, in, out], and a DenseGeneral with one output axis, such as the attention output
+``[*window, in, out]``, and a DenseGeneral with one output axis, such as the attention output
 projection [heads, head_dim, out]): such kernels stay plain BlockSparse. A kernel with several
 output axes (the attention query / key / value projections [in, heads, head_dim], ``in_ndim =
 1``) has another view, [in, heads * head_dim]: it is held as a MultiAxisKernel whose ``matrix``
