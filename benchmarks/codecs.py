@@ -4,6 +4,8 @@ total LSC ratio in the LSC paper's setting, and LSC+Huffman speed beside zlib.
     python benchmarks/codecs.py            # trains LeNet-5 once (cached), ~3 min on 2 cores
     python benchmarks/codecs.py --quick    # smaller random layers and speed matrix, no JSON
 
+Exits with status 1 when a check FAILs (a --quick run checks them at its smaller sizes).
+
 Layers: LeNet-5 trained on Fashion-MNIST (Adam 1e-3, batch 128, 2 epochs, seed 0), each kernel
 magnitude-pruned to the ADMM densities of Liu et al. (conv1 20%, conv2 8%, fc1 0.9%, fc2 7%) and to
 Deep Compression's (66%, 12%, 8%, 19%); random 512 x 512 float32 layers with uniformly random
@@ -247,8 +249,15 @@ def main():
     print("\n## Checks\n")
     for claim, where, passed in all_checks:
         print(f"{'PASS' if passed else 'FAIL'}  {claim}  [{where}]")
-    if args.quick:
-        return
+    missed = sum(not passed for _, _, passed in all_checks)
+    if not args.quick:
+        write_json(results, ratios, timing, all_checks)
+    if missed:
+        raise SystemExit(f"{missed} check(s) FAILED")
+
+
+def write_json(results: dict, ratios: dict, timing: dict, all_checks: list) -> None:
+    """The full run's numbers and checks to RESULTS."""
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(
         json.dumps(

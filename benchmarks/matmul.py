@@ -26,6 +26,8 @@ Prints ratios (time / dense, BCOO / sparse) and writes benchmarks/results/matmul
 are given against the row's own dense minimum and against the pooled dense baseline (the best
 dense time of the batch size over all rows: the same computation); goals use the pooled one.
 
+Exits with status 1 when a goal point misses its goal.
+
 Usage: python benchmarks/matmul.py [--reps 20] [--quick] [--out PATH]
        python benchmarks/matmul.py --table PATH   (a results file as a Markdown table)
 """
@@ -335,6 +337,7 @@ def main():
     rows = run(args.reps, args.quick)
     pool_dense(rows)
     goal_rows = [r for r in rows if r["batch"] == GOAL["batch"] and r["density"] == GOAL["density"]]
+    missed = 0
     for r in goal_rows:
         met = (
             r["float_over_dense_pooled"] <= GOAL["float"],
@@ -345,6 +348,7 @@ def main():
             f"GOAL b={r['block']} {r['mask']}: f32<=0.2 {met[0]}, 4bit<=0.25 {met[1]}, "
             f"bcoo>=20x {met[2]}"
         )
+        missed += not all(met)
     write_results(
         args.out,
         "matmul",
@@ -357,6 +361,8 @@ def main():
         goal=GOAL,
         **overhead,
     )
+    if missed:
+        raise SystemExit(f"goal not met at {missed} point(s)")
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
     python benchmarks/scale.py                     # 100M and 300M params at 1, 2, all workers; 1B once
     python benchmarks/scale.py --sizes 100M 300M   # a subset
     python benchmarks/scale.py --quick             # 20M params, 1 and 2 workers, no JSON
+    python benchmarks/scale.py --sizes 1B --no-kmeans  # one point, keeping the rest of the JSON
 
 Each point writes a synthetic transformer-shaped float32 checkpoint (token embedding [V, d];
 per layer the query / key / value / output kernels [d, d], the MLP kernels [d, 4d] and [4d, d]
@@ -14,7 +15,9 @@ and reports wall time, peak RSS of the process, weights per second (all params o
 checkpoint over the wall time) and the file ratio (checkpoint bytes over .lsc bytes); then
 loads the .lsc file back (``lscjax.load(..., layout="quantized")``: QArray codes + codebooks,
 one tensor decoded at a time) under the same measurement. The big files are deleted after
-each point. Writes benchmarks/results/scale.json.
+each point. Before them, the cost of fitting k-means on a sample (`SAMPLE_POINTS` of the kept
+weights, lscjax._src.quant.kmeans) instead of every kept weight is measured on two pruned normal
+layers: mean squared error and time of each. Writes benchmarks/results/scale.json.
 """
 
 import argparse
@@ -156,15 +159,53 @@ def point(size: str, workers: list[int], tmp: pathlib.Path) -> list[dict]:
     return rows
 
 
+def kmeans_sample_cost(shape: tuple, density: float, bits: int = 5) -> dict:
+    """Distortion (mean squared error over the kept weights) and time of `kmeans_leaf` fit on
+    its deterministic sample against Lloyd over every kept weight, on one normal(0, 0.02)
+    layer magnitude-pruned to `density`."""
+    import jax
+
+    from lscjax._src.quant import kmeans as km
+
+    w = (0.02 * np.random.default_rng(1).standard_normal(shape, np.float32)).astype(np.float32)
+    w[np.abs(w) < np.quantile(np.abs(w), 1 - density)] = 0
+    kept = w != 0
+    out = {"shape": list(shape), "kept": int(kept.sum()), "sample": km.SAMPLE_POINTS}
+    saved = km.SAMPLE_POINTS
+    for name, sample in (("sampled", saved), ("full", w.size)):
+        km.SAMPLE_POINTS = sample
+        try:
+            start = time.perf_counter()
+            q = km.kmeans_leaf(
+                w, bits, init=km.DEFAULT_INIT, iters=km.MAX_ITERS, tol=km.TOL, key=jax.random.key(0)
+            )
+            error = np.asarray(q.dequantize())[kept] - w[kept]
+            out[f"{name}_s"] = time.perf_counter() - start
+            out[f"{name}_mse"] = float(np.mean(error.astype(np.float64) ** 2))
+        finally:
+            km.SAMPLE_POINTS = saved
+    out["mse_ratio"] = out["sampled_mse"] / out["full_mse"]
+    print(
+        f"k-means {shape} at {density:.0%}: sampled MSE / full MSE = {out['mse_ratio']:.4f}, "
+        f"{out['sampled_s']:.2f} s against {out['full_s']:.2f} s"
+    )
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="20M params, 1 and 2 workers")
     parser.add_argument("--sizes", nargs="*", choices=list(SIZES), default=["100M", "300M", "1B"])
     parser.add_argument("--tmp", default=None, help="folder for the checkpoints (default: temp)")
+    parser.add_argument("--no-kmeans", action="store_true", help="skip the k-means sampling cost")
     args = parser.parse_args()
     cores = os.cpu_count() or 1
     sizes = ["20M"] if args.quick else args.sizes
     every = sorted({1, 2, cores})
+    shapes = [(512, 1024)] if args.quick else [(1024, 2048), (2048, 2048)]
+    sampling = []
+    if not args.no_kmeans:
+        sampling = [kmeans_sample_cost(shape, 0.05 if args.quick else 0.1) for shape in shapes]
     with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
         rows = []
         for size in sizes:
@@ -175,7 +216,9 @@ def main() -> None:
         previous = json.loads(RESULTS.read_text()) if RESULTS.exists() else {"rows": []}
         done = {(r["size"], r["workers"]) for r in rows}
         kept = [r for r in previous["rows"] if (r["size"], r["workers"]) not in done]
-        RESULTS.write_text(json.dumps({"cores": cores, "rows": kept + rows}, indent=1) + "\n")
+        sampling = sampling or previous.get("kmeans_sampling", [])
+        out = {"cores": cores, "rows": kept + rows, "kmeans_sampling": sampling}
+        RESULTS.write_text(json.dumps(out, indent=1) + "\n")
         print(f"wrote {RESULTS}")
 
 

@@ -8,8 +8,12 @@ from lscjax import prune as prune
 from lscjax import quant as quant
 from lscjax import sparse as sparse
 from lscjax import train as train
+from lscjax._src.checkpoints import Checkpoint as Checkpoint
+from lscjax._src.checkpoints import read_checkpoint as read_checkpoint
+from lscjax._src.checkpoints import read_params as read_params
 from lscjax._src.compress import Recipe as Recipe
 from lscjax._src.compress import Retrain as Retrain
+from lscjax._src.compress import Rule as Rule
 from lscjax._src.compress import compress as compress
 from lscjax._src.compress import recipe as recipe
 from lscjax._src.compressed import CompressedModel as CompressedModel
@@ -23,13 +27,17 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Calibration",
+    "Checkpoint",
     "CompressedModel",
     "FormatError",
     "LscError",
     "Recipe",
     "Retrain",
+    "Rule",
     "compress",
     "load",
+    "read_checkpoint",
+    "read_params",
     "recipe",
     "save",
     "coding",

@@ -192,6 +192,8 @@ def test_load_where_leaves_layers_alone(encoder, tmp_path):
     got = jax.jit(compressed_apply(model.apply))({"params": served}, ids)
     want = model.apply({"params": dense}, ids)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * float(jnp.abs(want).max()))
+    with pytest.raises(LscError, match="selects none"):
+        lscjax.load(tmp_path / "m.lsc", layout="block_sparse", where=lambda p, _: False)
 
 
 class NnxEncoder(nnx.Module):

@@ -121,13 +121,39 @@ def test_global_threshold_matches_global_magnitude_with_ties():
             np.testing.assert_array_equal(rule.mask(p, leaves[p]), np.asarray(masks[p]["kernel"]))
 
 
-def test_source_reads_a_single_file_and_a_folder(tmp_path):
-    flat = {"params/Dense_0/kernel": np.ones((3, 4), np.float32), "params/Dense_0/bias": np.ones(4)}
+def test_source_reads_what_safetensors_wrote(tmp_path):
+    rng = np.random.default_rng(3)
+    flat = {
+        "params/Dense_0/kernel": rng.normal(size=(3, 4)).astype(np.float32),
+        "params/Dense_0/bias": rng.normal(size=4),  # float64
+        "params/Embed_0/embedding": rng.normal(size=(5, 2)).astype(np.float16),
+        "params/count": np.arange(3, dtype=np.int64),
+    }
     save_file(flat, str(tmp_path / "one.safetensors"))
     for where in (tmp_path, tmp_path / "one.safetensors"):
         source = SafetensorsSource(where)
-        assert list(source.paths) == ["Dense_0/bias", "Dense_0/kernel"]
-        np.testing.assert_array_equal(source.read("Dense_0/kernel"), flat["params/Dense_0/kernel"])
+        assert list(source.paths) == [
+            "Dense_0/bias",
+            "Dense_0/kernel",
+            "Embed_0/embedding",
+            "count",
+        ]
+        for path in source.paths:
+            expected = flat["params/" + path]
+            got = source.read(path)
+            assert got.dtype == expected.dtype
+            np.testing.assert_array_equal(got, expected)
+
+
+def test_source_refuses_a_bad_header(tmp_path):
+    save_file({"a.kernel": np.ones((2, 2), np.float32)}, str(tmp_path / "x.safetensors"))
+    data = (tmp_path / "x.safetensors").read_bytes()
+    (tmp_path / "x.safetensors").write_bytes(data[:-4])  # the tensor runs past the end
+    with pytest.raises(lscjax.FormatError, match="'a.kernel'"):
+        SafetensorsSource(tmp_path / "x.safetensors")
+    (tmp_path / "x.safetensors").write_bytes((10**6).to_bytes(8, "little") + b"{}")
+    with pytest.raises(lscjax.FormatError, match="does not fit"):
+        SafetensorsSource(tmp_path / "x.safetensors")
 
 
 def test_bad_inputs_are_clear_errors(checkpoint, tmp_path):

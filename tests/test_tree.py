@@ -68,3 +68,37 @@ def test_map_selected_fills_none_or_keeps(params):
 def test_list_and_attribute_paths():
     tree = [{"kernel": jnp.ones((2, 2))}, {"kernel": jnp.ones((2, 2))}]
     assert list(selection(tree)) == ["0/kernel", "1/kernel"]
+
+
+def torch_named():
+    return {"fc": {"weight": jnp.ones((4, 3)), "bias": jnp.ones(4)}}
+
+
+@pytest.mark.parametrize(
+    "where",
+    [None, lambda path, _: path.endswith("kernel"), {"fc": {"weight": False, "bias": None}}],
+    ids=["default", "callable", "pytree"],
+)
+def test_empty_selection_lists_leaves_and_how_to_select(where):
+    with pytest.raises(LscError) as err:
+        selection(torch_named(), where)
+    text = str(err.value)
+    assert "selects none of the 2 leaves" in text
+    assert "'fc/weight' [4, 3]" in text and "'fc/bias' [4]" in text
+    assert "where=" in text and "--where REGEX" in text
+    assert ("default selection" in text) == (where is None)
+
+
+def test_empty_selection_through_a_transform_and_the_allowed_cases():
+    import lscjax
+
+    with pytest.raises(LscError, match="selects none"):
+        lscjax.prune.magnitude(torch_named(), 0.5)
+    with pytest.raises(LscError, match="selects none"):
+        lscjax.quant.kmeans(torch_named(), 4)
+    many = {f"layer{i}": {"weight": jnp.ones(2)} for i in range(7)}
+    with pytest.raises(LscError, match=r"'layer4/weight' \[2\] and 2 more\."):
+        selection(many)
+    assert selection({}) == {}  # a tree without leaves selects nothing, without error
+    assert not any(selection(torch_named(), allow_empty=True).values())
+    assert map_selected(lambda _, w: w, torch_named(), allow_empty=True)["fc"]["bias"] is None

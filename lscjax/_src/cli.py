@@ -23,29 +23,108 @@ def _demo(args) -> None:
     )
 
 
+RECIPE_FILE_KEYS = {
+    "recipe",
+    "where",
+    "sparsity",
+    "prune",
+    "bits",
+    "conv_bits",
+    "dense_bits",
+    "format",
+    "entropy",
+    "format_options",
+    "rules",
+}
+
+
+def read_recipe_file(path: str | Path) -> dict:
+    """The settings of a recipe file (TOML, or JSON for a .json file).
+
+    Top-level keys: "recipe" (the shipped recipe to start from), "where" (a list of regular
+    expressions, as ``--where``), any `Recipe` field (sparsity, prune, bits, conv_bits,
+    dense_bits, format, entropy, format_options) and "rules": a list of tables with a
+    "pattern" and any of sparsity, bits, format, format_options, keep_dense (see
+    `lscjax.Rule`). An example: examples/minilm_recipe.toml.
+
+    Raises:
+      LscError: a file that does not parse, or an unknown key.
+    """
+    import json
+    import tomllib
+
+    path = Path(path)
+    text = path.read_text(encoding="utf-8")
+    try:
+        data = json.loads(text) if path.suffix.lower() == ".json" else tomllib.loads(text)
+    except (json.JSONDecodeError, tomllib.TOMLDecodeError) as err:
+        raise LscError(f"recipe file {path}: {err}") from None
+    if not isinstance(data, dict):
+        raise LscError(f"recipe file {path}: expected a table of settings at the top")
+    unknown = sorted(set(data) - RECIPE_FILE_KEYS)
+    if unknown:
+        raise LscError(
+            f"recipe file {path}: unknown key(s) {unknown}; expected {sorted(RECIPE_FILE_KEYS)}"
+        )
+    where = data.get("where", [])
+    if isinstance(where, str):
+        where = [where]
+    if not (isinstance(where, list) and all(isinstance(w, str) for w in where)):
+        raise LscError(f"recipe file {path}: 'where' must be a list of regular expressions")
+    return data | {"where": where}
+
+
+def where_regexes(patterns: list[str]):
+    """A ``(path, leaf) -> bool`` selection: the leaf path contains a match of any pattern
+    (`re.search`; anchor with ^ and $ for a full match)."""
+    import re
+
+    try:
+        compiled = [re.compile(p) for p in patterns]
+    except re.error as err:
+        raise LscError(f"--where {err.pattern!r}: not a regular expression ({err})") from None
+    return lambda path, _: any(c.search(path) for c in compiled)
+
+
+def _streamed(path: str, layout: str, rc) -> bool:
+    """Whether `lscjax compress` streams the checkpoint (`compress_file`, one tensor at a time):
+    a safetensors checkpoint in Flax layout, and a recipe without per-layer rules. PyTorch-layout
+    files are converted in memory."""
+    from lscjax._src.checkpoints import is_torch_layout
+    from lscjax._src.streaming import SafetensorsSource, streams
+
+    if layout == "torch" or rc.rules or not streams(path):
+        return False
+    keys = [key for _, key, _, _ in SafetensorsSource(path).paths.values()]
+    return layout == "flax" or not is_torch_layout(dict.fromkeys(keys))
+
+
 def _compress(args) -> None:
-    from lscjax._src.checkpoints import read_params
+    from lscjax._src.checkpoints import read_checkpoint
     from lscjax._src.compress import compress, recipe
     from lscjax._src.compressed import save
     from lscjax._src.report import format_storage_report, storage_report
-    from lscjax._src.streaming import compress_file, streams
+    from lscjax._src.streaming import compress_file
 
-    changes = {
-        k: v
-        for k, v in (
-            ("sparsity", args.sparsity),
-            ("bits", args.bits),
-            ("format", args.format),
-            ("entropy", args.entropy),
-        )
-        if v is not None
+    settings = read_recipe_file(args.recipe_file) if args.recipe_file else {}
+    patterns = args.where or settings.get("where", [])
+    flags = {
+        "sparsity": args.sparsity,
+        "bits": args.bits,
+        "format": args.format,
+        "entropy": args.entropy,
     }
-    rc = recipe(args.recipe, **changes)
-    if streams(args.input):
-        model = compress_file(args.input, args.output, rc, workers=args.workers)
+    changes = {k: v for k, v in settings.items() if k not in ("recipe", "where")}
+    changes |= {k: v for k, v in flags.items() if v is not None}
+    # the recipe is built (and checked) before the checkpoint is read
+    rc = recipe(args.recipe or settings.get("recipe", "lsc"), **changes)
+    where = where_regexes(patterns) if patterns else None
+    if _streamed(args.input, args.layout, rc):
+        model = compress_file(args.input, args.output, rc, where=where, workers=args.workers)
         size = Path(args.output).stat().st_size
     else:
-        model = compress(read_params(args.input), rc, progress=not args.quiet)
+        params, layout = read_checkpoint(args.input, layout=args.layout)
+        model = compress(params, rc, where=where, layout=layout, progress=not args.quiet)
         size = save(args.output, model)
     print(format_storage_report(storage_report(model, file_bytes=size)))
     print(f"wrote {args.output}")
@@ -74,13 +153,16 @@ def _bench(args) -> None:
     scripts = sorted(folder.glob("*.py")) if folder.is_dir() else []
     if not scripts:
         raise LscError(f"no benchmarks found in {folder} (run from a source checkout)")
+    failed = []
     for script in scripts:
         if args.only and script.stem not in args.only:
             continue
         print(f"== {script.name}", flush=True)
-        subprocess.run(
-            [sys.executable, str(script), *(["--quick"] if args.quick else [])], check=True
-        )
+        done = subprocess.run([sys.executable, str(script), *(["--quick"] if args.quick else [])])
+        if done.returncode != 0:
+            failed.append(script.stem)
+    if failed:
+        raise LscError(f"goal missed or run failed (exit status != 0): {', '.join(failed)}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -105,7 +187,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="folder with Fashion-MNIST IDX files (default: embedded subset)",
     )
-    demo.add_argument("--out", default=None, help="where to write the compressed file")
+    demo.add_argument(
+        "--out",
+        default=None,
+        help="where to write the compressed file (default: a temporary file, deleted when the "
+        "demo ends)",
+    )
     demo.set_defaults(run=_demo)
 
     comp = sub.add_parser(
@@ -115,7 +202,33 @@ def build_parser() -> argparse.ArgumentParser:
     )
     comp.add_argument("input", help="checkpoint file or orbax folder")
     comp.add_argument("-o", "--output", required=True, help="the .lsc file to write")
-    comp.add_argument("--recipe", default="lsc", choices=["lsc", "deep_compression"])
+    comp.add_argument(
+        "--recipe",
+        help="the shipped recipe to start from: lsc, deep_compression, ... (default: the "
+        "recipe file's, else lsc)",
+    )
+    comp.add_argument(
+        "--recipe-file",
+        help="TOML (or .json) file: recipe settings, 'where' and per-layer 'rules' (regex "
+        "pattern -> sparsity, bits, format, keep_dense; the first matching rule wins)",
+    )
+    comp.add_argument(
+        "--where",
+        action="append",
+        metavar="REGEX",
+        help="compress the leaves whose path (e.g. encoder/layer/0/attention/self/query/kernel) "
+        "contains a match of REGEX (re.search: anchor with ^ and $ for a full match); "
+        "repeatable, a leaf matching any is selected (default: the recipe file's, else leaves "
+        "named 'kernel' with ndim >= 2)",
+    )
+    comp.add_argument(
+        "--layout",
+        default="auto",
+        choices=["auto", "flax", "torch"],
+        help="torch: a PyTorch / Hugging Face state dict (dotted names, Linear weight "
+        "[out, in]), converted to Flax names and orientation; auto (default): torch when the "
+        "names are dotted with 'weight' leaves",
+    )
     comp.add_argument("--sparsity", type=float, help="overall sparsity (default: the recipe's)")
     comp.add_argument("--bits", type=int, help="code bits for every layer (0: float32 values)")
     comp.add_argument("--format", help="index format (lsc, ri, sri, csr, ...)")
@@ -133,7 +246,14 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--json", action="store_true", help="print JSON")
     rep.set_defaults(run=_report)
 
-    bench = sub.add_parser("bench", parents=[common], help="run the benchmarks (source checkout)")
+    bench = sub.add_parser(
+        "bench",
+        parents=[common],
+        help="run the benchmarks (source checkout)",
+        description="Run the benchmark scripts one after the other. Each prints its goal checks "
+        "and exits non-zero when one is not met (a --quick run checks them at its smaller "
+        "sizes); this command runs all of them and then exits 1 naming those that failed.",
+    )
     bench.add_argument("--quick", action="store_true", help="small sizes")
     bench.add_argument("--only", nargs="*", help="benchmark names, e.g. codecs matmul")
     bench.set_defaults(run=_bench)

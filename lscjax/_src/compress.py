@@ -7,6 +7,7 @@ per call (`recipe("lsc", sparsity={...}, bits={...})`) or a `Recipe` given whole
 """
 
 import dataclasses
+import re
 from collections.abc import Callable, Iterable, Mapping
 
 import jax
@@ -14,12 +15,15 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
+from lscjax._src.checkpoints import check_layout
 from lscjax._src.coding.codec import encode
+from lscjax._src.coding.entropy import check_entropy
+from lscjax._src.coding.formats import FORMATS
 from lscjax._src.compressed import CompressedModel
 from lscjax._src.errors import LscError
 from lscjax._src.loop import make_step
 from lscjax._src.prune.distributions import distributed_magnitude
-from lscjax._src.prune.magnitude import apply
+from lscjax._src.prune.magnitude import apply, check_sparsity
 from lscjax._src.quant.kmeans import kmeans
 from lscjax._src.quant.qarray import dequantize, is_qarray
 from lscjax._src.train.admm import admm, admm_masks
@@ -28,15 +32,86 @@ from lscjax._src.train.gradual import gradual, polynomial
 from lscjax._src.train.masking import keep_masks
 from lscjax._src.tree import Where, leaves_with_paths, map_selected, selection
 
+PRUNE_METHODS = ("magnitude", "gradual", "admm")
+
+
+def _check_bits(what: str, bits) -> int:
+    if isinstance(bits, bool) or not isinstance(bits, int | np.integer) or not 0 <= bits <= 16:
+        raise LscError(f"{what} must be an int in [0, 16] (0: float32 values), got {bits!r}")
+    return int(bits)
+
+
+def _check_format(what: str, format: str, options: Mapping) -> None:
+    if format not in FORMATS:
+        raise LscError(f"{what}: unknown format {format!r}; expected one of {tuple(FORMATS)}")
+    unknown = set(options) - FORMATS[format].options
+    if unknown:
+        raise LscError(f"{what}: format {format!r} takes no option(s) {sorted(unknown)}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+    """Per-layer settings for the selected leaves whose path matches `pattern`.
+
+    In a `Recipe`, the first rule whose pattern matches a leaf's path decides for that leaf;
+    settings it leaves as None come from the recipe itself.
+
+    Attributes:
+      pattern: a regular expression searched (`re.search`) in the leaf path, e.g.
+        ``r"attention/.*/kernel$"``; anchor it with ``^`` / ``$`` for a full match.
+      sparsity: this layer's own sparsity in [0, 1) (0: no pruning).
+      bits: code bits in [0, 16] (0: float32 values, no quantization).
+      format: the index format; with `format_options` (None: the format's defaults when
+        `format` is set, else the recipe's options).
+      keep_dense: leave the matching leaves unselected: stored losslessly as they are, never
+        pruned or quantized (the other settings must then be None).
+    """
+
+    pattern: str
+    sparsity: float | None = None
+    bits: int | None = None
+    format: str | None = None
+    format_options: Mapping | None = None
+    keep_dense: bool = False
+
+    def __post_init__(self):
+        what = f"rule {self.pattern!r}"
+        if not isinstance(self.pattern, str):
+            raise LscError(
+                f"rule pattern must be a regular expression string, got {self.pattern!r}"
+            )
+        try:
+            re.compile(self.pattern)
+        except re.error as err:
+            raise LscError(f"{what}: not a regular expression ({err})") from None
+        if not isinstance(self.keep_dense, bool):
+            raise LscError(f"{what}: keep_dense must be true or false, got {self.keep_dense!r}")
+        settings = (self.sparsity, self.bits, self.format, self.format_options)
+        if self.keep_dense and any(x is not None for x in settings):
+            raise LscError(f"{what}: keep_dense takes no sparsity, bits or format")
+        if self.sparsity is not None:
+            check_sparsity(self.sparsity, f"{what}: sparsity")
+        if self.bits is not None:
+            _check_bits(f"{what}: bits", self.bits)
+        if self.format_options is not None and self.format is None:
+            raise LscError(f"{what}: format_options needs a format")
+        if self.format is not None:
+            _check_format(what, self.format, self.format_options or {})
+
+    def matches(self, path: str) -> bool:
+        """Whether `pattern` occurs in `path` (`re.search`)."""
+        return re.search(self.pattern, path) is not None
+
 
 @dataclasses.dataclass(frozen=True)
 class Recipe:
-    """What `compress` does to each selected leaf.
+    """What `compress` does to each selected leaf; every field is checked when it is built.
 
     Attributes:
       name: recorded in the file.
       sparsity: overall sparsity in [0, 1) (one magnitude threshold over all selected leaves,
-        so large redundant layers lose more), or {path: sparsity} per layer.
+        so large redundant layers lose more), or {path: sparsity} per layer (with `rules`, the
+        map must cover the selected leaves that no rule gives a sparsity).
       prune: "magnitude" (one shot, Han et al.), "gradual" (Zhu & Gupta's polynomial schedule
         from 0 to `sparsity` over the first 3/4 of the retrain steps; one-shot magnitude
         when no `retrain` is given) or "admm" (Zhang et al. 2018; needs `retrain`).
@@ -47,6 +122,14 @@ class Recipe:
       format: the index format ("lsc", "ri", "sri", "csr", ...; see lscjax.coding.encode).
       entropy: "ans", "huffman" or "none".
       format_options: extra options for lscjax.coding.encode (e.g. {"block": 4}).
+      rules: per-layer `Rule`s (or dicts of Rule's fields), tried in order: the first whose
+        pattern matches a selected leaf's path gives that leaf its settings (or keeps it
+        dense); leaves no rule matches use the fields above. When a rule sets a sparsity and
+        `sparsity` is a float, the other leaves share the global threshold among themselves.
+
+    Raises:
+      LscError: a field out of range (sparsity outside [0, 1), bits outside [0, 16]), an
+        unknown prune method, format, entropy coder or format option, a bad rule.
     """
 
     name: str
@@ -58,15 +141,50 @@ class Recipe:
     format: str = "lsc"
     entropy: str = "ans"
     format_options: Mapping = dataclasses.field(default_factory=dict)
+    rules: tuple[Rule, ...] = ()
+
+    def __post_init__(self):
+        if isinstance(self.sparsity, Mapping):
+            for path, value in self.sparsity.items():
+                check_sparsity(value, f"recipe sparsity of {path!r}")
+        else:
+            check_sparsity(self.sparsity, "recipe sparsity")
+        if self.prune not in PRUNE_METHODS:
+            raise LscError(f"recipe prune must be one of {PRUNE_METHODS}, got {self.prune!r}")
+        if isinstance(self.bits, Mapping):
+            for path, value in self.bits.items():
+                _check_bits(f"recipe bits of {path!r}", value)
+        elif self.bits is not None:
+            _check_bits("recipe bits", self.bits)
+        for field in ("conv_bits", "dense_bits"):
+            if _check_bits(f"recipe {field}", getattr(self, field)) == 0:
+                raise LscError(f"recipe {field} must be in [1, 16] (set bits=0 for float values)")
+        _check_format("recipe", self.format, self.format_options)
+        check_entropy(self.entropy)
+        if isinstance(self.rules, str | Mapping | Rule) or not isinstance(self.rules, Iterable):
+            raise LscError(f"recipe rules must be a sequence of Rule, got {self.rules!r}")
+        rules = tuple(r if isinstance(r, Rule) else _rule_from(r) for r in self.rules)
+        object.__setattr__(self, "rules", rules)
+
+    def rule_for(self, path: str) -> Rule | None:
+        """The first rule whose pattern matches `path`, or None."""
+        return next((r for r in self.rules if r.matches(path)), None)
 
     def bits_for(self, path: str, leaf) -> int:
         """The code bits of one selected leaf (0: float32 values kept).
 
-        An explicit int or map is used as given. The default (`conv_bits` / `dense_bits`) is
-        capped at ``floor(log2(kept)) - 2``, i.e. at most kept / 4 codebook entries, so the
-        codebook (32 bits per entry) costs at most 8 bits per kept weight: a 256-entry codebook
-        for a layer of 400 kept weights would otherwise cost more than the codes themselves.
+        A matching rule's bits, else an explicit int or map, are used as given. The default
+        (`conv_bits` / `dense_bits`) is capped at ``floor(log2(kept)) - 2``, i.e. at most
+        kept / 4 codebook entries, so the codebook (32 bits per entry) costs at most 8 bits
+        per kept weight: a 256-entry codebook for a layer of 400 kept weights would otherwise
+        cost more than the codes themselves.
+
+        Raises:
+          LscError: a bits map without an entry for `path`.
         """
+        rule = self.rule_for(path)
+        if rule is not None and rule.bits is not None:
+            return rule.bits
         if isinstance(self.bits, Mapping):
             if path not in self.bits:
                 raise LscError(f"recipe bits map has no entry for {path!r}")
@@ -77,8 +195,27 @@ class Recipe:
         kept = int(np.count_nonzero(np.asarray(leaf)))
         return max(1, min(default, int(np.log2(max(kept, 2))) - 2))
 
+    def format_for(self, path: str) -> tuple[str, dict]:
+        """The (format, format options) of one selected leaf."""
+        rule = self.rule_for(path)
+        if rule is None or rule.format is None:
+            return self.format, dict(self.format_options)
+        return rule.format, dict(rule.format_options or {})
 
-PRUNE_METHODS = ("magnitude", "gradual", "admm")
+
+def _rule_from(fields) -> Rule:
+    """A Rule from a mapping of its fields (as recipe files give them)."""
+    if not isinstance(fields, Mapping):
+        raise LscError(f"a recipe rule must be a Rule or a mapping, got {fields!r}")
+    unknown = set(fields) - {f.name for f in dataclasses.fields(Rule)}
+    if unknown or "pattern" not in fields:
+        raise LscError(
+            f"recipe rule {dict(fields)}: unknown field(s) {sorted(unknown)}; a rule needs "
+            "'pattern' and may set sparsity, bits, format, format_options, keep_dense"
+        )
+    return Rule(**fields)
+
+
 RECIPES = {
     "deep_compression": Recipe("deep_compression", sparsity=0.92, format="ri", entropy="huffman"),
     "lsc": Recipe("lsc", sparsity=0.95, prune="gradual", format="lsc", entropy="ans"),
@@ -134,26 +271,86 @@ class Retrain:
         return params, state
 
 
-def _prune(params, rc: Recipe, retrain: Retrain | None, where: Where, progress: bool):
-    """Prune per the recipe: (params with exact zeros, masks)."""
-    if rc.prune not in PRUNE_METHODS:
-        raise LscError(f"recipe prune must be one of {PRUNE_METHODS}, got {rc.prune!r}")
-    per_layer = isinstance(rc.sparsity, Mapping)
+def _select(params, rc: Recipe, where: Where) -> tuple[dict[str, bool], dict[str, str]]:
+    """The leaves to compress ({path: bool}) and those the rules keep dense ({path: pattern}).
+
+    Raises:
+      LscError: `where` selects nothing, or the rules keep every selected leaf dense.
+    """
+    base = selection(params, where)
+    kept_dense = {}
+    for path, on in base.items():
+        rule = rc.rule_for(path) if on else None
+        if rule is not None and rule.keep_dense:
+            kept_dense[path] = rule.pattern
+    chosen = {path: on and path not in kept_dense for path, on in base.items()}
+    if not any(chosen.values()):
+        raise LscError(
+            f"the recipe rules keep every selected leaf dense ({sorted(kept_dense)[:5]}): "
+            "nothing is left to compress"
+        )
+    return chosen, kept_dense
+
+
+def _targets(rc: Recipe, chosen: dict[str, bool]) -> float | dict[str, float]:
+    """The sparsity of the chosen leaves: one global float, or {path: sparsity} per layer.
+
+    Per layer when the recipe's sparsity is a map or a rule sets a sparsity (then the leaves no
+    rule gives one get the recipe's float each).
+
+    Raises:
+      LscError: a sparsity map that misses a chosen leaf no rule covers, or names another one.
+    """
+    paths = [path for path, on in chosen.items() if on]
+    ruled = {}
+    for path in paths:
+        rule = rc.rule_for(path)
+        if rule is not None and rule.sparsity is not None:
+            ruled[path] = float(rule.sparsity)
+    if not isinstance(rc.sparsity, Mapping):
+        return {p: ruled.get(p, float(rc.sparsity)) for p in paths} if ruled else rc.sparsity
+    missing = [p for p in paths if p not in ruled and p not in rc.sparsity]
+    unknown = sorted(set(rc.sparsity) - set(paths))
+    if missing or unknown:
+        raise LscError(
+            f"recipe sparsity map does not match the selected leaves: missing {missing[:5]}, "
+            f"unknown {unknown[:5]}"
+        )
+    return {p: ruled.get(p, float(rc.sparsity.get(p, 0.0))) for p in paths}
+
+
+def _check_bits_cover(rc: Recipe, chosen: dict[str, bool]) -> None:
+    """Raise LscError before any work when a bits map misses a chosen leaf no rule covers."""
+    if not isinstance(rc.bits, Mapping):
+        return
+    missing = [
+        p
+        for p, on in chosen.items()
+        if on and p not in rc.bits and getattr(rc.rule_for(p), "bits", None) is None
+    ]
+    if missing:
+        raise LscError(f"recipe bits map has no entry for {missing[:5]}")
+
+
+def _prune(params, rc: Recipe, targets, retrain: Retrain | None, where: Where, progress: bool):
+    """Prune to `targets` (see `_targets`) per the recipe: (params with exact zeros, masks,
+    the method that ran)."""
+    per_layer = isinstance(targets, Mapping)
     if rc.prune == "magnitude" or (rc.prune == "gradual" and retrain is None):
         masks = distributed_magnitude(
-            params, rc.sparsity, "uniform" if per_layer else "global", where=where
+            params, targets, "uniform" if per_layer else "global", where=where
         )
-        return apply(params, masks), masks
+        return apply(params, masks), masks, "magnitude"
     if retrain is None:
         raise LscError("recipe prune='admm' trains: pass retrain=Retrain(loss_fn, data, steps)")
     if rc.prune == "gradual":
-        final = max(rc.sparsity.values(), default=0.0) if per_layer else rc.sparsity
+        final = max(targets.values(), default=0.0) if per_layer else targets
         end = max(1, (3 * retrain.steps) // 4)
         schedule = polynomial(0.0, final, 0, end, frequency=max(1, end // 20))
         opt = gradual(
             retrain.optimizer,
             schedule,
-            distribution=rc.sparsity if per_layer else "global",
+            distribution=targets if per_layer else "global",
             where=where,
         )
         params, state = retrain.run(params, opt, retrain.steps, progress=progress, desc="gradual")
@@ -161,7 +358,7 @@ def _prune(params, rc: Recipe, retrain: Retrain | None, where: Where, progress: 
     else:
         opt = admm(
             retrain.optimizer,
-            rc.sparsity,
+            targets,
             rho=retrain.admm_rho,
             every=retrain.admm_every,
             where=where,
@@ -170,7 +367,21 @@ def _prune(params, rc: Recipe, retrain: Retrain | None, where: Where, progress: 
             params, opt, retrain.admm_every * retrain.admm_rounds, progress=progress, desc="admm"
         )
         masks = admm_masks(state)
-    return apply(params, masks), masks
+    return apply(params, masks), masks, rc.prune
+
+
+def _record(rc: Recipe) -> dict:
+    """The recipe as JSON-ready data (for the file header)."""
+    record = dataclasses.asdict(rc)
+    record["format_options"] = dict(rc.format_options)
+    record["rules"] = [
+        {k: v for k, v in dataclasses.asdict(r).items() if v is not None and v is not False}
+        for r in rc.rules
+    ]
+    for key in ("sparsity", "bits"):
+        if isinstance(record[key], Mapping):
+            record[key] = dict(record[key])
+    return record
 
 
 def compress(
@@ -179,6 +390,7 @@ def compress(
     *,
     retrain: Retrain | None = None,
     where: Where = None,
+    layout: Mapping | None = None,
     progress: bool = False,
 ) -> CompressedModel:
     """Compress a parameter pytree into a `CompressedModel` (save it with `lscjax.save`).
@@ -193,19 +405,33 @@ def compress(
       params: a pytree of float arrays (nested dicts, as Flax params).
       recipe: "lsc", "deep_compression", or a `Recipe`.
       retrain: optional `Retrain` hook (loss, data, steps) run after pruning and quantization.
-      where: the leaves to compress (default: 'kernel' leaves with ndim >= 2).
+      where: the leaves to compress (default: 'kernel' leaves with ndim >= 2); the recipe's
+        keep-dense rules remove leaves from it.
+      layout: the layout record of a converted PyTorch checkpoint (`Checkpoint.layout` of
+        ``read_checkpoint``), checked against the params' shapes and stored in the file.
       progress: progress bars.
 
     Returns:
       A CompressedModel holding one Encoded per selected leaf and the raw unselected leaves.
 
     Raises:
-      LscError (a ValueError): an unknown recipe or bad setting, naming the leaf path.
+      LscError (a ValueError): an unknown recipe or bad setting, naming the leaf path; a
+        selection that matches no leaf, or only leaves the rules keep dense; a sparsity or
+        bits map that misses a selected leaf (checked before any pruning or training); a
+        layout record that does not match the params.
     """
+    check_layout(layout, {p: np.shape(w) for p, w in leaves_with_paths(params)})
     rc = RECIPES.get(recipe) if isinstance(recipe, str) else recipe
     if rc is None:
         raise LscError(f"unknown recipe {recipe!r}; expected one of {sorted(RECIPES)}")
-    params, masks = _prune(params, rc, retrain, where, progress)
+    chosen, kept_dense = _select(params, rc, where)
+    targets = _targets(rc, chosen)
+    _check_bits_cover(rc, chosen)
+
+    def picked(path: str, _) -> bool:
+        return chosen.get(path, False)
+
+    params, masks, pruned_by = _prune(params, rc, targets, retrain, picked, progress)
     if retrain is not None:
         params, _ = retrain.run(
             params,
@@ -215,7 +441,6 @@ def compress(
             desc="retrain",
         )
         params = apply(params, masks)  # exact zeros, whatever the optimizer did
-    chosen = selection(params, where)
     bits = {p: rc.bits_for(p, w) for p, w in leaves_with_paths(params) if chosen[p]}
     quantized = {p: b for p, b in bits.items() if b > 0}
     if quantized:
@@ -237,12 +462,35 @@ def compress(
     leaves = leaves_with_paths(params, is_leaf=is_qarray)
     for path, leaf in tqdm(leaves, desc="encode", disable=not progress, leave=False):
         if chosen.get(path, False):
-            encoded[path] = encode(leaf, rc.format, entropy=rc.entropy, **rc.format_options)
+            fmt, options = rc.format_for(path)
+            encoded[path] = encode(leaf, fmt, entropy=rc.entropy, **options)
         else:
             raw[path] = np.asarray(leaf)
-    return CompressedModel(encoded=encoded, raw=raw, meta=recipe_meta(rc))
+    meta = recipe_meta(rc, pruned_by=pruned_by, kept_dense=kept_dense, layout=layout)
+    return CompressedModel(encoded=encoded, raw=raw, meta=meta)
 
 
-def recipe_meta(rc: Recipe) -> dict:
-    """The file header's model-level facts for a model compressed with `rc`."""
-    return {"recipe": dataclasses.asdict(rc) | {"format_options": dict(rc.format_options)}}
+def recipe_meta(
+    rc: Recipe,
+    *,
+    pruned_by: str | None = None,
+    kept_dense: Mapping[str, str] | None = None,
+    layout: Mapping | None = None,
+) -> dict:
+    """The file header's model-level facts for a model compressed with `rc`.
+
+    Args:
+      rc: the recipe.
+      pruned_by: the pruning method that ran, recorded as the recipe's `prune` ("magnitude"
+        when "gradual" had no retraining); None: `rc.prune`.
+      kept_dense: {path: rule pattern} of the leaves the rules kept dense.
+      layout: the layout record of a converted PyTorch checkpoint.
+
+    Returns:
+      {"recipe": {...}, "kept_dense": {...}} plus "layout" when given.
+    """
+    ran = rc if pruned_by is None else dataclasses.replace(rc, prune=pruned_by)
+    meta = {"recipe": _record(ran), "kept_dense": dict(kept_dense or {})}
+    if layout is not None:
+        meta["layout"] = {p: dict(entry) for p, entry in layout.items()}
+    return meta

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lscjax._src import container
-from lscjax._src.checkpoints import nest
+from lscjax._src.checkpoints import check_layout, nest
 from lscjax._src.coding.codec import decode, decode_qarray, kept_count
 from lscjax._src.coding.encoded import Encoded
 from lscjax._src.errors import FormatError, LscError
@@ -151,7 +151,7 @@ class CompressedModel:
         check_max_density(max_density)
         serving_block = DEFAULT_BLOCK if block is None else block
         proxies = self._shape_proxies()
-        layered = {} if stacked is None else selection(proxies, stacked)
+        layered = {} if stacked is None else selection(proxies, stacked, allow_empty=True)
         chosen = None if where is None else selection(proxies, where)
         shapes = dict(leaves_with_paths(proxies))
 
@@ -184,8 +184,8 @@ class CompressedModel:
 
         return nest({p: served(p, e) for p, e in self.encoded.items()} | self.raw)
 
-    def _shape_proxies(self) -> dict:
-        """The params as nested zero-cost arrays of the leaves' dense shapes (for selections)."""
+    def shapes(self) -> dict[str, tuple]:
+        """{path: dense shape} of every leaf, compressed ones first, in file order."""
 
         def shape(path: str) -> tuple:
             if path in self.raw:
@@ -193,8 +193,11 @@ class CompressedModel:
             enc = self.encoded[path]
             return enc.quantized.shape if enc.quantized is not None else enc.shape
 
-        paths = list(self.encoded) + list(self.raw)
-        return nest({p: shape_proxy(shape(p)) for p in paths})
+        return {p: tuple(shape(p)) for p in list(self.encoded) + list(self.raw)}
+
+    def _shape_proxies(self) -> dict:
+        """The params as nested zero-cost arrays of the leaves' dense shapes (for selections)."""
+        return nest({p: shape_proxy(s) for p, s in self.shapes().items()})
 
     def layers(self) -> list[LayerStats]:
         """Per-layer storage, in file order."""
@@ -231,7 +234,13 @@ def _dense(leaf):
 
 
 def to_bytes(model: CompressedModel) -> bytes:
-    """The .lsc file's bytes for `model`."""
+    """The .lsc file's bytes for `model`.
+
+    Raises:
+      LscError: a raw leaf of a dtype the file cannot store, or a layout record
+        (`meta["layout"]`) that does not match the leaves' shapes.
+    """
+    check_layout(model.meta.get("layout"), model.shapes())
     sections = [
         ({"path": p, "kind": "encoded"}, enc.to_bytes()) for p, enc in model.encoded.items()
     ]
@@ -272,7 +281,8 @@ def from_bytes(data: bytes) -> CompressedModel:
     """Parse a .lsc file's bytes (every length and CRC checked first).
 
     Raises:
-      FormatError: truncated, corrupted, foreign or unknown-version data.
+      FormatError: truncated, corrupted, foreign or unknown-version data, or a layout record
+        (`meta["layout"]`, PyTorch checkpoints) that does not match the leaves' shapes.
     """
     meta, sections = container.unpack(data)
     encoded, raw = {}, {}
@@ -290,7 +300,12 @@ def from_bytes(data: bytes) -> CompressedModel:
         nest(dict.fromkeys(list(encoded) + list(raw)))
     except FormatError as err:
         raise FormatError(f"inconsistent leaf paths: {err}") from None
-    return CompressedModel(encoded=encoded, raw=raw, meta=meta)
+    model = CompressedModel(encoded=encoded, raw=raw, meta=meta)
+    try:
+        check_layout(meta.get("layout"), model.shapes())
+    except LscError as err:
+        raise FormatError(f"layout record: {err}") from None
+    return model
 
 
 def save(path: str | os.PathLike, model: CompressedModel) -> int:

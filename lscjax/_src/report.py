@@ -43,7 +43,10 @@ def storage_report(model, *, file_bytes: int | None = None) -> dict:
       {"layers": [{path, shape, weights, kept, kept_pct, value_bits, index_bits, total_bits,
       value_bits_per_nz, index_bits_per_nz, ratio}], "total": {...}} where ratios are dense
       float32 bits over stored bits; "total" adds the raw (lossless) leaves and, when
-      `file_bytes` is given, the whole file against all params as dense float32.
+      `file_bytes` is given, the whole file against all params as dense float32; "skipped":
+      [{path, shape, dtype, bytes, reason}] for every leaf stored as it is ("not selected" or
+      "kept dense (rule ...)"); "layout": the file's layout record of a converted PyTorch
+      checkpoint ({path: {source, transform, source_shape}}) or None.
     """
     layers = []
     for s in model.layers():
@@ -79,7 +82,25 @@ def storage_report(model, *, file_bytes: int | None = None) -> dict:
     if file_bytes is not None:
         total["file_bytes"] = file_bytes
         total["file_ratio"] = model.dense_bits / (8 * file_bytes)
-    return {"layers": layers, "total": total}
+    kept_dense = model.meta.get("kept_dense", {})
+    skipped = [
+        {
+            "path": path,
+            "shape": list(np.shape(array)),
+            "dtype": str(np.asarray(array).dtype),
+            "bytes": int(np.asarray(array).nbytes),
+            "reason": (
+                f"kept dense (rule {kept_dense[path]!r})" if path in kept_dense else "not selected"
+            ),
+        }
+        for path, array in model.raw.items()
+    ]
+    return {
+        "layers": layers,
+        "total": total,
+        "skipped": skipped,
+        "layout": model.meta.get("layout"),
+    }
 
 
 def format_storage_report(report: dict) -> str:
@@ -117,6 +138,20 @@ def format_storage_report(report: dict) -> str:
             f"file: {t['file_bytes']} bytes, {t['file_ratio']:.1f}x smaller than all params as "
             f"float32 (weights alone: {t['weights_ratio']:.1f}x; lossless leaves {t['raw_bits'] // 8} bytes)"
         )
+    if report.get("skipped"):
+        rows = [
+            [r["path"], "x".join(map(str, r["shape"])), r["dtype"], r["bytes"], r["reason"]]
+            for r in report["skipped"]
+        ]
+        lines += ["", "stored as they are (not compressed):"]
+        lines.append(format_table(["leaf", "shape", "dtype", "bytes", "why"], rows))
+    if report.get("layout"):
+        rows = [
+            [path, e["source"], "x".join(map(str, e["source_shape"])), e["transform"]]
+            for path, e in report["layout"].items()
+        ]
+        lines += ["", "layout: converted from a PyTorch checkpoint (Flax leaf <- tensor):"]
+        lines.append(format_table(["leaf", "source", "source shape", "transform"], rows))
     return "\n".join(lines)
 
 

@@ -16,17 +16,19 @@ before any is pruned: it is found exactly by a radix selection over the float32 
 import concurrent.futures
 import dataclasses
 import json
+import math
+import mmap
 import os
 import shutil
-import threading
 import zlib
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
+import jax.numpy as jnp
 import numpy as np
 
 from lscjax._src import container
-from lscjax._src.checkpoints import nest
+from lscjax._src.checkpoints import is_torch_layout, nest
 from lscjax._src.coding.codec import encode
 from lscjax._src.compress import RECIPES, Recipe, recipe_meta
 from lscjax._src.compressed import CompressedModel, raw_section
@@ -42,8 +44,63 @@ CHUNK = 1 << 22
 _HALF = 1 << 16
 
 
+DTYPES = {
+    "F64": "float64",
+    "F32": "float32",
+    "F16": "float16",
+    "BF16": "bfloat16",
+    "I64": "int64",
+    "I32": "int32",
+    "I16": "int16",
+    "I8": "int8",
+    "U64": "uint64",
+    "U32": "uint32",
+    "U16": "uint16",
+    "U8": "uint8",
+    "BOOL": "bool",
+}
+"""safetensors dtype names -> NumPy's (bfloat16: ml_dtypes', as JAX uses)."""
+MAX_HEADER_BYTES = 1 << 27
+
+
+def _header(file: Path, size: int) -> tuple[int, dict]:
+    """(offset of the data, {key: (shape, dtype name, begin, end)}) of a .safetensors file,
+    every entry checked against the file size; FormatError otherwise."""
+    with open(file, "rb") as f:
+        prefix = f.read(8)
+        if len(prefix) < 8:
+            raise FormatError(f"{file}: not a .safetensors file (shorter than 8 bytes)")
+        length = int.from_bytes(prefix, "little")
+        if length > min(size - 8, MAX_HEADER_BYTES):
+            raise FormatError(f"{file}: header of {length} bytes does not fit the file")
+        try:
+            header = json.loads(f.read(length))
+        except (UnicodeDecodeError, ValueError) as err:
+            raise FormatError(f"{file}: header is not JSON ({err})") from None
+    if not isinstance(header, dict):
+        raise FormatError(f"{file}: header is not a JSON object")
+    start, out = 8 + length, {}
+    for key, entry in header.items():
+        if key == "__metadata__":
+            continue
+        try:
+            dtype, shape = np.dtype(jnp.dtype(DTYPES[entry["dtype"]])), tuple(entry["shape"])
+            begin, end = entry["data_offsets"]
+            valid = all(isinstance(d, int) and d >= 0 for d in (*shape, begin, end))
+        except (KeyError, TypeError, ValueError):
+            valid = False
+        if not valid or end - begin != math.prod(shape) * dtype.itemsize or start + end > size:
+            raise FormatError(f"{file}: tensor {key!r} has a bad header entry {entry!r}")
+        out[key] = (shape, dtype.name, start + begin, start + end)
+    return start, out
+
+
 class SafetensorsSource:
     """The tensors of a safetensors checkpoint, read lazily (memory-mapped) one at a time.
+
+    Each tensor is copied out of the file's read-only memory map and its pages are then
+    released from the map (``madvise(MADV_DONTNEED)``), so the process's resident memory holds
+    the tensors in use, not the file.
 
     Keys are leaf paths as `lscjax._src.checkpoints.read_params` gives them: split on '/' when
     any key has one, else on '.', with a top-level 'params' group unwrapped.
@@ -62,44 +119,44 @@ class SafetensorsSource:
     """
 
     def __init__(self, path: str | os.PathLike):
-        try:
-            from safetensors import safe_open
-        except ImportError:
-            raise LscError("reading .safetensors needs: pip install 'lscjax[io]'") from None
         self.files = _resolve_files(Path(path))
-        self._handles = []
+        self._maps, self._spans = [], {}
         keys: dict[str, tuple] = {}
         for i, file in enumerate(self.files):
-            try:
-                handle = safe_open(str(file), framework="numpy")
-                for key in handle.keys():
-                    view = handle.get_slice(key)
-                    if key in keys:
-                        raise FormatError(
-                            f"{file}: tensor {key!r} also in {self.files[keys[key][0]]}"
-                        )
-                    keys[key] = (i, key, tuple(view.get_shape()), view.get_dtype())
-            except FormatError:
-                raise
-            except Exception as err:  # safetensors raises its own SafetensorError
-                raise FormatError(f"{file}: not a readable .safetensors file ({err})") from None
-            self._handles.append(handle)
+            size = file.stat().st_size
+            _, entries = _header(file, size)
+            for key, (shape, dtype, begin, end) in entries.items():
+                if key in keys:
+                    raise FormatError(f"{file}: tensor {key!r} also in {self.files[keys[key][0]]}")
+                keys[key] = (i, key, shape, dtype)
+                self._spans[key] = (begin, end)
+            with open(file, "rb") as f:
+                self._maps.append(
+                    mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
+                )
         sep = "/" if any("/" in k for k in keys) else "."
         tree = nest({k.replace(sep, "/"): k for k in keys})
         if isinstance(tree.get("params"), dict):
             tree = tree["params"]
         self.paths = {p: keys[k] for p, k in leaves_with_paths(tree)}
-        self._lock = threading.Lock()
 
     def shape_tree(self) -> dict:
         """The params as nested zero-cost arrays of the tensors' shapes (for `where=`)."""
         return nest({p: shape_proxy(info[2]) for p, info in self.paths.items()})
 
     def read(self, path: str) -> np.ndarray:
-        """The tensor at leaf `path`, copied out of the memory map."""
-        file, key, _, _ = self.paths[path]
-        with self._lock:
-            return self._handles[file].get_tensor(key)
+        """The tensor at leaf `path` (little-endian, as the format stores), copied out of the
+        memory map."""
+        file, key, shape, dtype = self.paths[path]
+        begin, end = self._spans[key]
+        view = self._maps[file]
+        native = np.dtype(jnp.dtype(dtype))
+        little = np.frombuffer(view, native.newbyteorder("<"), math.prod(shape), begin)
+        out = little.astype(native).reshape(shape)  # the copy
+        first = begin - begin % mmap.PAGESIZE
+        if end > first:
+            view.madvise(mmap.MADV_DONTNEED, first, end - first)
+        return out
 
 
 def streams(path: str | os.PathLike) -> bool:
@@ -273,16 +330,24 @@ def compress_file(
       of their shape and dtype (the file holds their values).
 
     Raises:
-      LscError: an unknown recipe, a training recipe, a bad leaf (named), `workers` < 1.
+      LscError: an unknown recipe, a training recipe or one with per-layer rules, a
+        checkpoint in PyTorch layout, a bad leaf (named), `workers` < 1.
       FormatError: a checkpoint that does not parse.
     """
     rc = RECIPES.get(recipe) if isinstance(recipe, str) else recipe
     if rc is None:
         raise LscError(f"unknown recipe {recipe!r}; expected one of {sorted(RECIPES)}")
+    if rc.rules:
+        raise LscError("compress_file takes no per-layer rules (Recipe.rules): use lscjax.compress")
     workers = (os.cpu_count() or 1) if workers is None else workers
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise LscError(f"workers must be an int >= 1, got {workers!r}")
     source = SafetensorsSource(checkpoint)
+    if is_torch_layout(dict.fromkeys(key for _, key, _, _ in source.paths.values())):
+        raise LscError(
+            f"{checkpoint}: PyTorch layout (dotted names, 'weight' leaves), which compress_file "
+            "does not convert: use lscjax.compress(lscjax.read_params(path)) (Flax orientation)"
+        )
     chosen = selection(source.shape_tree(), where)
     import jax
 
@@ -319,7 +384,7 @@ def compress_file(
                     )
                     if progress is not None:
                         progress(path)
-            meta = recipe_meta(rc)
+            meta = recipe_meta(rc, pruned_by="magnitude")
             with open(output, "wb") as out:
                 out.write(container.header(meta, sections["encoded"] + sections["raw"]))
                 for part in parts:

@@ -61,16 +61,47 @@ def shape_proxy(shape: tuple) -> np.ndarray:
     return np.broadcast_to(np.float32(0), shape)
 
 
-def selection(tree, where: Where = None) -> dict[str, bool]:
+SHOWN_PATHS = 5  # leaf names listed by the empty-selection error
+
+
+def _check_not_empty(chosen: dict[str, bool], items: list[tuple[str, Any]], where: Where) -> None:
+    """Raise LscError when a tree with leaves has none selected, listing a few of them."""
+    if not items or any(chosen.values()):
+        return
+    seen = ", ".join(f"{path!r} {list(np.shape(leaf))}" for path, leaf in items[:SHOWN_PATHS])
+    more = f" and {len(items) - SHOWN_PATHS} more" if len(items) > SHOWN_PATHS else ""
+    which = (
+        "the default selection (leaves named 'kernel' with ndim >= 2)"
+        if where is None
+        else "where="
+    )
+    raise LscError(
+        f"{which} selects none of the {len(items)} leaves: {seen}{more}. Select leaves with "
+        "where= (a callable (path, leaf) -> bool or a bool pytree; on the command line: "
+        "--where REGEX)"
+    )
+
+
+def selection(tree, where: Where = None, *, allow_empty: bool = False) -> dict[str, bool]:
     """Which leaves of `tree` `where` selects, as {path: bool} in flattening order.
 
+    Args:
+      tree: a pytree.
+      where: the selection (see module docstring).
+      allow_empty: return an all-False selection instead of raising (for optional selections
+        such as ``stacked=``). A tree without leaves never raises.
+
     Raises:
-      LscError: `where` is a pytree that does not match `tree`, or has a non-bool leaf.
+      LscError: `where` is a pytree that does not match `tree`, or has a non-bool leaf; `where`
+        selects none of the leaves of `tree` (the message lists a few leaf paths and shapes).
     """
     items = leaves_with_paths(tree)
     if where is None or callable(where):
         fn = default_where if where is None else where
-        return {path: bool(fn(path, leaf)) for path, leaf in items}
+        chosen = {path: bool(fn(path, leaf)) for path, leaf in items}
+        if not allow_empty:
+            _check_not_empty(chosen, items, where)
+        return chosen
     flat_where = jax.tree_util.tree_flatten_with_path(where, is_leaf=_is_none)[0]
     picked = {path_str(kp): w for kp, w in flat_where}
     paths = [path for path, _ in items]
@@ -89,10 +120,14 @@ def selection(tree, where: Where = None) -> dict[str, bool]:
             out[path] = bool(w)
         else:
             raise LscError(f"where= leaf {path!r}: expected a bool or None, got {type(w).__name__}")
+    if not allow_empty:
+        _check_not_empty(out, items, where)
     return out
 
 
-def map_selected(fn: Callable, tree, *rest, where: Where = None, fill=None):
+def map_selected(
+    fn: Callable, tree, *rest, where: Where = None, fill=None, allow_empty: bool = False
+):
     """Apply ``fn(path, leaf, *rest_leaves)`` to the selected leaves of `tree`.
 
     Args:
@@ -101,11 +136,15 @@ def map_selected(fn: Callable, tree, *rest, where: Where = None, fill=None):
       *rest: pytrees with the structure of `tree` (None leaves allowed).
       where: the selection (see module docstring).
       fill: ``None`` puts None at unselected leaves; ``"keep"`` keeps the leaf of `tree`.
+      allow_empty: see `selection`.
 
     Returns:
       A pytree with the structure of `tree`.
+
+    Raises:
+      LscError: see `selection`.
     """
-    chosen = selection(tree, where)
+    chosen = selection(tree, where, allow_empty=allow_empty)
 
     def visit(kp, leaf, *others):
         if leaf is None:
@@ -118,9 +157,15 @@ def map_selected(fn: Callable, tree, *rest, where: Where = None, fill=None):
     return jax.tree_util.tree_map_with_path(visit, tree, *rest, is_leaf=_is_none)
 
 
-def selected_leaves(tree, where: Where = None) -> list[tuple[str, Any]]:
-    """The selected (path, leaf) pairs of `tree`, in flattening order."""
-    chosen = selection(tree, where)
+def selected_leaves(
+    tree, where: Where = None, *, allow_empty: bool = False
+) -> list[tuple[str, Any]]:
+    """The selected (path, leaf) pairs of `tree`, in flattening order.
+
+    Raises:
+      LscError: see `selection`.
+    """
+    chosen = selection(tree, where, allow_empty=allow_empty)
     return [(path, leaf) for path, leaf in leaves_with_paths(tree) if chosen[path]]
 
 

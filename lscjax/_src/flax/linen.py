@@ -77,7 +77,7 @@ def to_block_sparse(
     check_max_density(max_density)
     proxy = jax.tree_util.tree_map(_shape_proxy, params, is_leaf=is_qarray)
     chosen = selection(proxy, where)
-    layered = {} if stacked is None else selection(proxy, stacked)
+    layered = {} if stacked is None else selection(proxy, stacked, allow_empty=True)
     flat = dict(leaves_with_paths(params, is_qarray))
 
     def convert(kp, leaf):

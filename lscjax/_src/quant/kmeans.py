@@ -17,9 +17,10 @@ from lscjax._src.quant.qarray import QArray, check_bits, code_dtype
 from lscjax._src.tree import Where, check_float_leaf, map_selected, selected_leaves, selection
 
 SAMPLE_POINTS = 2**16
-"""A layer with more non-zero weights fits its codebook on a deterministic sample of this many
-of them plus its smallest and largest, then assigns every weight to its nearest centroid
-(benchmarks/scale.py measures the distortion this costs)."""
+"""A layer of more elements is clustered on the host: Lloyd on its non-zero weights only (all of
+them, or, when it has more, a deterministic sample of this many plus its smallest and largest),
+then every weight is assigned its nearest centroid (benchmarks/scale.py measures the distortion
+the sample costs)."""
 _CHUNK = 1 << 22
 DEFAULT_INIT = "linear"
 MAX_ITERS = 1000
@@ -29,19 +30,26 @@ TOL = 1e-6
 def _sampled_leaf(
     w: np.ndarray, bits: int, *, init: str, iters: int, key, tol: float, weights
 ) -> QArray:
-    """`kmeans_leaf` of a layer with more than SAMPLE_POINTS non-zeros, on the host: Lloyd on
-    the sample (jitted), then the nearest centroid of each weight by binary search, in chunks."""
+    """`kmeans_leaf` of a layer with more than SAMPLE_POINTS elements, on the host: Lloyd on
+    its non-zeros or a sample of them (jitted), then the nearest centroid of each weight by
+    binary search, in chunks."""
     values = np.asarray(w, np.float32).reshape(-1)
     nonzero = np.flatnonzero(values)
     k = 2**bits - int(nonzero.size < values.size)
-    picked = np.sort(np.random.default_rng(0).choice(nonzero.size, SAMPLE_POINTS, replace=False))
     kept = values[nonzero]
-    ends = [int(np.argmin(kept)), int(np.argmax(kept))]
-    points = np.concatenate([kept[picked], kept[ends]])
+    if kept.size == 0:
+        return QArray(
+            jnp.zeros(w.shape, jnp.uint8), jnp.zeros((1,), jnp.float32), "kmeans", bits, w.shape
+        )
+    picked = np.arange(kept.size)
+    if kept.size > SAMPLE_POINTS:
+        sample = np.random.default_rng(0).choice(kept.size, SAMPLE_POINTS, replace=False)
+        picked = np.concatenate([np.sort(sample), [np.argmin(kept), np.argmax(kept)]])
+    points = kept[picked]
     sample_weights = None
     if weights is not None:
         importance = np.asarray(weights, np.float32).reshape(-1)[nonzero]
-        sample_weights = jnp.asarray(np.concatenate([importance[picked], importance[ends]]))
+        sample_weights = jnp.asarray(importance[picked])
     valid = jnp.ones(points.size, bool)
     start = scalar_init(jnp.asarray(points), valid, key, k=k, method=init)
     centroids = lloyd(
@@ -75,7 +83,7 @@ def kmeans_leaf(
       key: PRNG key for the random inits.
       weights: optional float array shaped like `w` (>= 0), each weight's importance.
     """
-    if np.count_nonzero(np.asarray(w)) > SAMPLE_POINTS:
+    if np.size(w) > SAMPLE_POINTS:
         return _sampled_leaf(
             np.asarray(w), bits, init=init, iters=iters, key=key, tol=tol, weights=weights
         )
@@ -140,8 +148,9 @@ def kmeans(
     code 0 = exactly 0.0, so zeros stay zeros and the codes are sparse where the weights are.
     Lloyd's iterations run until the assignment stops changing or an iteration lowers the
     distortion by less than `tol` of its value, at most `iters` of them. A layer with more than
-    SAMPLE_POINTS non-zeros fits its centroids on a deterministic sample of its weights and
-    assigns every weight to its nearest centroid.
+    SAMPLE_POINTS elements runs Lloyd on its non-zero weights alone (on a deterministic sample
+    of SAMPLE_POINTS of them when it has more) and then assigns every weight to its nearest
+    centroid.
 
     This is a host-level transform (it inspects the weights to find the zeros); the clustering
     itself is jitted and compiled once per (layer size, k, init, iters).
