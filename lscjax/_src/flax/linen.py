@@ -43,7 +43,7 @@ def to_block_sparse(
     Args:
       params: a parameter pytree (e.g. Linen ``variables["params"]``) whose selected leaves are
         concrete float kernels (Dense [in, out], DenseGeneral / Einsum ``[*in, *features]``,
-        Conv ``[*window, in, out]``) or `QArray`s.
+        Conv ``[*window, in, out]``) or `QArray` leaves.
       block: b or (b_in, b_out), the block of every converted kernel.
       where: selection (default: leaves named 'kernel' with ndim >= 2; a QArray counts as an
         array of its dense shape). Selected Embed tables (leaves named 'embedding') are kept as

@@ -175,7 +175,7 @@ def to_block_sparse_nnx(
         swapped module slices back per layer under the scan; default: none.
       params: the weights to serve, as nested dicts keyed like
         ``nnx.to_pure_dict(nnx.state(model, nnx.Param))`` (e.g. 'layers/0/kernel'), whose
-        leaves may be `QArray`s (``lscjax.load(..., layout="quantized")`` of a file compressed
+        leaves may be `QArray` leaves (``lscjax.load(..., layout="quantized")`` of a file compressed
         from that dict); layers missing from it use their own weights. Default: the model's.
 
     Returns:
