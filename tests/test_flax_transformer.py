@@ -15,7 +15,7 @@ import lscjax
 from lscjax import LscError
 from lscjax._src.tree import leaves_with_paths, path_str
 from lscjax.flax import compressed_apply, to_block_sparse, to_block_sparse_nnx, to_dense
-from lscjax.quant import QArray, is_qarray
+from lscjax.quant import QArray
 from lscjax.sparse import BlockSparse, MultiAxisKernel, lookup
 
 VOCAB, DIM, HEADS, TOKENS = 40, 32, 2, 6
@@ -151,8 +151,9 @@ def _served_error(make_layer, x, match: str, table: bool = False):
             return make_layer()(x)
 
     params = Net().init(jax.random.key(0), x)["params"]
-    sparse = to_block_sparse(params, block=4, max_density=1.0)
-    if table:
+    if not table:
+        sparse = to_block_sparse(params, block=4, max_density=1.0)
+    else:
         sparse = {
             "Embed_0": {"embedding": BlockSparse.from_dense(params["Embed_0"]["embedding"], 4)}
         }
@@ -276,7 +277,8 @@ def test_tiny_bert_served_equals_dense_apply(bits):
     if bits is not None:
         params = lscjax.quant.kmeans(params, bits, where=_weights, iters=5)
     served = to_block_sparse(params, block=BLOCK, max_density=1.0)
-    kernels = [leaf for path, leaf in leaves_with_paths(served, is_qarray) if "kernel" in path]
+    whole = lambda x: isinstance(x, BlockSparse | QArray)  # noqa: E731
+    kernels = [leaf for path, leaf in leaves_with_paths(served, whole) if "kernel" in path]
     assert kernels and all(isinstance(k, BlockSparse) for k in kernels)
     decoded = lscjax.quant.dequantize(params)
     ids = jax.random.randint(jax.random.key(8), (2, 7), 0, model.config.vocab_size)
