@@ -63,7 +63,7 @@ def _with_header(header: bytes, body: bytes = b"", version: int = 1) -> bytes:
             _with_header(
                 b'{"meta":{},"sections":[{"path":"a","kind":"raw","length":-1,"crc32":0}]}'
             ),
-            "negative",
+            "length must be >= 0",
         ),
         (
             _with_header(
@@ -72,6 +72,18 @@ def _with_header(header: bytes, body: bytes = b"", version: int = 1) -> bytes:
             "length",
         ),
         (_with_header(b'{"meta":{},"sections":[]}', b"trailing"), "declare 0 bytes"),
+        (  # an integer of 5000 digits: Python's int parser refuses it, as a ValueError
+            _with_header(b'{"meta":{"x":' + b"9" * 5000 + b'},"sections":[]}'),
+            "not valid JSON",
+        ),
+        (
+            _with_header(
+                b'{"meta":{},"sections":[{"path":"a","kind":"raw","length":0,"crc32":'
+                + b"9" * 400
+                + b"}]}"
+            ),
+            "crc32 must be in",
+        ),
     ],
 )
 def test_malformed_headers(data, message):

@@ -49,7 +49,7 @@ def test_env_var_then_embedded_fallback(tmp_path, monkeypatch):
     make_split(tmp_path, 5)
     monkeypatch.setenv("LSCJAX_DATA", str(tmp_path))
     assert lscjax.data.fashion_mnist("test")[0].shape == (5, 28, 28)
-    monkeypatch.setenv("LSCJAX_DATA", str(tmp_path / "nowhere"))
+    monkeypatch.delenv("LSCJAX_DATA")
     monkeypatch.setattr(data_module, "SYSTEM_DIR", tmp_path / "absent")
     assert lscjax.data.data_dir(split="train") == data_module.EMBEDDED_DIR
     x_train, y_train = lscjax.data.fashion_mnist("train")
@@ -73,3 +73,17 @@ def test_truncated_idx_raises_format_error(tmp_path):
 def test_unknown_split():
     with pytest.raises(ValueError, match="split"):
         lscjax.data.fashion_mnist("validation")
+
+
+def test_env_var_without_the_files_is_an_error(tmp_path, monkeypatch):
+    """A set $LSCJAX_DATA that holds no Fashion-MNIST is refused, not replaced by the subset."""
+    monkeypatch.setenv("LSCJAX_DATA", str(tmp_path / "bad" / "path"))
+    with pytest.raises(FileNotFoundError, match=r"\$LSCJAX_DATA.*train-images-idx3-ubyte"):
+        lscjax.data.fashion_mnist("train")
+    make_split(tmp_path, 4)  # test files only: the train split is still missing
+    monkeypatch.setenv("LSCJAX_DATA", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="train-labels-idx1-ubyte"):
+        lscjax.data.data_dir(split="train")
+    assert lscjax.data.fashion_mnist("test")[0].shape == (4, 28, 28)
+    monkeypatch.setenv("LSCJAX_DATA", "")  # set but empty: as if unset
+    assert lscjax.data.data_dir(split="train") in (data_module.SYSTEM_DIR, data_module.EMBEDDED_DIR)

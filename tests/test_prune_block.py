@@ -146,3 +146,45 @@ def test_block_bad_config(kwargs):
 def test_block_rejects_vectors_by_path():
     with pytest.raises(lscjax.LscError, match="'b'"):
         block_magnitude({"b": jnp.ones(4)}, 0.5, where=lambda *_: True)
+
+
+def test_balanced_90_percent_keeps_one_block_per_column_of_small_layers():
+    """A small CNN at 90%, blocks of 32: layers of <= 5 row blocks would keep round(n * 0.1) = 0
+    blocks and compute nothing; each output block column keeps its best block instead."""
+    shapes = {"conv": (3, 3, 16, 64), "fc1": (160, 64), "fc2": (64, 10), "big": (640, 64)}
+    rng = np.random.default_rng(0)
+    params = {name: {"kernel": rng.normal(size=s).astype(np.float32)} for name, s in shapes.items()}
+    masks = block_magnitude(params, 0.9, block=(32, 32), balanced=True)
+    for name, shape in shapes.items():
+        scores = block_oracle(params[name]["kernel"], (32, 32), "l2")
+        kept = np.asarray(masks[name]["kernel"]).reshape(-1, shape[-1])[::32, ::32]
+        per_column = max(1, round(scores.shape[0] * 0.1))
+        for j in range(scores.shape[1]):
+            best = np.argsort(-scores[:, j], kind="stable")[:per_column]
+            np.testing.assert_array_equal(np.flatnonzero(kept[:, j]), np.sort(best), name)
+    assert round(scores.shape[0] * 0.1) == 2  # "big" (20 row blocks) keeps its rounding
+    reached = lscjax.prune.sparsity(masks)
+    assert reached["fc1/kernel"] == 0.8 and reached["big/kernel"] == 0.9  # 1 of 5, 2 of 20
+
+
+def test_unbalanced_keeps_at_least_one_block_per_leaf():
+    w = np.random.default_rng(1).normal(size=(16, 8)).astype(np.float32)  # 2 x 1 blocks of 8
+    mask = np.asarray(block_magnitude({"kernel": w}, 0.9, block=(8, 8))["kernel"])
+    scores = block_oracle(w, (8, 8), "l2")
+    assert mask.sum() == 64 and mask.reshape(2, 8, 8)[scores[:, 0].argmax()].all()
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+@pytest.mark.parametrize("balanced", [False, True])
+def test_low_precision_ties_keep_exactly_k_blocks(dtype, balanced):
+    """bf16 / f16 weights whose blocks all score the same: ties must not change the count."""
+    w = jnp.ones((32, 16), dtype)  # 8 x 4 blocks of 4, every l2 score 4.0
+    mask = np.asarray(
+        block_magnitude({"kernel": w}, 0.75, block=(4, 4), balanced=balanced)["kernel"]
+    )
+    kept = mask[::4, ::4]
+    if balanced:
+        assert (kept.sum(axis=0) == 2).all()
+    else:
+        assert kept.sum() == 8
+    assert kept[:2].all()  # ties keep the lowest flat indices: the first two block rows

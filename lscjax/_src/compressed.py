@@ -7,6 +7,7 @@ and the little-endian array bytes).
 """
 
 import dataclasses
+import math
 import os
 from pathlib import Path
 
@@ -15,8 +16,10 @@ import numpy as np
 
 from lscjax._src import container
 from lscjax._src.checkpoints import check_layout, nest
+from lscjax._src.coding.budget import Budget
 from lscjax._src.coding.codec import decode, decode_qarray, kept_count
-from lscjax._src.coding.encoded import Encoded
+from lscjax._src.coding.encoded import parse
+from lscjax._src.coding.validate import check_shape
 from lscjax._src.errors import FormatError, LscError
 from lscjax._src.quant.qarray import QArray
 from lscjax._src.tree import Where, leaves_with_paths, selection, shape_proxy
@@ -237,9 +240,19 @@ def to_bytes(model: CompressedModel) -> bytes:
     """The .lsc file's bytes for `model`.
 
     Raises:
-      LscError: a raw leaf of a dtype the file cannot store, or a layout record
-        (`meta["layout"]`) that does not match the leaves' shapes.
+      TypeError: `model` is not a CompressedModel.
+      LscError: leaf paths that do not nest ('a' and 'a/b'), a raw leaf that a reader would
+        refuse (dtype, more than 16 axes), or a layout record (`meta["layout"]`) that does not
+        match the leaves' shapes.
     """
+    if not isinstance(model, CompressedModel):
+        raise TypeError(
+            f"model must be a CompressedModel (from lscjax.compress), got {type(model).__name__}"
+        )
+    try:
+        nest(dict.fromkeys(list(model.encoded) + list(model.raw)))
+    except FormatError as err:
+        raise LscError(f"leaf paths do not form a tree: {err}") from None
     check_layout(model.meta.get("layout"), model.shapes())
     sections = [
         ({"path": p, "kind": "encoded"}, enc.to_bytes()) for p, enc in model.encoded.items()
@@ -249,41 +262,37 @@ def to_bytes(model: CompressedModel) -> bytes:
 
 
 def raw_section(path: str, array) -> tuple[dict, bytes]:
-    """The container section (entry, little-endian bytes) of a leaf stored losslessly."""
+    """The container section (entry, little-endian bytes) of a leaf stored losslessly.
+
+    Raises:
+      LscError: a dtype or shape that a reader would refuse (more than 16 axes, ...).
+    """
     array = np.asarray(array)
     if array.dtype.name not in RAW_DTYPES:
         raise LscError(f"leaf {path!r}: cannot store dtype {array.dtype} (expected {RAW_DTYPES})")
+    check_shape(array.shape, f"leaf {path!r} shape", LscError)
     entry = {"path": path, "kind": "raw", "dtype": array.dtype.name, "shape": list(array.shape)}
     little = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<"))
     return entry, little.tobytes()
 
 
-def _raw_leaf(entry: dict, payload) -> np.ndarray:
-    path, dtype, shape = entry["path"], entry.get("dtype"), entry.get("shape")
+def _raw_leaf(entry: dict, payload, budget: Budget) -> np.ndarray:
+    path, dtype = entry["path"], entry.get("dtype")
     if dtype not in RAW_DTYPES:
         raise FormatError(f"section {path!r}: unknown raw dtype {dtype!r}")
-    if not (
-        isinstance(shape, list)
-        and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
-    ):
-        raise FormatError(f"section {path!r}: shape must be a list of non-negative ints")
+    shape = check_shape(entry.get("shape"), f"section {path!r} shape")
     np_dtype = jnp.dtype(dtype)
-    needed = int(np.prod(shape, dtype=np.float64)) * np_dtype.itemsize  # float: no overflow
+    needed = math.prod(shape) * np_dtype.itemsize
     if needed != len(payload):
         raise FormatError(
-            f"section {path!r}: shape {shape} of {dtype} needs {needed} bytes, "
+            f"section {path!r}: shape {list(shape)} of {dtype} needs {needed} bytes, "
             f"the section has {len(payload)}"
         )
+    budget.charge(needed, f"section {path!r}")
     return np.frombuffer(payload, dtype=np_dtype).reshape(shape).copy()
 
 
-def from_bytes(data: bytes) -> CompressedModel:
-    """Parse a .lsc file's bytes (every length and CRC checked first).
-
-    Raises:
-      FormatError: truncated, corrupted, foreign or unknown-version data, or a layout record
-        (`meta["layout"]`, PyTorch checkpoints) that does not match the leaves' shapes.
-    """
+def _read(data: bytes, budget: Budget) -> CompressedModel:
     meta, sections = container.unpack(data)
     encoded, raw = {}, {}
     for entry, payload in sections:
@@ -291,9 +300,12 @@ def from_bytes(data: bytes) -> CompressedModel:
         if path in encoded or path in raw:
             raise FormatError(f"section {path!r} appears twice")
         if entry["kind"] == "encoded":
-            encoded[path] = Encoded.from_bytes(bytes(payload))
+            try:
+                encoded[path] = parse(payload, budget)
+            except FormatError as err:
+                raise FormatError(f"section {path!r}: {err}") from None
         elif entry["kind"] == "raw":
-            raw[path] = _raw_leaf(entry, payload)
+            raw[path] = _raw_leaf(entry, payload, budget)
         else:
             raise FormatError(f"section {path!r}: unknown kind {entry['kind']!r}")
     try:
@@ -306,6 +318,22 @@ def from_bytes(data: bytes) -> CompressedModel:
     except LscError as err:
         raise FormatError(f"layout record: {err}") from None
     return model
+
+
+def from_bytes(data: bytes, *, max_bytes: int | None = None) -> CompressedModel:
+    """Parse a .lsc file's bytes (every length and CRC checked first).
+
+    Args:
+      data: the file's bytes.
+      max_bytes: the reading budget: bytes the leaves declared by the file may take when
+        decoded (`coding.budget`); default `coding.budget.default_max_bytes(len(data))`.
+
+    Raises:
+      FormatError: truncated, corrupted, foreign or unknown-version data, a layout record
+        (`meta["layout"]`, PyTorch checkpoints) that does not match the leaves' shapes, or
+        declared sizes past `max_bytes`.
+    """
+    return _read(data, Budget.of(len(data), max_bytes))
 
 
 def save(path: str | os.PathLike, model: CompressedModel) -> int:
@@ -323,6 +351,7 @@ def load(
     max_density: float | None = None,
     stacked: Where = None,
     where: Where = None,
+    max_bytes: int | None = None,
 ):
     """Read an .lsc file.
 
@@ -340,16 +369,26 @@ def load(
         `CompressedModel.block_sparse_params`).
       where: for "block_sparse", the compressed leaves served from their compressed form
         (default all; the others dense, see `CompressedModel.block_sparse_params`).
+      max_bytes: the reading budget: the most bytes the arrays that the file declares may take
+        (decoded leaves, and for every layout but "model" the dense float32 weights), checked
+        before anything is allocated. Default: `DEFAULT_EXPANSION` (1024) times the file size,
+        at least 256 MiB (`lscjax._src.coding.budget`); pass a larger int to read more.
 
     Raises:
-      FormatError: the file is truncated, corrupted, foreign or of an unknown version.
+      FormatError: the file is truncated, corrupted, foreign or of an unknown version, or it
+        declares more than `max_bytes`.
       LscError: an unknown layout, `max_density` outside [0, 1].
     """
     if layout not in LAYOUTS:
         raise LscError(f"layout must be one of {LAYOUTS}, got {layout!r}")
-    model = from_bytes(Path(path).read_bytes())
+    data = Path(path).read_bytes()
+    budget = Budget.of(len(data), max_bytes)
+    model = _read(data, budget)
     if layout == "model":
         return model
+    for leaf_path, enc in model.encoded.items():
+        shape = enc.quantized.shape if enc.quantized is not None else enc.shape
+        budget.charge(4 * math.prod(shape), f"the dense weights of {leaf_path!r}")
     if layout == "quantized":
         return model.quantized_params()
     if layout == "block_sparse":

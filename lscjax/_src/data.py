@@ -3,6 +3,8 @@
 Lookup order for `fashion_mnist`: the `path` argument, then ``$LSCJAX_DATA``, then
 /usr/share/datasets/fashion-mnist (Debian package ``dataset-fashion-mnist``), then the embedded
 subset (6,000 train / 1,000 test images; MIT license, see data_files/LICENSE-fashion-mnist.txt).
+A `path` or ``$LSCJAX_DATA`` that lacks the files is an error, never a silent fall back to the
+subset.
 """
 
 import gzip
@@ -38,19 +40,21 @@ def data_dir(path: str | os.PathLike | None = None, split: str = "train") -> Pat
     """The folder `fashion_mnist` reads `split` from (see the module docstring for the order).
 
     Raises:
-      FileNotFoundError: `path` is given but lacks the split's files (names them).
+      FileNotFoundError: `path`, or else a non-empty ``$LSCJAX_DATA``, lacks the split's files
+        (names the folder, where it came from and the missing files).
     """
+    source = "path"
+    if path is None and os.environ.get("LSCJAX_DATA"):
+        path, source = os.environ["LSCJAX_DATA"], "$LSCJAX_DATA"
     if path is not None:
         missing = _missing(Path(path), split)
         if missing:
             raise FileNotFoundError(
-                f"Fashion-MNIST {split!r} files not found in {path}: missing {', '.join(missing)}"
+                f"Fashion-MNIST {split!r} files not found in {path} (from {source}): missing "
+                f"{', '.join(missing)}"
             )
         return Path(path)
-    for folder in (os.environ.get("LSCJAX_DATA"), SYSTEM_DIR):
-        if folder and not _missing(Path(folder), split):
-            return Path(folder)
-    return EMBEDDED_DIR
+    return SYSTEM_DIR if not _missing(SYSTEM_DIR, split) else EMBEDDED_DIR
 
 
 def read_idx(file: Path) -> np.ndarray:

@@ -160,6 +160,14 @@ def plot_storage(report: dict, out) -> None:
 
     Needs matplotlib (pip install 'lscjax[plot]').
     """
+    fig = storage_figure(report)
+    fig.savefig(out, dpi=120)
+    fig.clear()
+
+
+def storage_figure(report: dict):
+    """The matplotlib Figure of `plot_storage`: the legend sits right of the axes, so it covers
+    no bar and no label, and the y range leaves room for the "% kept" labels above the bars."""
     try:
         import matplotlib
     except ImportError:
@@ -173,7 +181,7 @@ def plot_storage(report: dict, out) -> None:
     names = [r["path"].rsplit("/", 1)[0] for r in layers]
     value_kb = np.array([r["value_bits"] for r in layers]) / 8192
     index_kb = np.array([r["index_bits"] for r in layers]) / 8192
-    fig, ax = plt.subplots(figsize=(max(4, 1.3 * len(layers)), 3.5))
+    fig, ax = plt.subplots(figsize=(max(4, 1.3 * len(layers)) + 2, 3.5), layout="constrained")
     ax.bar(names, value_kb, label="values")
     ax.bar(names, index_kb, bottom=value_kb, label="index (all metadata)")
     for i, r in enumerate(layers):
@@ -184,9 +192,8 @@ def plot_storage(report: dict, out) -> None:
             va="bottom",
             fontsize=8,
         )
+    ax.set_ylim(0, 1.15 * float(np.max(value_kb + index_kb, initial=0.0)) or 1.0)
     ax.set_ylabel("KiB")
     ax.set_title(f"{report['total']['weights_ratio']:.1f}x smaller weights")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, fontsize=8)
+    return fig

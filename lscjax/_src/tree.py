@@ -102,15 +102,7 @@ def selection(tree, where: Where = None, *, allow_empty: bool = False) -> dict[s
         if not allow_empty:
             _check_not_empty(chosen, items, where)
         return chosen
-    flat_where = jax.tree_util.tree_flatten_with_path(where, is_leaf=_is_none)[0]
-    picked = {path_str(kp): w for kp, w in flat_where}
-    paths = [path for path, _ in items]
-    missing = sorted(set(paths) - set(picked))
-    extra = sorted(p for p, w in picked.items() if w is not None and p not in set(paths))
-    if missing or extra:
-        raise LscError(
-            f"where= pytree does not match the params: missing {missing[:5]}, unknown {extra[:5]}"
-        )
+    picked = check_matching(tree, where, "where= pytree")
     out = {}
     for path, _ in items:
         w = picked.get(path)
@@ -123,6 +115,25 @@ def selection(tree, where: Where = None, *, allow_empty: bool = False) -> dict[s
     if not allow_empty:
         _check_not_empty(out, items, where)
     return out
+
+
+def check_matching(tree, other, name: str) -> dict:
+    """{path: leaf} of `other` (None leaves included), after checking that `other` has a leaf
+    (possibly None) at every leaf path of `tree` and no array leaf at a path `tree` lacks.
+
+    Raises:
+      LscError: naming `name` and the missing and unknown paths.
+    """
+    flat = jax.tree_util.tree_flatten_with_path(other, is_leaf=_is_none)[0]
+    picked = {path_str(kp): leaf for kp, leaf in flat}
+    paths = {path for path, _ in leaves_with_paths(tree)}
+    missing = sorted(paths - set(picked))
+    extra = sorted(p for p, leaf in picked.items() if leaf is not None and p not in paths)
+    if missing or extra:
+        raise LscError(
+            f"{name} does not match the params: missing {missing[:5]}, unknown {extra[:5]}"
+        )
+    return picked
 
 
 def map_selected(

@@ -4,13 +4,16 @@ Bits are big-endian (the first bit is the most significant bit of the first byte
 tagged "value" or "index" so that an encoding reports exactly how many bits went to weight values
 and how many to metadata; the reader counts the same way, so `Encoded.from_bytes` recovers the
 accounting. Every read is checked against the buffer before anything is allocated: a length read
-from corrupted bytes raises `FormatError`, never a crash or a giant allocation.
+from corrupted bytes raises `FormatError`, never a crash or a giant allocation; what a read would
+allocate beyond the buffer's own bits (zero-width fields, entropy-decoded symbols) is charged to
+the reader's `Budget` first.
 """
 
 import numpy as np
 from bitarray import bitarray
 from bitarray.util import ba2int, int2ba
 
+from lscjax._src.coding.budget import Budget
 from lscjax._src.errors import FormatError
 
 VALUE = "value"
@@ -107,9 +110,15 @@ class BitWriter:
 
 
 class BitReader:
-    """Reads what `BitWriter` wrote, counting bits per tag, with every length checked."""
+    """Reads what `BitWriter` wrote, counting bits per tag, with every length checked.
 
-    def __init__(self, data: bytes):
+    Attributes:
+      budget: the `Budget` that allocations not backed by the buffer's bits are charged to
+        (default: `Budget.of(len(data))`).
+    """
+
+    def __init__(self, data: bytes, budget: Budget | None = None):
+        self.budget = Budget.of(len(data)) if budget is None else budget
         self.bits = bitarray(endian="big")
         self.bits.frombytes(bytes(data))
         self.pos = 0
@@ -154,6 +163,8 @@ class BitReader:
     def uints(self, count: int, width: int, what: str, kind: str = INDEX) -> np.ndarray:
         """`count` unsigned `width`-bit integers -> [count] (`uint_dtype(width)`)."""
         self.need(count * width, what)
+        if width == 0:
+            self.budget.entries(count, what)
         return unpack_uints(self.take(count * width, what, kind), count, width)
 
     def finish(self) -> None:

@@ -9,16 +9,16 @@ from lscjax._src.coding.bitstream import BitWriter
 from lscjax._src.coding.encoded import Encoded, Quantized, write_prefix
 from lscjax._src.coding.entropy import check_entropy
 from lscjax._src.coding.formats import FORMATS
-from lscjax._src.coding.layout import MAX_ELEMENTS
+from lscjax._src.coding.validate import check_shape
 from lscjax._src.coding.values import ValueCodec, bit_view, dtype_id, natural_width
 from lscjax._src.errors import LscError
-from lscjax._src.quant.qarray import QArray
+from lscjax._src.quant.qarray import QArray, check_codes, check_qarray
 
 
 def _codes_of(qarray: QArray) -> tuple[np.ndarray, Quantized]:
+    check_qarray("array", qarray)
     codes = np.asarray(qarray.codes)
-    if codes.size and int(codes.max()) >= 2**qarray.bits:
-        raise LscError(f"QArray codes exceed its {qarray.bits} bits (max {int(codes.max())})")
+    check_codes("array", codes, qarray.method, tuple(qarray.codebook.shape))
     codebook = np.asarray(qarray.codebook, np.float32)
     return codes, Quantized(qarray.method, qarray.bits, tuple(qarray.shape), codebook)
 
@@ -54,8 +54,7 @@ def encode(array, format: str, *, entropy: str = "none", **options) -> Encoded:
         array, quantized = _codes_of(array)
     array = np.asarray(array)
     dtype_id(array.dtype)
-    if array.size > MAX_ELEMENTS:
-        raise LscError(f"array of {array.size} elements exceeds {MAX_ELEMENTS}")
+    check_shape(array.shape, "array shape", LscError)
     bits = bit_view(array)
     width = quantized.bits if quantized else natural_width(bits, array.dtype)
     w = BitWriter()
@@ -75,18 +74,31 @@ def encode(array, format: str, *, entropy: str = "none", **options) -> Encoded:
     )
 
 
-def _parsed(encoded: Encoded) -> Encoded:
+def _parsed(encoded: Encoded, max_bytes: int | None = None) -> Encoded:
     """`encoded` with its stored positions and values parsed (a fresh `encode` has none)."""
-    return encoded if encoded.decoded is not None else Encoded.from_bytes(encoded.to_bytes())
+    if not isinstance(encoded, Encoded):
+        raise TypeError(
+            f"encoded must be an Encoded, got {type(encoded).__name__} "
+            "(parse bytes with Encoded.from_bytes)"
+        )
+    if encoded.decoded is not None:
+        return encoded
+    return Encoded.from_bytes(encoded.to_bytes(), max_bytes=max_bytes)
 
 
-def decode(encoded: Encoded) -> np.ndarray:
+def decode(encoded: Encoded, *, max_bytes: int | None = None) -> np.ndarray:
     """The encoded array, bit-exact: `encoded.dtype`, `encoded.shape` (a QArray's codes).
 
+    Args:
+      encoded: an `Encoded` (from `encode` or `Encoded.from_bytes`).
+      max_bytes: the reading budget when `encoded` still has to be parsed (a fresh `encode`):
+        see `Encoded.from_bytes`. An Encoded from `from_bytes` was checked there.
+
     Raises:
-      FormatError: malformed bytes.
+      TypeError: `encoded` is not an Encoded (bytes: use `Encoded.from_bytes`).
+      FormatError: malformed bytes, or declared sizes past `max_bytes`.
     """
-    positions, values = _parsed(encoded).decoded
+    positions, values = _parsed(encoded, max_bytes).decoded
     n = math.prod(encoded.shape)
     if positions is None:
         flat = values

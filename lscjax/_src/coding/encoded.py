@@ -21,17 +21,21 @@ import math
 import numpy as np
 
 from lscjax._src.coding.bitstream import INDEX, BitReader, BitWriter
+from lscjax._src.coding.budget import Budget
 from lscjax._src.coding.entropy import ENTROPIES
 from lscjax._src.coding.formats import FORMATS, NAMES
-from lscjax._src.coding.layout import MAX_ELEMENTS
+from lscjax._src.coding.validate import (
+    MAX_NDIM,
+    check_codes_header,
+    check_shape,
+)
 from lscjax._src.coding.values import ValueCodec, dtype_from_id, dtype_id, is_code_dtype
 from lscjax._src.errors import FormatError
-from lscjax._src.quant.qarray import METHODS
+from lscjax._src.quant.qarray import METHODS, check_codes
 
 MAGIC = b"LC"
 VERSION = 1
 HEADER_BYTES = 6
-MAX_NDIM = 16
 QARRAY_FLAG = 4
 
 
@@ -97,38 +101,19 @@ class Encoded:
         return header + self.payload
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> "Encoded":
+    def from_bytes(cls, data: bytes, *, max_bytes: int | None = None) -> "Encoded":
         """Parse and validate bytes from `to_bytes`.
 
+        Args:
+          data: the bytes.
+          max_bytes: the reading budget (`budget.Budget`): bytes the declared arrays may take,
+            the decoded array included. Default: `budget.default_max_bytes(len(data))`.
+
         Raises:
-          FormatError: anything malformed (truncated, corrupted, foreign, unknown version).
+          FormatError: anything malformed (truncated, corrupted, foreign, unknown version,
+            inconsistent header), or declared sizes past `max_bytes`.
         """
-        data = bytes(data)
-        if len(data) < HEADER_BYTES or data[:2] != MAGIC:
-            raise FormatError("not an lscjax encoding: missing the b'LC' header")
-        version, format_id, dtype_index, flags = data[2:HEADER_BYTES]
-        if version != VERSION:
-            raise FormatError(f"unsupported encoding version {version} (this reader: {VERSION})")
-        if format_id >= len(NAMES) or flags & 3 >= len(ENTROPIES) or flags >> 3:
-            raise FormatError(f"unknown format id {format_id} or flags {flags:#x}")
-        fmt, entropy, dtype = NAMES[format_id], ENTROPIES[flags & 3], dtype_from_id(dtype_index)
-        r = BitReader(data[HEADER_BYTES:])
-        shape, width, quantized = read_prefix(r, dtype, bool(flags & QARRAY_FLAG))
-        values = ValueCodec(width, dtype, entropy)
-        n = math.prod(shape)
-        positions, vals, options = FORMATS[fmt].read(r, shape, n, values, dtype, entropy)
-        r.finish()
-        return cls(
-            fmt,
-            shape,
-            dtype,
-            {"entropy": entropy, **options},
-            data[HEADER_BYTES:],
-            r.counts["value"],
-            r.counts["index"],
-            quantized,
-            (positions, vals),
-        )
+        return parse(data, Budget.of(len(data), max_bytes))
 
     def reader(self) -> tuple[BitReader, ValueCodec]:
         """A reader positioned at the format body, and the value codec (for format readers
@@ -136,6 +121,40 @@ class Encoded:
         r = BitReader(self.payload)
         _, width, _ = read_prefix(r, self.dtype, self.quantized is not None)
         return r, ValueCodec(width, self.dtype, self.entropy)
+
+
+def parse(data: bytes, budget: Budget) -> Encoded:
+    """`Encoded.from_bytes`, charging `budget` (shared by the sections of one file)."""
+    data = bytes(data)
+    if len(data) < HEADER_BYTES or data[:2] != MAGIC:
+        raise FormatError("not an lscjax encoding: missing the b'LC' header")
+    version, format_id, dtype_index, flags = data[2:HEADER_BYTES]
+    if version != VERSION:
+        raise FormatError(f"unsupported encoding version {version} (this reader: {VERSION})")
+    if format_id >= len(NAMES) or flags & 3 >= len(ENTROPIES) or flags >> 3:
+        raise FormatError(f"unknown format id {format_id} or flags {flags:#x}")
+    fmt, entropy, dtype = NAMES[format_id], ENTROPIES[flags & 3], dtype_from_id(dtype_index)
+    r = BitReader(data[HEADER_BYTES:], budget)
+    shape, width, quantized = read_prefix(r, dtype, bool(flags & QARRAY_FLAG))
+    n = math.prod(shape)
+    budget.charge(n * dtype.itemsize, f"the decoded array {shape} of {dtype.name}")
+    values = ValueCodec(width, dtype, entropy)
+    positions, vals, options = FORMATS[fmt].read(r, shape, n, values, dtype, entropy)
+    r.finish()
+    if quantized is not None:
+        q = quantized
+        check_codes("codes", vals, q.method, q.codebook.shape, FormatError)
+    return Encoded(
+        fmt,
+        shape,
+        dtype,
+        {"entropy": entropy, **options},
+        data[HEADER_BYTES:],
+        r.counts["value"],
+        r.counts["index"],
+        quantized,
+        (positions, vals),
+    )
 
 
 def write_shape(w: BitWriter, shape: tuple) -> None:
@@ -146,12 +165,9 @@ def write_shape(w: BitWriter, shape: tuple) -> None:
 
 
 def read_shape(r: BitReader, what: str) -> tuple:
-    """Inverse of `write_shape`; FormatError beyond MAX_NDIM axes or MAX_ELEMENTS elements."""
+    """Inverse of `write_shape`, validated (`validate.check_shape`)."""
     ndim = r.gamma(f"{what} rank", limit=MAX_NDIM)
-    shape = tuple(r.gamma(f"{what} dimension", limit=MAX_ELEMENTS) for _ in range(ndim))
-    if math.prod(shape) > MAX_ELEMENTS:
-        raise FormatError(f"bad {what}: {shape} exceeds {MAX_ELEMENTS} elements")
-    return shape
+    return check_shape(tuple(r.gamma(f"{what} dimension") for _ in range(ndim)), what)
 
 
 def write_prefix(w: BitWriter, shape: tuple, dtype, width: int, quantized) -> None:
@@ -182,4 +198,7 @@ def read_prefix(r: BitReader, dtype, has_qarray: bool):
         book = r.uints(math.prod(book_shape), 32, "codebook").astype(np.uint32)
         codebook = book.view(np.float32).reshape(book_shape)
         quantized = Quantized(METHODS[method], width, dense_shape, codebook)
+        check_codes_header(
+            quantized.method, width, dense_shape, shape, dtype, codebook, "QArray header"
+        )
     return shape, width, quantized

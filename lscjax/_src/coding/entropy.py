@@ -239,6 +239,7 @@ class SymbolCoder:
             return symbols
         if not self.symbols.size:
             raise FormatError(f"bad {what}: symbols coded with an empty table")
+        r.budget.entries(count, what)  # before the Rust coder allocates `count` symbols
         if self.symbols.size == 1:
             return np.full(count, self.symbols[0], np.int64)
         n_words = r.gamma(f"{what} length", kind, limit=r.left // ANS_WORD_BITS)

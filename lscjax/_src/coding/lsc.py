@@ -424,6 +424,7 @@ def decode_blocks(encoded) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     r, values = encoded.reader()
     blocks = read_blocks(r, encoded.shape, values, encoded.dtype, encoded.entropy)
     b = blocks.block
+    r.budget.charge(blocks.tiles.size * b * b * encoded.dtype.itemsize, "the lsc blocks")
     out = np.zeros((blocks.tiles.size, b * b), blocks.values.dtype)
     out[blocks.owner, blocks.offsets] = blocks.values
     rows, cols = np.divmod(blocks.tiles, blocks.grid[1])

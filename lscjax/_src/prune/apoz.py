@@ -45,9 +45,15 @@ def apoz(
       channel.
 
     Raises:
+      TypeError: `activations` is not a mapping.
       LscError: an activation array with ndim < 1, num_std < 0, a `kept` mask of the wrong
         length or keeping no channel (names the layer).
     """
+    if not isinstance(activations, Mapping):
+        raise TypeError(
+            f"activations must be a mapping {{layer: array [..., C]}}, got "
+            f"{type(activations).__name__}"
+        )
     if not num_std >= 0:
         raise LscError(f"num_std must be >= 0, got {num_std!r}")
     out = {}

@@ -54,6 +54,11 @@ def block_magnitude(
     rows of the BlockSparse layout then have equal length, so the padded layout carries no
     padding and `lscjax.sparse.matmul` does no wasted work.
 
+    At least one block is kept per leaf (per output block column with `balanced`): where the
+    rounding would keep none (a leaf of 5 input blocks at 90% sparsity: ``round(0.5) = 0``), one
+    is kept, so that no selected layer is pruned to zero and its outputs stay connected; such a
+    leaf ends below `sparsity` (`lscjax.prune.sparsity` reports what was reached).
+
     Args:
       params: pytree of arrays.
       sparsity: fraction of blocks removed per selected leaf, in [0, 1).
@@ -88,10 +93,10 @@ def block_magnitude(
     def one(_, w):
         scores = block_scores(w, block, reduce)  # [input blocks, output blocks]
         if balanced:
-            per_column = keep_count(scores.shape[0], sparsity)
+            per_column = max(1, keep_count(scores.shape[0], sparsity))
             keep = jax.vmap(lambda s: topk_mask(s, per_column), in_axes=1, out_axes=1)(scores)
         else:
-            keep = topk_mask(scores, keep_count(scores.size, sparsity))
+            keep = topk_mask(scores, max(1, keep_count(scores.size, sparsity)))
         full = jnp.repeat(jnp.repeat(keep, block[0], axis=0), block[1], axis=1)
         rows = w.size // w.shape[-1]
         return full[:rows, : w.shape[-1]].reshape(w.shape)

@@ -27,13 +27,14 @@ def erk_sparsities(shapes: Mapping[str, tuple[int, ...]], sparsity: float) -> di
       sparsity: overall sparsity in [0, 1).
 
     Returns:
-      {path: sparsity in [0, 1]} whose weighted mean (by layer size) is `sparsity`.
+      {path: sparsity in [0, 1]} whose weighted mean (by layer size) is `sparsity`; a layer of
+      size 0 gets 0.0 (it holds nothing to prune).
     """
     sparsity = check_sparsity(sparsity)
     paths = list(shapes)
     sizes = np.array([np.prod(shapes[p]) for p in paths], np.float64)
-    raw = np.array([np.sum(shapes[p]) for p in paths], np.float64) / sizes
-    dense = np.zeros(len(paths), bool)
+    dense = sizes == 0  # an empty layer holds no weight to prune: sparsity 0
+    raw = np.array([np.sum(shapes[p]) for p in paths], np.float64) / np.where(dense, 1, sizes)
     budget = (1.0 - sparsity) * sizes.sum()
     while True:
         free = budget - sizes[dense].sum()

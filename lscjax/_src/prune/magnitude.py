@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lscjax._src.errors import LscError
-from lscjax._src.tree import Where, check_float_leaf, map_selected, selected_leaves
+from lscjax._src.tree import Where, check_float_leaf, check_matching, map_selected, selected_leaves
 
 
 def check_sparsity(sparsity: float, what: str = "sparsity") -> float:
@@ -105,8 +105,10 @@ def apply(params, masks):
     """Zero the pruned weights: ``w * mask`` at leaves where `masks` has an array, others unchanged.
 
     Raises:
-      LscError: a mask whose shape differs from its leaf (names the path).
+      LscError: masks whose tree does not match the params (missing or extra leaves), or a mask
+        whose shape differs from its leaf (names the path).
     """
+    check_matching(params, masks, "masks tree")
 
     def one(path, w, m):
         if m is None:

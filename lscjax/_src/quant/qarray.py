@@ -73,8 +73,14 @@ class QArray:
     shape: tuple = dataclasses.field(metadata=dict(static=True))
 
     def dequantize(self) -> jax.Array:
-        """The dense weight, float32 of shape `shape`."""
-        codes = self.codes.astype(jnp.int32)
+        """The dense weight, float32 of shape `shape`.
+
+        Raises:
+          LscError: concrete codes at or past the codebook size (traced codes are not checked).
+        """
+        if not isinstance(self.codes, jax.core.Tracer):
+            check_codes("QArray", self.codes, self.method, tuple(self.codebook.shape))
+        codes = jnp.asarray(self.codes).astype(jnp.int32)
         if self.method == "kmeans" and self.codebook.ndim > 1:  # per-channel [(G,) n, K]
             groups, n, k = (
                 (1, *self.codebook.shape) if self.codebook.ndim == 2 else self.codebook.shape
@@ -146,6 +152,19 @@ def _expected_shapes(q: QArray) -> tuple[tuple, tuple]:
     return shape, (cb[0] if len(cb) == 1 else -1,)
 
 
+def n_codes(method: str, codebook_shape: tuple) -> int:
+    """Entries per codebook (codes index [0, n_codes)) for a `method` codebook of that shape."""
+    return codebook_shape[1] if method in ("product", "residual") else codebook_shape[-1]
+
+
+def check_codes(path: str, codes, method: str, codebook_shape: tuple, error=LscError) -> None:
+    """Raise `error` naming `path` unless every code (int array) is below `n_codes`."""
+    codes = np.asarray(codes)
+    limit = n_codes(method, codebook_shape)
+    if codes.size and int(codes.max()) >= limit:
+        raise error(f"leaf {path!r}: code {int(codes.max())} past the {limit} codebook entries")
+
+
 def check_qarray(path: str, q: QArray, shape: tuple | None = None) -> None:
     """Raise LscError naming `path` if `q` is inconsistent (or its dense shape is not `shape`).
 
@@ -173,22 +192,26 @@ def check_qarray(path: str, q: QArray, shape: tuple | None = None) -> None:
             f"leaf {path!r}: {q.method} QArray of shape {tuple(q.shape)} has codes of shape "
             f"{tuple(q.codes.shape)}, expected {codes_shape}"
         )
-    n_codes = codebook_shape[1] if q.method in ("product", "residual") else codebook_shape[-1]
-    if n_codes > 2**q.bits:
-        raise LscError(f"leaf {path!r}: {n_codes} codebook entries exceed 2**bits = {2**q.bits}")
+    entries = n_codes(q.method, codebook_shape)
+    if entries > 2**q.bits:
+        raise LscError(f"leaf {path!r}: {entries} codebook entries exceed 2**bits = {2**q.bits}")
 
 
 def dequantize(tree):
     """Replace every `QArray` leaf of `tree` by its dense float32 weight; other leaves unchanged.
 
     Raises:
-      LscError: an inconsistent QArray (names the leaf path).
+      LscError: an inconsistent QArray, or concrete codes at or past its codebook size (names
+        the leaf path).
     """
 
     def one(kp, leaf):
         if not is_qarray(leaf):
             return leaf
-        check_qarray(path_str(kp), leaf)
+        path = path_str(kp)
+        check_qarray(path, leaf)
+        if not isinstance(leaf.codes, jax.core.Tracer):
+            check_codes(path, leaf.codes, leaf.method, tuple(leaf.codebook.shape))
         return leaf.dequantize()
 
     return jax.tree_util.tree_map_with_path(one, tree, is_leaf=is_qarray)

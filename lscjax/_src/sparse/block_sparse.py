@@ -160,11 +160,13 @@ class BlockSparse:
     @property
     def block_density(self) -> float:
         """Fraction of the R x C blocks of the matrix view that are stored, over all weights of
-        a `stack` (reads ``counts``: concrete weights only, not under jit)."""
+        a `stack` (reads ``counts``: concrete weights only, not under jit); 0.0 for an empty
+        matrix (no blocks)."""
         if isinstance(self.counts, jax.core.Tracer):
             raise LscError("block_density reads the counts: not available under jit")
         counts = np.asarray(self.counts)
-        return int(counts.sum()) / (counts.size * grid(self.shape, self.block)[1])
+        blocks = counts.size * grid(self.shape, self.block)[1]
+        return int(counts.sum()) / blocks if blocks else 0.0
 
     @property
     def nbytes(self) -> int:
@@ -295,7 +297,8 @@ class BlockSparse:
           A BlockSparse whose ``todense()`` equals the decoded array (dequantized for a QArray).
 
         Raises:
-          LscError: not an "lsc" encoding, or rank < 2. FormatError: malformed bytes.
+          LscError: not an "lsc" encoding, rank < 2, or a plain array that is not float.
+          FormatError: malformed bytes.
         """
         from lscjax._src.sparse import convert
 

@@ -18,6 +18,8 @@ def _tuple(v, nd: int, name: str) -> tuple[int, ...]:
     out = (v,) * nd if isinstance(v, int) else tuple(v)
     if len(out) != nd:
         raise LscError(f"conv: {name} needs {nd} entries, got {v!r}")
+    if not all(isinstance(i, int) and not isinstance(i, bool) and i >= 1 for i in out):
+        raise LscError(f"conv: {name} must be positive ints, got {v!r}")
     return out
 
 
@@ -88,7 +90,8 @@ def conv(
       ``[N, *out_spatial, C_out]`` of ``result_type(x.dtype, w.dtype)``.
 
     Raises:
-      LscError: a kernel of rank < 3 or > 5, or x whose channels / rank do not match it.
+      LscError: a kernel of rank < 3 or > 5, x whose channels / rank do not match it, or
+        strides / dilations that are not positive ints.
     """
     nd = w.ndim - 2
     if nd not in SPATIAL_DIMS:

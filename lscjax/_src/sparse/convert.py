@@ -132,6 +132,11 @@ def from_encoded(encoded) -> BlockSparse:
     if len(encoded.shape) < 2:
         raise LscError(f"from_encoded: expected a kernel of rank >= 2, got {encoded.shape}")
     q = encoded.quantized
+    if q is None and not jnp.issubdtype(encoded.dtype, jnp.floating):
+        raise LscError(
+            f"from_encoded: a plain encoding must hold floats (codes come as a QArray), "
+            f"got {encoded.dtype}"
+        )
     scalar = q is not None and q.method in ("kmeans", "binarize") and q.codebook.ndim == 1
     if q is not None and not (
         scalar and q.codebook.shape[0] <= 256 and float(q.codebook[0]) == 0.0

@@ -7,6 +7,7 @@ rule of their own); the backward pass is the lax reference's.
 
 import dataclasses
 import functools
+import math
 from typing import NamedTuple
 
 import jax
@@ -316,6 +317,8 @@ def matmul(x: jax.Array, w: BlockSparse, *, impl: str = "auto", interpret: bool 
     cfg = _Config(tuple(w.shape), tuple(w.block), w.bits, kernel, bool(interpret), w.row_groups)
     cols = -(-k // w.block[0])
     lead = x.shape[:-1]
+    if math.prod(lead) == 0 or k == 0 or n == 0:  # empty batch, contraction or output: no blocks
+        return jnp.zeros((*lead, n), jnp.result_type(x.dtype, w.dtype))
     x2 = jnp.pad(x.reshape(-1, k), ((0, 0), (0, cols * w.block[0] - k)))
     y = _product(x2, w.blocks, w.codebook, w.indices, w.counts, w.overflow, cfg)
     return y[:, :n].reshape(*lead, n)

@@ -5,6 +5,7 @@ Training minimizes ``f(W) + sum_l (rho/2) ||W_l - Z_l + U_l||^2``; every `every`
 support of Z (`admm_masks`) and retrain with `keep_masks`.
 """
 
+import math
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
@@ -67,7 +68,8 @@ def admm(
       An optax GradientTransformation with state `AdmmState`; its update needs `params`.
 
     Raises:
-      LscError: bad sparsity/map or every, or an update called without params.
+      LscError: bad sparsity/map, every or rho (a constant rho must be finite and >= 0), or an
+        update called without params.
 
     Example:
       >>> targets = {"Conv_0/kernel": 0.8, "Conv_1/kernel": 0.92, "Dense_0/kernel": 0.95,
@@ -79,6 +81,10 @@ def admm(
     """
     if not (isinstance(every, int) and every >= 1):
         raise LscError(f"every must be an int >= 1, got {every!r}")
+    if not callable(rho) and not (
+        isinstance(rho, int | float) and not isinstance(rho, bool) and 0 <= rho < math.inf
+    ):
+        raise LscError(f"rho must be a finite number >= 0 or a schedule, got {rho!r}")
 
     def counts(params):
         sizes = {p: int(jnp.size(w)) for p, w in selected_leaves(params, where)}

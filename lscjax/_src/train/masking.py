@@ -6,6 +6,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from lscjax._src.errors import LscError
+from lscjax._src.tree import check_matching, leaves_with_paths
+
 
 class KeepMasksState(NamedTuple):
     """State of `keep_masks`: the inner optimizer's state."""
@@ -38,6 +41,10 @@ def keep_masks(inner: optax.GradientTransformation, masks) -> optax.GradientTran
     Returns:
       An optax GradientTransformation with state `KeepMasksState`.
 
+    Raises:
+      LscError (from ``init``): masks whose tree does not match the params (missing or extra
+        leaves), or a mask whose shape differs from its leaf's (no broadcasting).
+
     Example:
       >>> masks = lscjax.prune.magnitude(params, 0.9)
       >>> params = lscjax.prune.apply(params, masks)
@@ -45,6 +52,14 @@ def keep_masks(inner: optax.GradientTransformation, masks) -> optax.GradientTran
     """
 
     def init(params):
+        picked = check_matching(params, masks, "keep_masks: masks tree")
+        for path, leaf in leaves_with_paths(params):
+            mask = picked[path]
+            if mask is not None and jnp.shape(mask) != jnp.shape(leaf):
+                raise LscError(
+                    f"keep_masks: mask for {path!r} has shape {jnp.shape(mask)}, "
+                    f"the leaf {jnp.shape(leaf)}"
+                )
         return KeepMasksState(inner.init(params))
 
     def update(updates, state, params=None):
