@@ -110,6 +110,9 @@ def test_rules_first_match_wins_and_keep_dense(params):
         assert model.encoded[f"{name}/kernel"].quantized is None
     assert set(model.raw) == {"ffn/bias"} and model.meta["kept_dense"] == {"ffn/bias": "bias$"}
     np.testing.assert_array_equal(model.raw["ffn/bias"], params["ffn"]["bias"])
+    layers = {r["path"]: r for r in storage_report(model)["layers"]}
+    assert layers["emb/embedding"]["kept"] == emb.size  # code 0 is a centroid here, not a zero
+    assert layers["attn/kernel"]["kept"] == 64
     skipped = storage_report(model)["skipped"]
     assert skipped == [
         {

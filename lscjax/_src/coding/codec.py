@@ -124,7 +124,10 @@ def kept_count(encoded: Encoded) -> int:
     values = encoded.decoded[1].view(encoded.dtype)
     if q is None:
         return int(np.count_nonzero(values))
-    return int(np.count_nonzero(q.codebook[values.astype(np.int64)]))
+    kept = int(np.count_nonzero(q.codebook[values.astype(np.int64)]))
+    if q.codebook.size and q.codebook[0] != 0:  # the unstored positions hold code 0
+        kept += int(np.prod(encoded.shape)) - values.size
+    return kept
 
 
 def decode_qarray(encoded: Encoded) -> QArray:
