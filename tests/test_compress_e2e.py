@@ -20,6 +20,8 @@ from lscjax._src.sparse.random import random_block_kernel
 from lscjax.models import LeNet300
 from lscjax.sparse import BlockSparse
 
+pytestmark = pytest.mark.slow  # the module's fixtures train LeNet models
+
 
 @pytest.fixture(scope="module")
 def trained():
