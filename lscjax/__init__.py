@@ -19,6 +19,7 @@ from lscjax._src.compress import recipe as recipe
 from lscjax._src.compressed import CompressedModel as CompressedModel
 from lscjax._src.compressed import load as load
 from lscjax._src.compressed import save as save
+from lscjax._src.distill import distillation as distillation
 from lscjax._src.errors import FormatError as FormatError
 from lscjax._src.errors import LscError as LscError
 from lscjax._src.flax.calibration import Calibration as Calibration
@@ -35,6 +36,7 @@ __all__ = [
     "Retrain",
     "Rule",
     "compress",
+    "distillation",
     "load",
     "read_checkpoint",
     "read_params",

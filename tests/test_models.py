@@ -28,6 +28,7 @@ def test_init_is_linen_init_and_apply():
     np.testing.assert_array_equal(apply_fn(params, x), model.apply({"params": want}, x))
 
 
+@pytest.mark.slow
 def test_fit_learns_and_masked_fit_keeps_zeros():
     params, apply_fn = lscjax.models.init(LeNet300())
     x, y = lscjax.data.fashion_mnist("train")

@@ -156,3 +156,29 @@ def test_mask_shape_mismatch_rejected_with_path():
 def test_unknown_scope_rejected():
     with pytest.raises(LscError, match="scope"):
         lscjax.prune.magnitude(make_params(), 0.5, scope="model")
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+@pytest.mark.parametrize("scope", ["layer", "global"])
+def test_low_precision_ties_keep_exactly_k(dtype, scope):
+    """bf16 has 8 bits of mantissa: many weights round to the same magnitude. The masks still
+    keep exactly round(n * (1 - s)) weights, every kept |w| >= every pruned |w|."""
+    rng = np.random.default_rng(0)
+    params = {
+        "a": {"kernel": jnp.asarray(rng.integers(-8, 9, (24, 10)) / 8, dtype)},  # 17 values
+        "b": {"kernel": jnp.asarray(rng.integers(-3, 4, (3, 3, 2, 5)) / 4, dtype)},
+    }
+    masks = lscjax.prune.magnitude(params, 0.7, scope=scope)
+    kept = {k: np.asarray(masks[k]["kernel"]) for k in params}
+    w = {k: np.abs(np.asarray(params[k]["kernel"], np.float32)) for k in params}
+    if scope == "layer":
+        for k in params:
+            assert kept[k].sum() == round(w[k].size * 0.3)
+            assert w[k][kept[k]].min() >= w[k][~kept[k]].max()
+    else:
+        total = sum(v.size for v in w.values())
+        assert sum(m.sum() for m in kept.values()) == round(total * 0.3)
+        kept_min = min(w[k][kept[k]].min() for k in params if kept[k].any())
+        assert kept_min >= max(w[k][~kept[k]].max() for k in params)
+    pruned = lscjax.prune.apply(params, masks)
+    assert all(pruned[k]["kernel"].dtype == dtype for k in params)

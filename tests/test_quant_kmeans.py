@@ -251,3 +251,17 @@ def test_weighted_kmeans_centroids_are_weighted_means():
         np.testing.assert_allclose(q.codebook[j], mean, rtol=1e-4, atol=1e-6)
     with pytest.raises(LscError, match="k/kernel"):
         lscjax.quant.kmeans({"k": {"kernel": w}}, 3, weights={"k": {"kernel": importance[:2]}})
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+def test_low_precision_leaf_quantizes_as_its_float32_values(dtype):
+    """A bf16 / f16 leaf (values exact in that dtype, with many ties) gets the codes and the
+    float32 codebook of the same values given as float32, and dequantizes in float32."""
+    values = np.array([-0.75, -0.125, 0.25, 1.5, 0.5, -1.0])  # exact in bf16 and f16
+    w32 = values[np.random.default_rng(0).integers(0, 6, (40, 12))].astype(np.float32)
+    q = lscjax.quant.kmeans({"kernel": jnp.asarray(w32, dtype)}, 2)["kernel"]
+    ref = lscjax.quant.kmeans({"kernel": jnp.asarray(w32)}, 2)["kernel"]
+    assert q.codebook.dtype == jnp.float32 and q.codes.dtype == jnp.uint8
+    np.testing.assert_array_equal(np.asarray(q.codes), np.asarray(ref.codes))
+    np.testing.assert_allclose(np.asarray(q.codebook), np.asarray(ref.codebook), rtol=1e-6)
+    np.testing.assert_array_equal(np.asarray(q.dequantize()), np.asarray(ref.dequantize()))

@@ -37,6 +37,7 @@ def _compare(got, reference, keys):
         np.testing.assert_allclose(got[key], reference[key], rtol=1e-5, atol=1e-6, err_msg=key)
 
 
+@pytest.mark.slow
 def test_eight_devices_equal_one(reference, tmp_path):
     out = tmp_path / "single.npz"
     done = subprocess.run(
@@ -59,6 +60,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_processes_equal_one(reference, tmp_path):
     out, port = tmp_path / "multi.npz", str(_free_port())
     procs = [

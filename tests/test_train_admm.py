@@ -74,6 +74,7 @@ def test_z_and_u_updates_every_steps(every):
             np.testing.assert_array_equal(state.u["kernel"], u_old)
 
 
+@pytest.mark.slow
 def test_converges_to_the_constrained_optimum():
     # min 1/2 ||W - A||^2 s.t. card(W) <= k is solved by the k largest entries of A
     chex.clear_trace_counter()

@@ -59,3 +59,28 @@ def test_pruned_stay_zero_kept_train_for_100_steps(inner):
     # a leaf with no mask (the bias) trains normally
     assert not np.allclose(params["Dense_0"]["bias"], 0.0)
     assert float(loss_fn(params, x, y)) < float(loss_fn(start, x, y))
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+def test_low_precision_pruned_weights_stay_exactly_zero(dtype):
+    """keep_masks on bf16 / f16 params: adamw's weight decay and moments never move a pruned
+    weight off 0.0, and the kept ones train."""
+    w = jnp.asarray(np.random.default_rng(0).normal(size=(16, 8)), dtype)
+    params = {"kernel": w}
+    masks = lscjax.prune.magnitude(params, 0.75)
+    params = lscjax.prune.apply(params, masks)
+    opt = lscjax.train.keep_masks(optax.adamw(1e-2, weight_decay=1e-2), masks)
+    state = opt.init(params)
+    x = jnp.ones((4, 16), dtype)
+
+    def loss(p):
+        return jnp.sum((x @ p["kernel"]).astype(jnp.float32) ** 2)
+
+    start = params["kernel"]
+    for _ in range(5):
+        updates, state = opt.update(jax.grad(loss)(params), state, params)
+        params = optax.apply_updates(params, updates)
+    got = np.asarray(params["kernel"], np.float32)
+    assert params["kernel"].dtype == dtype
+    assert (got[~np.asarray(masks["kernel"])] == 0.0).all()
+    assert (got != np.asarray(start, np.float32))[np.asarray(masks["kernel"])].all()

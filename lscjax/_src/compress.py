@@ -1,13 +1,16 @@
 """`compress`: the whole pipeline, params -> prune -> (retrain) -> quantize -> (fine-tune) -> encode.
 
-Two recipes ship: "deep_compression" (Han et al. 2016: magnitude pruning, k-means weight sharing
-with 8-bit conv / 5-bit fc codes, Huffman-coded relative index) and "lsc" (Liu et al. 2020:
-pruning, k-means, Layerwise Sparse Coding with rANS entropy coding). Every field can be changed
+Four recipes ship: "deep_compression" (Han et al. 2016: magnitude pruning, k-means weight sharing
+with 8-bit conv / 5-bit fc codes, Huffman-coded relative index), "lsc" (Liu et al. 2020:
+pruning, k-means, Layerwise Sparse Coding with rANS entropy coding), and the calibrated
+"sparsegpt" and "wanda" (one-shot pruning from calibration data, GPTQ onto each layer's k-means
+codebook, LSC + rANS; they need `calibration=`). Every field can be changed
 per call (`recipe("lsc", sparsity={...}, bits={...})`) or a `Recipe` given whole.
 """
 
 import dataclasses
 import re
+import warnings
 from collections.abc import Callable, Iterable, Mapping
 
 import jax
@@ -15,15 +18,18 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
+from lscjax._src.calibrated import CALIBRATED_PRUNE, calibrated_pass
 from lscjax._src.checkpoints import check_layout
 from lscjax._src.coding.codec import encode
 from lscjax._src.coding.entropy import check_entropy
 from lscjax._src.coding.formats import FORMATS
 from lscjax._src.compressed import CompressedModel
 from lscjax._src.errors import LscError
+from lscjax._src.flax.calibration import Calibration
 from lscjax._src.loop import make_step
 from lscjax._src.prune.distributions import distributed_magnitude
 from lscjax._src.prune.magnitude import apply, check_sparsity
+from lscjax._src.prune.patterns import parse_pattern
 from lscjax._src.quant.kmeans import kmeans
 from lscjax._src.quant.qarray import dequantize, is_qarray
 from lscjax._src.train.admm import admm, admm_masks
@@ -32,7 +38,7 @@ from lscjax._src.train.gradual import gradual, polynomial
 from lscjax._src.train.masking import keep_masks
 from lscjax._src.tree import Where, leaves_with_paths, map_selected, selection
 
-PRUNE_METHODS = ("magnitude", "gradual", "admm")
+PRUNE_METHODS = ("magnitude", "gradual", "admm", *CALIBRATED_PRUNE)
 
 
 def _check_bits(what: str, bits) -> int:
@@ -114,7 +120,9 @@ class Recipe:
         map must cover the selected leaves that no rule gives a sparsity).
       prune: "magnitude" (one shot, Han et al.), "gradual" (Zhu & Gupta's polynomial schedule
         from 0 to `sparsity` over the first 3/4 of the retrain steps; one-shot magnitude
-        when no `retrain` is given) or "admm" (Zhang et al. 2018; needs `retrain`).
+        when no `retrain` is given), "admm" (Zhang et al. 2018; needs `retrain`), or the
+        calibrated "sparsegpt" (Frantar & Alistarh 2023) and "wanda" (Sun et al. 2024), which
+        need `calibration=` and prune each called layer to its sparsity.
       bits: code bits per layer: an int, a {path: bits} map, or None for the default of
         `conv_bits` for kernels with ndim > 2 and `dense_bits` for 2-D kernels. 0 keeps the
         float32 values (no quantization).
@@ -126,6 +134,8 @@ class Recipe:
         pattern matches a selected leaf's path gives that leaf its settings (or keeps it
         dense); leaves no rule matches use the fields above. When a rule sets a sparsity and
         `sparsity` is a float, the other leaves share the global threshold among themselves.
+      pattern: the calibrated methods' sparsity pattern: None (unstructured), "n:m" or a
+        pair (b0, b1) of block sides (see `lscjax.prune.sparsegpt`); calibrated methods only.
 
     Raises:
       LscError: a field out of range (sparsity outside [0, 1), bits outside [0, 16]), an
@@ -142,6 +152,7 @@ class Recipe:
     entropy: str = "ans"
     format_options: Mapping = dataclasses.field(default_factory=dict)
     rules: tuple[Rule, ...] = ()
+    pattern: str | tuple[int, int] | None = None
 
     def __post_init__(self):
         if isinstance(self.sparsity, Mapping):
@@ -159,6 +170,10 @@ class Recipe:
         for field in ("conv_bits", "dense_bits"):
             if _check_bits(f"recipe {field}", getattr(self, field)) == 0:
                 raise LscError(f"recipe {field} must be in [1, 16] (set bits=0 for float values)")
+        if self.pattern is not None:
+            if self.prune not in CALIBRATED_PRUNE:
+                raise LscError(f"recipe pattern applies to {tuple(CALIBRATED_PRUNE)} only")
+            parse_pattern(self.pattern)
         _check_format("recipe", self.format, self.format_options)
         check_entropy(self.entropy)
         if isinstance(self.rules, str | Mapping | Rule) or not isinstance(self.rules, Iterable):
@@ -219,6 +234,8 @@ def _rule_from(fields) -> Rule:
 RECIPES = {
     "deep_compression": Recipe("deep_compression", sparsity=0.92, format="ri", entropy="huffman"),
     "lsc": Recipe("lsc", sparsity=0.95, prune="gradual", format="lsc", entropy="ans"),
+    "sparsegpt": Recipe("sparsegpt", sparsity=0.5, prune="sparsegpt", bits=4),
+    "wanda": Recipe("wanda", sparsity=0.5, prune="wanda", bits=4),
 }
 
 
@@ -384,27 +401,77 @@ def _record(rc: Recipe) -> dict:
     return record
 
 
+def _calibrated_prune(params, rc: Recipe, targets, calibration, where, progress: bool, bits=None):
+    """Layer-sequential SparseGPT / Wanda pruning to `targets` (and GPTQ of the layers in
+    `bits`): (params, masks, {path: QArray})."""
+    params, found, qleaves = calibrated_pass(
+        params,
+        calibration,
+        where,
+        prune=rc.prune,
+        sparsity=targets,
+        pattern=rc.pattern,
+        bits=bits,
+        progress=progress,
+    )
+    masks = map_selected(lambda p, _: found[p], params, where=lambda p, _: p in found)
+    return params, masks, qleaves
+
+
+ONE_SHOT_SAFE = 0.5
+"""The highest one-shot magnitude sparsity `compress` runs without a warning (see README)."""
+
+
+def _warn_one_shot(rc: Recipe, targets, retrain, calibration) -> None:
+    """Warn when a recipe would prune by magnitude, one shot, past ONE_SHOT_SAFE: no data."""
+    if retrain is not None or calibration is not None or rc.prune not in ("magnitude", "gradual"):
+        return
+    values = targets.values() if isinstance(targets, Mapping) else [targets]
+    highest = max(values, default=0.0)
+    if highest > ONE_SHOT_SAFE:
+        warnings.warn(
+            f"recipe {rc.name!r} prunes {highest:.0%} by magnitude in one shot, with neither "
+            "retrain= nor calibration=: this usually destroys a trained model's accuracy. Pass "
+            "calibration=lscjax.Calibration(apply_fn, batches) with the 'sparsegpt' recipe, "
+            "retrain=lscjax.Retrain(...) or lscjax.distillation(...), or a sparsity <= "
+            f"{ONE_SHOT_SAFE}.",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
 def compress(
     params,
     recipe: str | Recipe = "lsc",
     *,
     retrain: Retrain | None = None,
+    calibration: Calibration | None = None,
     where: Where = None,
     layout: Mapping | None = None,
     progress: bool = False,
 ) -> CompressedModel:
     """Compress a parameter pytree into a `CompressedModel` (save it with `lscjax.save`).
 
-    Stages: prune the selected leaves (one-shot magnitude, gradual over the retrain steps, or
-    ADMM); retrain the kept weights with `keep_masks` (if `retrain`); k-means-quantize each
-    selected leaf to its bits (zeros keep the 0 code); fine-tune the centroids with
-    `shared_centroids` (if `retrain`); encode each selected leaf with the recipe's format and
-    entropy coder. Unselected leaves (biases, norms) are stored losslessly.
+    Stages: prune the selected leaves (one-shot magnitude, gradual over the retrain steps,
+    ADMM, or from calibration data SparseGPT / Wanda); retrain the kept weights with
+    `keep_masks` (if `retrain`); quantize each selected leaf to its bits (zeros keep the 0
+    code): k-means, or with `calibration` GPTQ onto each called layer's k-means codebook;
+    fine-tune the centroids with `shared_centroids` (if `retrain`); encode each selected leaf
+    with the recipe's format and entropy coder. Unselected leaves (biases, norms) are stored
+    losslessly.
+
+    With `calibration` and no `retrain`, each layer in call order is pruned and quantized
+    before the next one is measured (one layer-sequential pass); with both, pruning and
+    quantization are two such passes with the retraining between them. Selected leaves that
+    are not a called layer's kernel (e.g. embedding tables) get plain k-means.
 
     Args:
       params: a pytree of float arrays (nested dicts, as Flax params).
-      recipe: "lsc", "deep_compression", or a `Recipe`.
-      retrain: optional `Retrain` hook (loss, data, steps) run after pruning and quantization.
+      recipe: "lsc", "deep_compression", "sparsegpt", "wanda", or a `Recipe`.
+      retrain: optional `Retrain` hook (loss, data, steps) run after pruning and quantization
+        (`lscjax.distillation` builds one from unlabelled batches).
+      calibration: a `lscjax.Calibration` (the model function and unlabelled batches); needed
+        by the "sparsegpt" and "wanda" recipes.
       where: the leaves to compress (default: 'kernel' leaves with ndim >= 2); the recipe's
         keep-dense rules remove leaves from it.
       layout: the layout record of a converted PyTorch checkpoint (`Checkpoint.layout` of
@@ -414,9 +481,14 @@ def compress(
     Returns:
       A CompressedModel holding one Encoded per selected leaf and the raw unselected leaves.
 
+    Warns:
+      UserWarning: one-shot magnitude pruning past 50% without `retrain` or `calibration`
+        (what the "lsc" and "deep_compression" recipes do alone): it usually destroys a
+        trained model's accuracy.
+
     Raises:
       LscError (a ValueError): an unknown recipe or bad setting, naming the leaf path; a
-        selection that matches no leaf, or only leaves the rules keep dense; a sparsity or
+        calibrated recipe without `calibration`; a selection that matches no leaf, or only leaves the rules keep dense; a sparsity or
         bits map that misses a selected leaf (checked before any pruning or training); a
         layout record that does not match the params.
     """
@@ -424,27 +496,50 @@ def compress(
     rc = RECIPES.get(recipe) if isinstance(recipe, str) else recipe
     if rc is None:
         raise LscError(f"unknown recipe {recipe!r}; expected one of {sorted(RECIPES)}")
+    calibrated = rc.prune in CALIBRATED_PRUNE
+    if calibration is not None and not isinstance(calibration, Calibration):
+        raise LscError(
+            f"calibration must be a lscjax.Calibration, got {type(calibration).__name__}"
+        )
+    if calibrated and calibration is None:
+        raise LscError(
+            f"recipe prune={rc.prune!r} needs calibration=lscjax.Calibration(apply_fn, batches)"
+        )
     chosen, kept_dense = _select(params, rc, where)
     targets = _targets(rc, chosen)
     _check_bits_cover(rc, chosen)
+    _warn_one_shot(rc, targets, retrain, calibration)
 
     def picked(path: str, _) -> bool:
         return chosen.get(path, False)
 
-    params, masks, pruned_by = _prune(params, rc, targets, retrain, picked, progress)
-    if retrain is not None:
-        params, _ = retrain.run(
-            params,
-            keep_masks(retrain.optimizer, masks),
-            retrain.steps,
-            progress=progress,
-            desc="retrain",
+    qleaves, pruned_by = {}, rc.prune
+    if calibrated and retrain is None:  # one pass: each layer pruned, then quantized
+        bits = {p: rc.bits_for(p, w) for p, w in leaves_with_paths(params) if chosen[p]}
+        params, _, qleaves = _calibrated_prune(
+            params, rc, targets, calibration, picked, progress, bits
         )
-        params = apply(params, masks)  # exact zeros, whatever the optimizer did
-    bits = {p: rc.bits_for(p, w) for p, w in leaves_with_paths(params) if chosen[p]}
-    quantized = {p: b for p, b in bits.items() if b > 0}
-    if quantized:
-        qleaves = {}
+    else:
+        if calibrated:
+            params, masks, _ = _calibrated_prune(params, rc, targets, calibration, picked, progress)
+        else:
+            params, masks, pruned_by = _prune(params, rc, targets, retrain, picked, progress)
+        if retrain is not None:
+            params, _ = retrain.run(
+                params,
+                keep_masks(retrain.optimizer, masks),
+                retrain.steps,
+                progress=progress,
+                desc="retrain",
+            )
+            params = apply(params, masks)  # exact zeros, whatever the optimizer did
+        bits = {p: rc.bits_for(p, w) for p, w in leaves_with_paths(params) if chosen[p]}
+        if calibration is not None:
+            params, _, qleaves = calibrated_pass(
+                params, calibration, picked, bits=bits, progress=progress
+            )
+    quantized = {p: b for p, b in bits.items() if b > 0 and p not in qleaves}
+    if quantized or qleaves:
         for path in tqdm(quantized, desc="k-means", disable=not progress, leave=False):
             one = kmeans(params, quantized, where=lambda p, _, q=path: p == q)
             qleaves[path] = dict(leaves_with_paths(one, is_leaf=is_qarray))[path]

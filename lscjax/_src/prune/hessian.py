@@ -75,8 +75,6 @@ def stats_leaves(params, stats: Mapping, where: Where) -> list[tuple[str, jax.Ar
                 f"leaf {path!r}: shape {np.shape(w)} does not match stats of {d} input features"
             )
         out.append((path, w, s))
-    if not out:
-        raise LscError("no leaf selected: where= and the calibration stats share no leaf")
     return out
 
 

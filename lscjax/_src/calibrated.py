@@ -1,0 +1,71 @@
+"""The calibrated stages of `compress`: layer-sequential SparseGPT / Wanda pruning and GPTQ onto
+each layer's k-means codebook.
+
+Each pass takes the model's supported layers in call order; a layer's statistics come from the
+model whose earlier layers are already compressed (the SparseGPT / GPTQ protocol), and the
+layer is then pruned and/or quantized before the next one is measured.
+"""
+
+from collections.abc import Mapping
+
+from tqdm.auto import tqdm
+
+from lscjax._src.flax.calibration import Calibration
+from lscjax._src.prune.sparsegpt import sparsegpt
+from lscjax._src.prune.wanda import wanda
+from lscjax._src.quant.gptq import gptq
+from lscjax._src.quant.options import per_leaf
+from lscjax._src.quant.qarray import is_qarray
+from lscjax._src.tree import Where, leaves_with_paths, map_selected
+
+CALIBRATED_PRUNE = {"sparsegpt": sparsegpt, "wanda": wanda}
+
+
+def calibrated_pass(
+    params,
+    calibration: Calibration,
+    where: Where,
+    *,
+    prune: str | None = None,
+    sparsity: float | Mapping[str, float] = 0.0,
+    pattern=None,
+    bits: Mapping[str, int] | None = None,
+    progress: bool = False,
+):
+    """One layer-sequential pass over the selected layers that the model calls.
+
+    Args:
+      params: the model's params.
+      calibration: the `Calibration`.
+      where: the selection (None: every kernel of a supported layer).
+      prune: "sparsegpt", "wanda" or None (no pruning in this pass).
+      sparsity: one sparsity or a {path: sparsity} map.
+      pattern: None, "n:m" or (b0, b1).
+      bits: {path: bits} of the layers to quantize by GPTQ onto their k-means codebook (a
+        path missing or 0: not quantized), or None.
+      progress: a progress bar.
+
+    Returns:
+      (params with the pruned layers' weights and the quantized layers' dequantized weights,
+      {path: keep mask} of the pruned layers, {path: QArray} of the quantized layers).
+    """
+    masks, qleaves = {}, {}
+    layers = calibration.layers(params, where=where)
+    for path in tqdm(layers, desc="calibrated", disable=not progress, leave=False):
+        one = calibration.stats(params, where=lambda p, _, q=path: p == q)
+        if prune is not None:
+            params, mask = CALIBRATED_PRUNE[prune](
+                params, one, per_leaf(sparsity, path, "sparsity"), pattern=pattern
+            )
+            masks[path] = dict(leaves_with_paths(mask))[path]
+        if bits and bits.get(path, 0) > 0:
+            q = gptq(params, one, bits[path], grid="kmeans")
+            leaf = dict(leaves_with_paths(q, is_leaf=is_qarray))[path]
+            qleaves[path] = leaf
+            params = map_selected(
+                lambda p, _, q=leaf: q.dequantize(),
+                params,
+                where=lambda p, _, q=path: p == q,
+                fill="keep",
+            )
+    return params, masks, qleaves
