@@ -175,6 +175,7 @@ def main(argv=None):
         quantized,
         block=32,
         where=lambda p, leaf: p.startswith("encoder/") and p.endswith("/kernel"),
+        max_density=1.0,  # every kernel as BlockSparse codes, even with all its blocks
     )
     served_params = jax.tree_util.tree_map(
         lambda leaf: leaf.dequantize() if isinstance(leaf, QArray) else leaf,

@@ -2,7 +2,9 @@
 
 from lscjax._src.sparse.block_sparse import BlockSparse as BlockSparse
 from lscjax._src.sparse.conv import conv as conv
+from lscjax._src.sparse.embed import lookup as lookup
 from lscjax._src.sparse.matmul import matmul as matmul
+from lscjax._src.sparse.multi_axis import MultiAxisKernel as MultiAxisKernel
 from lscjax._src.sparse.plan import Plan as Plan
 from lscjax._src.sparse.plan import Tuning as Tuning
 from lscjax._src.sparse.plan import explain as explain
@@ -14,11 +16,13 @@ from lscjax._src.sparse.stack import stack as stack
 
 __all__ = [
     "BlockSparse",
+    "MultiAxisKernel",
     "Plan",
     "ShardedBlockSparse",
     "Tuning",
     "conv",
     "explain",
+    "lookup",
     "matmul",
     "plan",
     "resolve_impl",

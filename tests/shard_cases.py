@@ -31,7 +31,7 @@ def bert_case():
     BERT fixture, its kernels pruned to 50% and coded (4 bits) in coded blocks of 8."""
     module, params = lscjax.models.bert_from_hf(FIXTURE)
     quantized = map_selected(lambda _, w: _coded(w), params, fill="keep")
-    sparse = lscjax.flax.to_block_sparse(quantized, block=8)
+    sparse = lscjax.flax.to_block_sparse(quantized, block=8, max_density=1.0)
     rng = np.random.default_rng(0)
     ids = rng.integers(0, 100, (4, 6)).astype(np.int32)
     mask = np.ones((4, 6), np.int32)

@@ -119,7 +119,7 @@ def test_folder_refusals(tmp_path):
 def test_served_block_sparse_unmodified(bert, expected):
     # Every Dense kernel of the encoder as BlockSparse, served by compressed_apply under jit.
     module, params = bert
-    sparse = lscjax.flax.to_block_sparse(params, block=16)
+    sparse = lscjax.flax.to_block_sparse(params, block=16, max_density=1.0)
     assert isinstance(
         sparse["encoder"]["layer"]["0"]["attention"]["self"]["query"]["kernel"], BlockSparse
     )

@@ -38,7 +38,7 @@ def test_square_torch_weight_serves_x_times_w_transposed(tmp_path, capsys):
     pruned = np.where(magnitude >= np.sort(magnitude, axis=None)[128], w, 0)  # larger half
     x = rng.normal(size=(3, 16)).astype(np.float32)
     expected = x @ pruned.T + b  # what PyTorch's Linear computes with the pruned weight
-    served = lscjax.load(tmp_path / "m.lsc", layout="block_sparse")
+    served = lscjax.load(tmp_path / "m.lsc", layout="block_sparse", max_density=1.0)
     assert isinstance(served["fc"]["kernel"], lscjax.sparse.BlockSparse)
     serve = jax.jit(lscjax.flax.compressed_apply(nn.Dense(16).apply))
     y = np.asarray(serve({"params": served["fc"]}, x))

@@ -48,7 +48,7 @@ def test_serve_from_file_matches_decoded_dense(trained, compressed, tmp_path):
     size = lscjax.save(tmp_path / "m.lsc", compressed)
     assert size == (tmp_path / "m.lsc").stat().st_size
     dense = lscjax.load(tmp_path / "m.lsc")
-    sparse = lscjax.load(tmp_path / "m.lsc", layout="block_sparse")
+    sparse = lscjax.load(tmp_path / "m.lsc", layout="block_sparse", max_density=1.0)
     serve = jax.jit(lscjax.flax.compressed_apply(model.apply))
     xb = lscjax.models.prepare(x[:256])
     logits_sparse = serve({"params": sparse}, xb)
@@ -163,7 +163,7 @@ def test_block_sparse_layout_direct_or_reblocked(stored, serve, expect):
     }
     options = {} if stored is None else {"block": stored}
     model = lscjax.compress(params, lscjax.recipe("lsc", sparsity=0.8, format_options=options))
-    served = model.block_sparse_params(serve)
+    served = model.block_sparse_params(serve, max_density=1.0)
     dense = model.params()
     for name in params:
         kernel = served[name]["kernel"]
@@ -209,7 +209,7 @@ def test_block_sparse_layout_max_density(stored, tmp_path):
     assert served["Dense_0"]["kernel"].block_density <= 0.25
     assert not isinstance(served["Dense_1"]["kernel"], BlockSparse)  # all 10 blocks non-zero
     np.testing.assert_array_equal(served["Dense_1"]["kernel"], dense["Dense_1"]["kernel"])
-    everything = model.block_sparse_params(8)
+    everything = model.block_sparse_params(8, max_density=1.0)
     assert isinstance(everything["Dense_1"]["kernel"], BlockSparse)
     with pytest.raises(LscError, match="max_density"):
         model.block_sparse_params(8, max_density=2)

@@ -43,7 +43,7 @@ def test_swap_keeps_outputs_under_nnx_jit():
     net = _pruned_net()
     x = jax.random.normal(jax.random.key(1), (3, 14, 14, 1))
     before = net(x)
-    sparse = to_block_sparse_nnx(net, block=8)
+    sparse = to_block_sparse_nnx(net, block=8, max_density=1.0)
     assert isinstance(sparse.conv, BlockSparseConv)
     assert all(isinstance(layer, BlockSparseLinear) for layer in sparse.layers)
     assert isinstance(net.conv, nnx.Conv)  # the original model is left unchanged
@@ -62,14 +62,16 @@ def test_swap_keeps_outputs_under_nnx_jit():
 
 def test_where_selects_layers():
     net = _pruned_net()
-    sparse = to_block_sparse_nnx(net, block=4, where=lambda path, _: path == "layers/1")
+    sparse = to_block_sparse_nnx(
+        net, block=4, where=lambda path, _: path == "layers/1", max_density=1.0
+    )
     assert isinstance(sparse.conv, nnx.Conv) and isinstance(sparse.layers[0], nnx.Linear)
     assert isinstance(sparse.layers[1], BlockSparseLinear)
 
 
 def test_grads_of_block_values_match_dense_kernel_grads():
     net = _pruned_net()
-    sparse = to_block_sparse_nnx(net, block=8)
+    sparse = to_block_sparse_nnx(net, block=8, max_density=1.0)
     x = jax.random.normal(jax.random.key(2), (2, 14, 14, 1))
 
     def loss(model):
@@ -104,7 +106,7 @@ def test_errors():
         to_block_sparse_nnx(net)
     grouped = nnx.Conv(4, 4, (3, 3), feature_group_count=2, rngs=nnx.Rngs(0))
     with pytest.raises(LscError, match="grouped"):
-        to_block_sparse_nnx(grouped)
+        to_block_sparse_nnx(grouped, max_density=1.0)
 
     @nnx.vmap(in_axes=0, out_axes=0)
     def stacked_layers(key):
@@ -157,7 +159,11 @@ def test_stacked_layers_under_nnx_scan():
     net.layers.kernel[...] = jnp.asarray(layers)
     x = jax.random.normal(jax.random.key(4), (4, 32))
     sparse = to_block_sparse_nnx(
-        net, block=8, where=lambda path, _: path == "layers", stacked=lambda path, _: True
+        net,
+        block=8,
+        where=lambda path, _: path == "layers",
+        stacked=lambda path, _: True,
+        max_density=1.0,
     )
     assert isinstance(sparse.layers, BlockSparseLinear) and type(sparse.head) is nnx.Linear
     assert sparse.layers.counts[...].shape == (3, 4)

@@ -22,7 +22,7 @@ from lscjax._src.coding.encoded import parse
 from lscjax._src.coding.validate import check_shape
 from lscjax._src.errors import FormatError, LscError
 from lscjax._src.quant.qarray import QArray
-from lscjax._src.tree import Where, nest, selection, shape_proxy
+from lscjax._src.tree import Where, leaves_with_paths, nest, selection, shape_proxy
 
 RAW_DTYPES = (
     "float32",
@@ -103,10 +103,17 @@ class CompressedModel:
         return nest({p: _dense(self.leaf(p)) for p in paths})
 
     def block_sparse_params(
-        self, block=None, *, max_density: float = 1.0, stacked: Where = None
+        self,
+        block=None,
+        *,
+        max_density: float | None = None,
+        stacked: Where = None,
+        where: Where = None,
+        in_axes=None,
     ) -> dict:
-        """The params with every compressed kernel as a `BlockSparse` (codes + codebook where
-        quantized), ready for `lscjax.flax.compressed_apply`; other leaves dense.
+        """The params in their served form, ready for `lscjax.flax.compressed_apply`: every
+        selected compressed kernel as a `BlockSparse` (codes + codebook where quantized), a
+        quantized Embed table (a leaf named 'embedding') as its `QArray`, the rest dense.
 
         An LSC leaf whose stored block suits serving (equal to `block`, or at most
         MAX_DIRECT_BLOCK when `block` is None) is decoded straight to the block layout
@@ -119,23 +126,37 @@ class CompressedModel:
           block: b for every kernel, or None: the stored LSC block where it suits serving, else
             DEFAULT_BLOCK.
           max_density: a kernel with a larger fraction of non-zero blocks is given dense
-            (dequantized) instead: nearly dense kernels are faster dense (see
-            `lscjax.flax.to_block_sparse`).
+            (dequantized once): nearly dense kernels are faster dense (default: the measured
+            DEFAULT_MAX_DENSITY, see `lscjax.flax.to_block_sparse`).
           stacked: selection (a ``(path, leaf) -> bool`` callable or a bool pytree; default
             none) of kernels whose leading axis stacks layers (Linen ``nn.scan``): converted per
             layer and stacked, as `lscjax.flax.to_block_sparse` does.
+          where: selection of the compressed leaves to serve from their compressed form
+            (same forms; a leaf is seen as an array of its dense shape); default: all. The
+            others are given dense (dequantized), e.g. to leave layers that are not served
+            block-sparse alone.
+          in_axes: the contracted axes of multi-axis kernels, as in
+            `lscjax.flax.to_block_sparse` (default: read from the layer's bias).
 
         Raises:
-          LscError: `max_density` outside [0, 1].
+          LscError: `max_density` outside [0, 1], a `where` that selects no leaf.
         """
-        from lscjax._src.flax.layers import block_sparse_leaf, check_max_density
         from lscjax._src.sparse.block_sparse import BlockSparse
+        from lscjax._src.sparse.leaf import (
+            DEFAULT_MAX_DENSITY,
+            TABLE,
+            check_max_density,
+            leaf_in_ndim,
+            served_leaf,
+        )
 
+        max_density = DEFAULT_MAX_DENSITY if max_density is None else max_density
         check_max_density(max_density)
         serving_block = DEFAULT_BLOCK if block is None else block
-        layered = (
-            {} if stacked is None else selection(self._shape_proxies(), stacked, allow_empty=True)
-        )
+        proxies = self._shape_proxies()
+        layered = {} if stacked is None else selection(proxies, stacked, allow_empty=True)
+        chosen = None if where is None else selection(proxies, where)
+        shapes = dict(leaves_with_paths(proxies))
 
         def direct(enc) -> bool:
             stored = enc.options.get("block") if enc.format == "lsc" else None
@@ -144,16 +165,25 @@ class CompressedModel:
             return stored == block if block is not None else stored <= MAX_DIRECT_BLOCK
 
         def served(path: str, enc):
+            if chosen is not None and not chosen.get(path, False):
+                return _dense(self.leaf(path))
+            if path.rsplit("/", 1)[-1] == TABLE or len(enc.shape) < 2:
+                leaf = self.leaf(path)
+                return leaf if isinstance(leaf, QArray) else _dense(leaf)
             layers = layered.get(path, False)
-            leaf = None if direct(enc) and not layers else self.leaf(path)
-            w = (
-                BlockSparse.from_encoded(enc)
-                if leaf is None
-                else block_sparse_leaf(path, leaf, serving_block, stacked=layers)
+            in_ndim = leaf_in_ndim(path, shapes, in_axes, layers)
+            general = in_ndim not in (None, len(shapes[path].shape) - 1)
+            if direct(enc) and not layers and not general:
+                w = BlockSparse.from_encoded(enc)
+                return w if w.block_density <= max_density else _dense(self.leaf(path))
+            return served_leaf(
+                path,
+                self.leaf(path),
+                serving_block,
+                max_density=max_density,
+                stacked=layers,
+                in_ndim=in_ndim,
             )
-            if w.block_density <= max_density:
-                return w
-            return _dense(self.leaf(path) if leaf is None else leaf)
 
         return nest({p: served(p, e) for p, e in self.encoded.items()} | self.raw)
 
@@ -318,8 +348,9 @@ def load(
     *,
     layout: str = "dense",
     block=None,
-    max_density: float = 1.0,
+    max_density: float | None = None,
     stacked: Where = None,
+    where: Where = None,
     max_bytes: int | None = None,
 ):
     """Read an .lsc file.
@@ -332,9 +363,12 @@ def load(
       block: the serving block for "block_sparse" (default: the stored LSC block where it suits
         serving, else DEFAULT_BLOCK = 32; see `CompressedModel.block_sparse_params`).
       max_density: for "block_sparse", kernels with a larger fraction of non-zero blocks are
-        given dense (dequantized): nearly dense kernels are faster dense.
+        given dense (dequantized once): nearly dense kernels are faster dense (default: the
+        measured DEFAULT_MAX_DENSITY).
       stacked: for "block_sparse", the kernels that stack layers on their leading axis (see
         `CompressedModel.block_sparse_params`).
+      where: for "block_sparse", the compressed leaves served from their compressed form
+        (default all; the others dense, see `CompressedModel.block_sparse_params`).
       max_bytes: the reading budget: the most bytes the arrays that the file declares may take
         (decoded leaves, and for every layout but "model" the dense float32 weights), checked
         before anything is allocated. Default: `DEFAULT_EXPANSION` (1024) times the file size,
@@ -358,5 +392,7 @@ def load(
     if layout == "quantized":
         return model.quantized_params()
     if layout == "block_sparse":
-        return model.block_sparse_params(block, max_density=max_density, stacked=stacked)
+        return model.block_sparse_params(
+            block, max_density=max_density, stacked=stacked, where=where
+        )
     return model.params()
