@@ -104,7 +104,7 @@ def write_checkpoint(folder: pathlib.Path, shapes: dict[str, tuple], seed: int =
 
 def timed(argv: list[str]) -> dict:
     """Run `argv` under /usr/bin/time -v: {"wall_s", "peak_rss_mb"}."""
-    env = dict(os.environ, PYTHONPATH=str(REPO))
+    env = dict(os.environ, PYTHONPATH=str(REPO / "src"))
     start = time.perf_counter()
     proc = subprocess.run(
         ["/usr/bin/time", "-v", *argv], capture_output=True, text=True, env=env, check=False

@@ -6,7 +6,7 @@ Build: ``sphinx-build -W -b html docs docs/_build/html`` (tests/test_sphinx.py r
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 import lscjax  # noqa: E402
 

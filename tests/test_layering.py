@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-SRC = Path(__file__).parent.parent / "lscjax" / "_src"
+SRC = Path(__file__).parent.parent / "src" / "lscjax" / "_src"
 STAGES = ("prune", "quant", "coding", "sparse", "kernels", "train", "flax")
 APP = ("loop", "models", "demo", "cli", "compress", "compressed")
 # (importing package or module of lscjax._src, forbidden targets): a target is a module of

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-MODULES = sorted(p for p in (ROOT / "lscjax").glob("*.py"))
+MODULES = sorted(p for p in (ROOT / "src" / "lscjax").glob("*.py"))
 
 
 def module_name(path: Path) -> str:

@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_every_public_module_has_an_api_page():
-    modules = {"lscjax"} | {f"lscjax.{p.stem}" for p in (ROOT / "lscjax").glob("*.py")}
+    modules = {"lscjax"} | {f"lscjax.{p.stem}" for p in (ROOT / "src" / "lscjax").glob("*.py")}
     modules.discard("lscjax.__init__")
     pages = {p.stem for p in (ROOT / "docs" / "api").glob("*.rst")} - {"index"}
     assert pages == modules
