@@ -149,7 +149,7 @@ def _report(args) -> None:
 
 
 def _bench(args) -> None:
-    folder = Path(__file__).resolve().parents[2] / "benchmarks"
+    folder = Path(__file__).resolve().parents[3] / "benchmarks"
     scripts = sorted(folder.glob("*.py")) if folder.is_dir() else []
     if not scripts:
         raise LscError(f"no benchmarks found in {folder} (run from a source checkout)")
