@@ -6,7 +6,7 @@
   codes are assigned canonically (by length, then symbol), so the lengths determine them.
 * ``"ans"``: rANS (constriction's `AnsCoder`, 32-bit words) with a categorical model whose
   probabilities are proportional to ``2 ** (q / 4)``, q = round(4 log2(count)) stored per present
-  symbol (a quarter-octave quantized histogram). Stream: the word count, then the words; a
+  symbol (a quarter-octave quantized histogram, `ans_model`). Stream: the word count, then the words; a
   single present symbol needs no stream at all.
 
 Tables are metadata: callers tag them as index bits. Table layout: gamma(number of present
@@ -21,11 +21,11 @@ import numpy as np
 from bitarray import bitarray
 from bitarray.util import canonical_decode, canonical_huffman
 
+from lscjax._src import ans_model
 from lscjax._src.coding.bitstream import BitReader, BitWriter, gamma_bits
 from lscjax._src.errors import FormatError, LscError
 
 ENTROPIES = ("none", "huffman", "ans")
-ANS_STEPS_PER_OCTAVE = 4
 ANS_WORD_BITS = 32
 ANS_ROUNDING = 2.0**-20
 """Bound on how far constriction's fixed-point model moves one probability (its precision is
@@ -90,7 +90,7 @@ class SymbolCoder:
         if entropy == "huffman" and symbols.size:
             weights = huffman_lengths(counts)
         elif entropy == "ans" and symbols.size:
-            weights = np.rint(ANS_STEPS_PER_OCTAVE * np.log2(counts)).astype(np.int64)
+            weights = ans_model.log_weights(counts).astype(np.int64)
         else:
             weights = np.zeros(0 if entropy == "none" else symbols.size, np.int64)
         return cls(entropy, alphabet_bits, symbols if entropy != "none" else [], weights)
@@ -120,8 +120,7 @@ class SymbolCoder:
         )
 
     def _probabilities(self) -> np.ndarray:
-        scaled = 2.0 ** ((self.weights - self.weights.max()) / ANS_STEPS_PER_OCTAVE)
-        return scaled / scaled.sum()
+        return ans_model.probabilities(self.weights)
 
     def stream_bits(self, hist: np.ndarray) -> int:
         """Bits of the stream for symbols with histogram `hist` (exact; rANS: estimated)."""
