@@ -2,7 +2,8 @@
 
     python benchmarks/ptq_minilm.py [--configs NAME ...] [--quick]
 
-Calibration: the first 300 sentences of examples/data/sentences.txt (unlabelled); evaluation:
+Calibration: the first 300 sentences of examples/data/sentences.txt (unlabelled, in 10 batches,
+padding tokens left out of the statistics by `row_mask`); evaluation:
 the other sentences. Every configuration compresses the encoder's Dense kernels (36 kernels, 2-D
 [in, out]) as named, and the word / position embedding tables with 8-bit k-means (never
 pruned); it is written as one .lsc file (LSC with 32 x 32 blocks + rANS) and loaded back. For
@@ -153,7 +154,9 @@ def main(argv=None):
         vocab = params["embeddings"]["word_embeddings"]["embedding"].shape[0]
         cal_ids, ids = cal_ids % vocab, ids % vocab
     cal = lscjax.Calibration(
-        lambda p, b: module.apply({"params": p}, b[0], b[1]), chunks(cal_ids, cal_mask, 32)
+        lambda p, b: module.apply({"params": p}, b[0], b[1]),
+        chunks(cal_ids, cal_mask, max(1, len(calib) // 10)),  # equal batches: one compile per layer
+        row_mask=lambda b: b[1],  # padding tokens are not calibration data
     )
     embed = jax.jit(lambda p, i, m: sentence_embedding(module.apply({"params": p}, i, m), m))
 

@@ -94,6 +94,10 @@ bits = 4
 """
 
 
+ATTENTION_QUERY = "encoder/layer/1/attention/self/query/kernel"
+WORDS = "embeddings/word_embeddings/embedding"
+
+
 def test_hf_checkpoint_with_recipe_file_and_report(tmp_path, capsys):
     sd = tiny_bert_state_dict(np.random.default_rng(0))
     save_file(sd, tmp_path / "model.safetensors")
@@ -135,10 +139,21 @@ def test_hf_checkpoint_with_recipe_file_and_report(tmp_path, capsys):
         "transform": "transpose",
         "source_shape": [32, 64],
     }
+    # served as lscjax.load(..., layout="block_sparse") serves them: every 32x32 kernel of
+    # this tiny model is a single block, non-zero, so dense by default and block-sparse when
+    # the density bound is lifted; the quantized word table is looked up from its codes
+    serving = {r["path"]: r for r in report["serving"]}
+    assert serving[ATTENTION_QUERY]["served"] == "dense"
+    assert serving[ATTENTION_QUERY]["why"] == "block density 1.00 > 0.2: faster dense"
+    assert serving[WORDS]["served"].startswith("codes lookup")
+    assert main(["report", str(out), "--json", "--max-density", "1"]) == 0
+    lifted = {r["path"]: r for r in json.loads(capsys.readouterr().out)["serving"]}
+    assert lifted[ATTENTION_QUERY]["served"] == "block-sparse 4-bit codes"
     assert main(["report", str(out)]) == 0
     text = capsys.readouterr().out
     assert "stored as they are (not compressed)" in text and "kept dense (rule" in text
     assert "encoder.layer.0.output.dense.weight" in text and "transpose" in text
+    assert "served by lscjax.load(file, layout='block_sparse') as:" in text
 
 
 def test_dotted_npz_and_json_recipe_file_compress(tmp_path, capsys):

@@ -92,7 +92,8 @@ def test_python_blocks_run(page, tmp_path, monkeypatch, capsys):
 
 
 PUBLIC_MODULES = sorted(
-    "lscjax" if p.stem == "__init__" else f"lscjax.{p.stem}" for p in (ROOT / "src" / "lscjax").glob("*.py")
+    "lscjax" if p.stem == "__init__" else f"lscjax.{p.stem}"
+    for p in (ROOT / "src" / "lscjax").glob("*.py")
 )
 
 

@@ -111,3 +111,67 @@ def test_bad_calibration_input_is_refused(linen):
     cal = lscjax.Calibration(lambda p, b: net.apply({"params": p}, b), [x])
     with pytest.raises(LscError, match="no selected kernel"):
         cal.stats(params, where=lambda p, _: p.endswith("bias"))
+
+
+class Tokens(nn.Module):
+    """Two Dense layers on the same input [B, T, F] (as query and key), then one on their sum."""
+
+    @nn.compact
+    def __call__(self, x):
+        q, k = nn.Dense(5, name="q")(x), nn.Dense(5, name="k")(x)
+        return nn.Dense(2, name="out")(nn.relu(q + k))
+
+
+@pytest.fixture(scope="module")
+def tokens():
+    net = Tokens()
+    x = jax.random.normal(jax.random.key(3), (6, 4, 3))
+    mask = np.array(jax.random.bernoulli(jax.random.key(4), 0.6, (6, 4)))
+    params = net.init(jax.random.key(5), x)["params"]
+    batches = [(x[:3], mask[:3]), (x[3:], mask[3:])]
+    return net, params, x, mask, batches
+
+
+def test_row_mask_leaves_the_masked_rows_out(tokens):
+    net, params, x, mask, batches = tokens
+    cal = lscjax.Calibration(
+        lambda p, b: net.apply({"params": p}, b[0]), batches, row_mask=lambda b: b[1]
+    )
+    stats = cal.stats(params)
+    kept = np.asarray(x, np.float64)[mask]  # the rows of the unmasked tokens, [N, 3]
+    s = stats["q/kernel"]
+    np.testing.assert_allclose(s.gram, kept.T @ kept, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(s.norms, np.sqrt((kept**2).sum(0)), rtol=1e-4)
+    assert s.count == int(mask.sum()) < mask.size
+    # a per-example mask [B] is broadcast over the tokens
+    one = lscjax.Calibration(
+        lambda p, b: net.apply({"params": p}, b[0]),
+        [(x, np.array([1, 0, 1, 1, 0, 1]))],
+        row_mask=lambda b: b[1],
+    )
+    rows = np.asarray(x, np.float64)[[0, 2, 3, 5]].reshape(-1, 3)
+    np.testing.assert_allclose(one.stats(params)["k/kernel"].gram, rows.T @ rows, rtol=1e-4)
+    bad = lscjax.Calibration(
+        lambda p, b: net.apply({"params": p}, b[0]), batches, row_mask=lambda b: b[1][:, :2]
+    )
+    with pytest.raises(LscError, match="row_mask of shape .* 'q/kernel'"):
+        bad.stats(params)
+    with pytest.raises(LscError, match="row_mask"):
+        lscjax.Calibration(lambda p, b: b, batches, row_mask=3)
+
+
+def test_sequential_equals_one_layer_at_a_time(tokens):
+    """Layers on one shared input share a stats run; the result is the strict protocol's."""
+    net, params, _, _, batches = tokens
+    cal = lscjax.Calibration(lambda p, b: net.apply({"params": p}, b[0]), batches)
+
+    def compress_layer(p, one):
+        return lscjax.prune.sparsegpt(p, one, 0.4)[0]
+
+    got = cal.sequential(params, compress_layer)
+    want = params
+    for path in ("q/kernel", "k/kernel", "out/kernel"):
+        want = compress_layer(want, cal.stats(want, where=lambda p, _, q=path: p == q))
+    for layer in ("q", "k", "out"):
+        np.testing.assert_allclose(got[layer]["kernel"], want[layer]["kernel"], rtol=1e-6)
+    assert ("q/kernel", "k/kernel") in cal._runs  # one stats run for both

@@ -19,7 +19,12 @@ HERE = Path(__file__).parent
 
 def _env(devices: int) -> dict:
     flags = f"--xla_force_host_platform_device_count={devices}"
-    return dict(os.environ, XLA_FLAGS=flags, PYTHONPATH=os.pathsep.join([str(HERE.parent / "src"), str(HERE.parent)]), JAX_PLATFORMS="cpu")
+    return dict(
+        os.environ,
+        XLA_FLAGS=flags,
+        PYTHONPATH=os.pathsep.join([str(HERE.parent / "src"), str(HERE.parent)]),
+        JAX_PLATFORMS="cpu",
+    )
 
 
 @pytest.fixture(scope="module")

@@ -50,9 +50,15 @@ def calibrated_pass(
       {path: keep mask} of the pruned layers, {path: QArray} of the quantized layers).
     """
     masks, qleaves = {}, {}
-    layers = calibration.layers(params, where=where)
-    for path in tqdm(layers, desc="calibrated", disable=not progress, leave=False):
-        one = calibration.stats(params, where=lambda p, _, q=path: p == q)
+    bar = tqdm(
+        total=len(calibration.layers(params, where=where)),
+        desc="calibrated",
+        disable=not progress,
+        leave=False,
+    )
+
+    def compress_layer(params, one):
+        (path,) = one
         if prune is not None:
             params, mask = CALIBRATED_PRUNE[prune](
                 params, one, per_leaf(sparsity, path, "sparsity"), pattern=pattern
@@ -68,4 +74,9 @@ def calibrated_pass(
                 where=lambda p, _, q=path: p == q,
                 fill="keep",
             )
+        bar.update()
+        return params
+
+    params = calibration.sequential(params, compress_layer, where=where)
+    bar.close()
     return params, masks, qleaves

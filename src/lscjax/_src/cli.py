@@ -135,9 +135,13 @@ def _report(args) -> None:
 
     from lscjax._src.compressed import load
     from lscjax._src.report import format_storage_report, plot_storage, storage_report
+    from lscjax._src.sparse.leaf import DEFAULT_MAX_DENSITY, serving_table
 
     model = load(args.file, layout="model")
     report = storage_report(model, file_bytes=Path(args.file).stat().st_size)
+    max_density = DEFAULT_MAX_DENSITY if args.max_density is None else args.max_density
+    served = model.block_sparse_params(max_density=max_density)
+    report["serving"] = serving_table(served, max_density=max_density)
     if args.plot:
         plot_storage(report, args.plot)
     if args.json:
@@ -232,7 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--sparsity", type=float, help="overall sparsity (default: the recipe's)")
     comp.add_argument("--bits", type=int, help="code bits for every layer (0: float32 values)")
     comp.add_argument("--format", help="index format (lsc, ri, sri, csr, ...)")
-    comp.add_argument("--entropy", choices=["ans", "huffman", "none"])
+    comp.add_argument("--entropy", choices=["ans", "context", "huffman", "none"])
     comp.add_argument(
         "--workers",
         type=int,
@@ -244,6 +248,13 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("file")
     rep.add_argument("--plot", help="write per-layer stacked bars to this PNG")
     rep.add_argument("--json", action="store_true", help="print JSON")
+    rep.add_argument(
+        "--max-density",
+        type=float,
+        help="for the serving table: kernels with a larger fraction of non-zero blocks are "
+        "served dense, as lscjax.load(..., layout='block_sparse') does (default: "
+        "lscjax.flax.DEFAULT_MAX_DENSITY)",
+    )
     rep.set_defaults(run=_report)
 
     bench = sub.add_parser(

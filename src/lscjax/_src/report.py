@@ -2,6 +2,7 @@
 
 import numpy as np
 
+from lscjax._src.sparse.leaf import format_serving_table
 from lscjax._src.tree import Where, selected_leaves
 
 
@@ -46,7 +47,8 @@ def storage_report(model, *, file_bytes: int | None = None) -> dict:
       `file_bytes` is given, the whole file against all params as dense float32; "skipped":
       [{path, shape, dtype, bytes, reason}] for every leaf stored as it is ("not selected" or
       "kept dense (rule ...)"); "layout": the file's layout record of a converted PyTorch
-      checkpoint ({path: {source, transform, source_shape}}) or None.
+      checkpoint ({path: {source, transform, source_shape}}) or None. The command line adds
+      "serving": the `lscjax.flax.serving_table` rows of the file as loaded for serving.
     """
     layers = []
     for s in model.layers():
@@ -152,6 +154,9 @@ def format_storage_report(report: dict) -> str:
         ]
         lines += ["", "layout: converted from a PyTorch checkpoint (Flax leaf <- tensor):"]
         lines.append(format_table(["leaf", "source", "source shape", "transform"], rows))
+    if report.get("serving"):
+        lines += ["", "served by lscjax.load(file, layout='block_sparse') as:"]
+        lines.append(format_serving_table(report["serving"]))
     return "\n".join(lines)
 
 

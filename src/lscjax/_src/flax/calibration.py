@@ -9,13 +9,15 @@ their classes' ``__call__`` while the capture is traced, each layer found by the
 kernel among the params passed in.
 """
 
+import collections
 import contextlib
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from lscjax._src.errors import LscError
@@ -44,16 +46,23 @@ def _tuple(value, nd: int):
 
 def layer_rows(module, x) -> jax.Array:
     """The rows X float32 [N, d] that `module` (a supported layer) multiplies by its kernel."""
+    return _rows(module, x)[0]
+
+
+def _rows(module, x) -> tuple[jax.Array, tuple[int, ...]]:
+    """(rows float32 [N, d], lead): `layer_rows` and the shape of its leading axes, prod(lead)
+    = N (a Dense's batch axes; a Conv's batch axes and output positions)."""
     x = jnp.asarray(x, jnp.float32)
     if isinstance(module, nn.Dense | nnx.Linear):
-        return x.reshape(-1, x.shape[-1])
+        return x.reshape(-1, x.shape[-1]), x.shape[:-1]
     if isinstance(module, nn.DenseGeneral | nnx.LinearGeneral):
         if getattr(module, "batch_dims", ()) or getattr(module, "batch_axis", None):
             raise LscError(f"calibration: {type(module).__name__} with batch dims is not supported")
         axis = module.axis if isinstance(module.axis, tuple | list) else (module.axis,)
         axis = tuple(a % x.ndim for a in axis)
         moved = jnp.moveaxis(x, axis, tuple(range(x.ndim - len(axis), x.ndim)))
-        return moved.reshape(-1, math.prod(x.shape[a] for a in axis))
+        lead = moved.shape[: x.ndim - len(axis)]
+        return moved.reshape(-1, math.prod(x.shape[a] for a in axis)), lead
     kernel_size = tuple(module.kernel_size)
     nd = len(kernel_size)
     if module.feature_group_count != 1:
@@ -72,8 +81,9 @@ def layer_rows(module, x) -> jax.Array:
         dimension_numbers=(f"N{spatial}C", f"{spatial}IO", f"N{spatial}C"),
     )  # [..., C * prod(kernel_size)], C major
     c = x.shape[-1]
+    lead = patches.shape[:-1]
     patches = patches.reshape(-1, c, math.prod(kernel_size))
-    return jnp.swapaxes(patches, 1, 2).reshape(-1, math.prod(kernel_size) * c)
+    return jnp.swapaxes(patches, 1, 2).reshape(-1, math.prod(kernel_size) * c), lead
 
 
 @contextlib.contextmanager
@@ -100,14 +110,17 @@ def _nnx_capture(callback):
 
 
 def _traced_calls(apply_fn, params, batch, wanted: Callable[[str], bool]):
-    """Run apply_fn(params, batch) under tracing and return [(kernel path, rows)] per layer call."""
+    """Run apply_fn(params, batch) under tracing and return [(kernel path, rows, input id)] per
+    layer call: rows() gives (rows [N, d], lead shape); calls that multiply the same input
+    array share its id."""
     ids = {id(leaf): path for path, leaf in leaves_with_paths(params)}
     paths = set(ids.values())
-    calls = []
+    calls, inputs = [], []
 
-    def record(path, x_rows):
+    def record(path, x, rows):
         if wanted(path):
-            calls.append((path, x_rows))
+            inputs.append(x)  # keeps x alive, so that no later input reuses its id
+            calls.append((path, rows, id(x)))
 
     def linen(next_fun, args, kwargs, context):
         module = context.module
@@ -115,17 +128,34 @@ def _traced_calls(apply_fn, params, batch, wanted: Callable[[str], bool]):
             kernel = module.get_variable("params", "kernel")
             path = ids.get(id(kernel), "/".join(module.path) + "/kernel")
             if path in paths:
-                record(path, lambda: layer_rows(module, args[0]))
+                record(path, args[0], lambda: _rows(module, args[0]))
         return next_fun(*args, **kwargs)
 
     def nnx_call(module, kernel, x):
         path = ids.get(id(kernel))
         if path is not None:
-            record(path, lambda: layer_rows(module, x))
+            record(path, x, lambda: _rows(module, x))
 
     with nn.intercept_methods(linen), _nnx_capture(nnx_call):
         apply_fn(params, batch)
     return calls
+
+
+def _row_weights(path: str, mask, lead: tuple[int, ...]) -> jax.Array:
+    """float32 [prod(lead)] 0/1 weights of a layer's rows from a row mask whose shape is a
+    prefix of `lead` (broadcast over the remaining axes).
+
+    Raises:
+      LscError: the mask's shape is not a prefix of `lead` (names `path`).
+    """
+    mask = jnp.asarray(mask)
+    if tuple(mask.shape) != tuple(lead[: mask.ndim]):
+        raise LscError(
+            f"calibration: row_mask of shape {tuple(mask.shape)} does not match layer {path!r}, "
+            f"whose input rows have leading axes {tuple(lead)} (the mask's shape must be a prefix)"
+        )
+    mask = mask.reshape(mask.shape + (1,) * (len(lead) - mask.ndim)) != 0
+    return jnp.broadcast_to(mask, lead).reshape(-1).astype(jnp.float32)
 
 
 class Calibration:
@@ -137,6 +167,11 @@ class Calibration:
         ``lambda s, x: nnx.merge(graphdef, s)(x)`` (NNX; params = the nnx.State of its Params).
       batches: the first `num_batches` batches (all when None), kept as given (model inputs,
         e.g. token ids int32 [B, T] or images float32 [B, H, W, C]).
+      row_mask: None (every row counts) or ``(batch) -> array [B, ...]`` marking the rows of the
+        layers' inputs that count (non-zero) and those left out of every statistic (zero), e.g.
+        ``lambda b: b[1]`` for the attention mask int32 [B, T] of padded token batches. Its
+        shape must be a prefix of each layer's leading input axes (a Dense's [B, T], a Conv's
+        [B, H_out, W_out]); it is broadcast over the rest.
 
     Example:
       >>> cal = lscjax.Calibration(apply_fn, [images])  # apply_fn(params, batch) -> logits
@@ -144,14 +179,23 @@ class Calibration:
       >>> pruned = cal.sequential(params, lambda p, s: lscjax.prune.sparsegpt(p, s, 0.5)[0])
     """
 
-    def __init__(self, apply_fn: Callable, batches: Iterable, *, num_batches: int | None = None):
+    def __init__(
+        self,
+        apply_fn: Callable,
+        batches: Iterable,
+        *,
+        num_batches: int | None = None,
+        row_mask: Callable | None = None,
+    ):
         """See the class docstring.
 
         Raises:
-          LscError: apply_fn not callable, num_batches < 1, no batches.
+          LscError: apply_fn or row_mask not callable, num_batches < 1, no batches.
         """
         if not callable(apply_fn):
             raise LscError(f"apply_fn must be callable, got {type(apply_fn).__name__}")
+        if row_mask is not None and not callable(row_mask):
+            raise LscError(f"row_mask must be None or callable, got {type(row_mask).__name__}")
         if num_batches is not None and (
             isinstance(num_batches, bool) or not isinstance(num_batches, int) or num_batches < 1
         ):
@@ -165,18 +209,34 @@ class Calibration:
             raise LscError("calibration batches yield no batch")
         self.apply_fn = apply_fn
         self.batches = kept
+        self.row_mask = row_mask
         self._runs: dict = {}
+        self._probes: dict = {}
 
-    def _probe(self, params, where: Where) -> dict[str, int]:
-        """{kernel path: d} of the selected layers the model calls, in call order (traced once)."""
+    def _probe(self, params, where: Where) -> dict[str, tuple[int, int]]:
+        """{kernel path: (d, group)} of the selected layers the model calls, in call order; the
+        layers of one group are called once each, on the same input array (a layer called more
+        than once has a group of its own). Traced once per params structure and selection."""
         chosen = {p: True for p, _ in leaves_with_paths(params)}
         if where is not None:
             chosen = selection(params, where)
-        found: dict[str, int] = {}
+        key = (
+            jax.tree_util.tree_structure(params),
+            tuple((np.shape(w), jnp.result_type(w)) for _, w in leaves_with_paths(params)),
+            tuple(p for p, c in chosen.items() if c),
+        )
+        if key in self._probes:
+            return self._probes[key]
+        found: dict[str, tuple[int, int]] = {}
 
         def probe(p, batch):
-            for path, rows in _traced_calls(self.apply_fn, p, batch, chosen.get):
-                found.setdefault(path, int(rows().shape[1]))
+            calls = _traced_calls(self.apply_fn, p, batch, chosen.get)
+            times = collections.Counter(path for path, _, _ in calls)
+            groups: dict = {}
+            for path, rows, source in calls:
+                shared = source if times[path] == 1 else ("alone", path)
+                group = groups.setdefault(shared, len(groups))
+                found.setdefault(path, (int(rows()[0].shape[1]), group))
             return 0
 
         jax.eval_shape(probe, params, self.batches[0])
@@ -185,6 +245,7 @@ class Calibration:
                 "calibration: no selected kernel belongs to a Dense/DenseGeneral/Conv layer "
                 f"that apply_fn calls (selected: {[p for p, c in chosen.items() if c][:5]})"
             )
+        self._probes[key] = found
         return found
 
     def layers(self, params, *, where: Where = None) -> list[str]:
@@ -203,33 +264,26 @@ class Calibration:
         """The jitted (params, batch, sums) -> sums for the layers `paths`, compiled once."""
         if paths not in self._runs:
             wanted = set(paths).__contains__
+            row_mask = self.row_mask
 
             def run(params, batch, sums):
                 sums = dict(sums)
-                for path, rows in _traced_calls(self.apply_fn, params, batch, wanted):
-                    x = rows()
+                for path, rows, _ in _traced_calls(self.apply_fn, params, batch, wanted):
+                    x, lead = rows()
                     gram, sq, count = sums[path]
-                    sums[path] = (gram + x.T @ x, sq + jnp.sum(x * x, axis=0), count + x.shape[0])
+                    if row_mask is None:
+                        wx, n = x, x.shape[0]
+                    else:
+                        weight = _row_weights(path, row_mask(batch), lead)
+                        wx, n = x * weight[:, None], jnp.sum(weight).astype(jnp.int32)
+                    sums[path] = (gram + wx.T @ x, sq + jnp.sum(wx * x, axis=0), count + n)
                 return sums
 
             self._runs[paths] = jax.jit(run, donate_argnums=2)
         return self._runs[paths]
 
-    def stats(self, params, *, where: Where = None) -> dict[str, LayerStats]:
-        """Statistics of the selected layers' inputs over all batches, from `params`' model.
-
-        Args:
-          params: the model's params.
-          where: selection (default: every kernel of a supported layer).
-
-        Returns:
-          {kernel path: LayerStats} (gram float32 [d, d], norms float32 [d], count) in call
-          order. A layer called more than once per batch accumulates every call.
-
-        Raises:
-          LscError: as `layers`.
-        """
-        dims = self._probe(params, where)
+    def _gather(self, params, dims: Mapping[str, int]) -> dict[str, LayerStats]:
+        """LayerStats of the layers {path: d} over all batches (one compiled run)."""
         paths = tuple(dims)
         sums = {
             path: (jnp.zeros((d, d), jnp.float32), jnp.zeros((d,), jnp.float32), jnp.int32(0))
@@ -243,11 +297,31 @@ class Calibration:
             for path in paths
         }
 
+    def stats(self, params, *, where: Where = None) -> dict[str, LayerStats]:
+        """Statistics of the selected layers' inputs over all batches, from `params`' model.
+
+        Args:
+          params: the model's params.
+          where: selection (default: every kernel of a supported layer).
+
+        Returns:
+          {kernel path: LayerStats} (gram float32 [d, d], norms float32 [d], count: the rows
+          counted) in call order. A layer called more than once per batch accumulates every
+          call; with `row_mask`, only the rows it marks count.
+
+        Raises:
+          LscError: as `layers`; a row_mask whose shape does not fit a layer's input rows.
+        """
+        return self._gather(params, {p: d for p, (d, _) in self._probe(params, where).items()})
+
     def sequential(self, params, compress_layer: Callable, *, where: Where = None):
         """Layer-sequential calibration (the SparseGPT / GPTQ protocol).
 
         The layers are taken in call order; each one's statistics come from the model whose
         earlier layers `compress_layer` has already changed, and then it is changed too.
+        Layers that multiply the same input array (e.g. an attention block's query, key and
+        value) get their statistics from one run over the batches: changing one of them cannot
+        change the others' input.
 
         Args:
           params: the model's params.
@@ -258,7 +332,11 @@ class Calibration:
         Returns:
           The params after every selected layer was compressed.
         """
-        for path in self.layers(params, where=where):
-            one = self.stats(params, where=lambda p, _, q=path: p == q)
-            params = compress_layer(params, one)
+        groups: dict[int, dict[str, int]] = {}
+        for path, (d, group) in self._probe(params, where).items():
+            groups.setdefault(group, {})[path] = d
+        for dims in groups.values():
+            stats = self._gather(params, dims)
+            for path in dims:
+                params = compress_layer(params, {path: stats[path]})
         return params
