@@ -6,8 +6,8 @@
   codes are assigned canonically (by length, then symbol), so the lengths determine them.
 * ``"ans"``: rANS (constriction's `AnsCoder`, 32-bit words) with a categorical model whose
   probabilities are proportional to ``2 ** (q / 4)``, q = round(4 log2(count)) stored per present
-  symbol (a quarter-octave quantized histogram). Stream: the word count, then the words; a
-  single present symbol needs no stream at all.
+  symbol (a quarter-octave quantized histogram, `ans_model`). Stream: the word count, then the
+  words; a single present symbol needs no stream at all.
 * ``"context"``: integer codes (the value stream) with one rANS model per context, contexts from
   row and column classes (`coding.context`); index symbols as "ans".
 
@@ -23,11 +23,12 @@ import numpy as np
 from bitarray import bitarray
 from bitarray.util import canonical_decode, canonical_huffman
 
+from lscjax._src import ans_model
 from lscjax._src.coding.bitstream import BitReader, BitWriter, gamma_bits
 from lscjax._src.errors import FormatError, LscError
 
 ENTROPIES = ("none", "huffman", "ans", "context")
-ANS_STEPS_PER_OCTAVE = 4
+ANS_STEPS_PER_OCTAVE = ans_model.STEPS_PER_OCTAVE
 ANS_WORD_BITS = 32
 ANS_ROUNDING = 2.0**-20
 """Bound on how far constriction's fixed-point model moves one probability (its precision is
@@ -133,7 +134,7 @@ class SymbolCoder:
         if entropy == "huffman" and symbols.size:
             weights = huffman_lengths(counts)
         elif entropy == "ans" and symbols.size:
-            weights = np.rint(ANS_STEPS_PER_OCTAVE * np.log2(counts)).astype(np.int64)
+            weights = ans_model.log_weights(counts).astype(np.int64)
         else:
             weights = np.zeros(0 if entropy == "none" else symbols.size, np.int64)
         return cls(entropy, alphabet_bits, symbols if entropy != "none" else [], weights)
@@ -157,8 +158,7 @@ class SymbolCoder:
         )
 
     def _probabilities(self) -> np.ndarray:
-        scaled = 2.0 ** ((self.weights - self.weights.max()) / ANS_STEPS_PER_OCTAVE)
-        return scaled / scaled.sum()
+        return ans_model.probabilities(self.weights)
 
     def stream_bits(self, hist: np.ndarray) -> int:
         """Bits of the stream for symbols with histogram `hist` (exact; rANS: estimated)."""

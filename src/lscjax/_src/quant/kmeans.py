@@ -27,6 +27,15 @@ MAX_ITERS = 1000
 TOL = 1e-6
 
 
+def sample_index(kept: np.ndarray) -> np.ndarray:
+    """Positions int64 [<= SAMPLE_POINTS + 2] of the values `kept` float [m] that Lloyd runs on:
+    all of them, or a deterministic sample of SAMPLE_POINTS plus the smallest and largest."""
+    if kept.size <= SAMPLE_POINTS:
+        return np.arange(kept.size)
+    sample = np.random.default_rng(0).choice(kept.size, SAMPLE_POINTS, replace=False)
+    return np.concatenate([np.sort(sample), [np.argmin(kept), np.argmax(kept)]])
+
+
 def _sampled_leaf(
     w: np.ndarray, bits: int, *, init: str, iters: int, key, tol: float, weights
 ) -> QArray:
@@ -41,10 +50,7 @@ def _sampled_leaf(
         return QArray(
             jnp.zeros(w.shape, jnp.uint8), jnp.zeros((1,), jnp.float32), "kmeans", bits, w.shape
         )
-    picked = np.arange(kept.size)
-    if kept.size > SAMPLE_POINTS:
-        sample = np.random.default_rng(0).choice(kept.size, SAMPLE_POINTS, replace=False)
-        picked = np.concatenate([np.sort(sample), [np.argmin(kept), np.argmax(kept)]])
+    picked = sample_index(kept)
     points = kept[picked]
     sample_weights = None
     if weights is not None:
@@ -109,7 +115,7 @@ def kmeans_leaf(
     return QArray(codes.reshape(w.shape), codebook, "kmeans", bits, tuple(w.shape))
 
 
-def _check_weights(params, weights, where):
+def check_weights(params, weights, where):
     """{path: importance array} for the selected leaves, checked; {} when `weights` is None."""
     if weights is None:
         return {}
@@ -195,7 +201,7 @@ def kmeans(
         check_float_leaf(path, leaf)
         check_bits(path, per_leaf(bits, path, "bits"))
         index[path] = i
-    importance = _check_weights(params, weights, where)
+    importance = check_weights(params, weights, where)
     key = jax.random.key(seed)
 
     def one(path, w):
