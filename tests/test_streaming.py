@@ -10,7 +10,7 @@ from safetensors.numpy import save_file
 
 import lscjax
 from lscjax._src.cli import main
-from lscjax._src.compressed import to_bytes
+from lscjax._src.compressed import from_bytes, to_bytes
 from lscjax._src.quant import kmeans as kmeans_module
 from lscjax._src.streaming import SafetensorsSource, compress_file, global_threshold
 from lscjax._src.tree import nest
@@ -196,3 +196,25 @@ def test_sampled_kmeans_assigns_every_weight_its_nearest_centroid(monkeypatch):
     distance = np.abs(w[w != 0][:, None] - book[None, 1:])
     np.testing.assert_array_equal(codes[w != 0] - 1, np.argmin(distance, axis=1))
     assert book[1:].min() >= w.min() and book[1:].max() <= w.max()
+
+
+def test_load_streams_each_layout_equal_to_the_in_memory_read(checkpoint, tmp_path):
+    folder, _ = checkpoint
+    out = tmp_path / "m.lsc"
+    compress_file(folder, out, "lsc", workers=1)
+    data = out.read_bytes()
+    model = from_bytes(data)
+    for layout, want in (("quantized", model.quantized_params()), ("dense", model.params())):
+        got = lscjax.load(out, layout=layout)
+        assert jax.tree.structure(got) == jax.tree.structure(want), layout
+        for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+            assert type(a) is type(b) and a.dtype == b.dtype
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    broken = bytearray(data)
+    broken[-1] ^= 1  # the last section's payload
+    (tmp_path / "broken.lsc").write_bytes(bytes(broken))
+    with pytest.raises(lscjax.FormatError, match="CRC32 mismatch"):
+        lscjax.load(tmp_path / "broken.lsc", layout="quantized")
+    (tmp_path / "short.lsc").write_bytes(data[:-1])
+    with pytest.raises(lscjax.FormatError, match="sections declare"):
+        lscjax.load(tmp_path / "short.lsc")
