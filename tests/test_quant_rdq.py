@@ -71,6 +71,7 @@ def test_lam_zero_uniform_is_round_to_nearest(gaussian, sparse):
     np.testing.assert_allclose(np.asarray(q.dequantize()), rtn, rtol=0, atol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("lam", [1e-4, 1e-3])
 def test_laplace_high_rate_gish_pierce(laplace, lam):
     """h(X) - 1/2 log2(12 D): the entropy-coded uniform quantizer's rate at high rate."""
@@ -167,7 +168,7 @@ def test_weights_change_the_decision_as_computed_by_hand():
 def test_save_load_round_trip(gaussian, tmp_path):
     w = gaussian["Dense_0"]["kernel"]
     params = {"Dense_0": {"kernel": np.where(np.abs(w) < 0.7, 0, w).astype(np.float32)}}
-    q = _q(params, 1e-2)
+    q = _q(params, 1e-2, max_bits=4)
     model = lscjax.CompressedModel(
         encoded={"Dense_0/kernel": lscjax.coding.encode(q, "lsc", entropy="ans")}, raw={}
     )
@@ -177,6 +178,47 @@ def test_save_load_round_trip(gaussian, tmp_path):
     np.testing.assert_array_equal(back.codebook, q.codebook)
     served = jax.jit(lambda p: lscjax.quant.dequantize(p))({"k": back})["k"]
     np.testing.assert_array_equal(served, q.dequantize())
+
+
+def _encoded_bytes(q) -> int:
+    return len(lscjax.coding.encode(q, "dense", entropy="ans").to_bytes())
+
+
+@pytest.mark.parametrize("grid", ["kmeans", "uniform"])
+def test_for_target_bits(gaussian, grid):
+    q, lam = lscjax.quant.rdq_for_target(gaussian, bits=2.5, grid=grid, max_bits=4)
+    leaf = q["Dense_0"]["kernel"]
+    bits = 8 * _encoded_bytes(leaf) / leaf.codes.size
+    assert 2.35 < bits <= 2.5 and lam > 0
+    np.testing.assert_array_equal(q["Dense_0"]["bias"], gaussian["Dense_0"]["bias"])
+
+
+def test_for_target_bytes_and_distortion(gaussian):
+    w = gaussian["Dense_0"]["kernel"]
+    q, _ = lscjax.quant.rdq_for_target(gaussian, bytes=700, max_bits=4)
+    assert 650 < _encoded_bytes(q["Dense_0"]["kernel"]) <= 700
+    q, lam = lscjax.quant.rdq_for_target(gaussian, distortion=0.05, max_bits=4)
+    error = np.mean((np.asarray(q["Dense_0"]["kernel"].dequantize()) - w) ** 2) / np.var(w)
+    assert 0.045 < error <= 0.05
+    roomy, _ = lscjax.quant.rdq_for_target(gaussian, bits=8.0, max_bits=4)  # lam = 0 fits
+    np.testing.assert_array_equal(
+        roomy["Dense_0"]["kernel"].codes, _q(gaussian, 0.0, max_bits=4).codes
+    )
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        (dict(), "exactly one"),
+        (dict(bits=3.0, bytes=100), "exactly one"),
+        (dict(bits=-1.0), "bits"),
+        (dict(bytes=10), "cannot be met"),
+        (dict(distortion=1e-9), "distortion"),
+    ],
+)
+def test_for_target_bad_arguments(gaussian, kwargs, match):
+    with pytest.raises(lscjax.LscError, match=match):
+        lscjax.quant.rdq_for_target(gaussian, max_bits=4, **kwargs)
 
 
 @pytest.mark.parametrize(

@@ -116,7 +116,7 @@ def test_global_threshold_matches_global_magnitude_with_ties():
         class Serial:
             map = staticmethod(lambda fn, items: [fn(i) for i in items])
 
-        rule = global_threshold(leaves.__getitem__, paths, sparsity, Serial)
+        rule = global_threshold(lambda p: [leaves[p]], paths, sparsity, Serial)
         for p in paths:
             np.testing.assert_array_equal(rule.mask(p, leaves[p]), np.asarray(masks[p]["kernel"]))
 
@@ -143,6 +143,9 @@ def test_source_reads_what_safetensors_wrote(tmp_path):
             got = source.read(path)
             assert got.dtype == expected.dtype
             np.testing.assert_array_equal(got, expected)
+            pieces = [p.copy() for p in source.chunks(path, 5)]
+            assert all(p.size <= 5 and p.dtype == expected.dtype for p in pieces)
+            np.testing.assert_array_equal(np.concatenate(pieces), expected.reshape(-1))
 
 
 def test_source_refuses_a_bad_header(tmp_path):
@@ -162,6 +165,11 @@ def test_bad_inputs_are_clear_errors(checkpoint, tmp_path):
         compress_file(folder, tmp_path / "x.lsc", "lsc", workers=0)
     with pytest.raises(lscjax.LscError, match="admm"):
         compress_file(folder, tmp_path / "x.lsc", lscjax.recipe("lsc", prune="admm"))
+    bad = {"a.kernel": np.ones((3, 4), np.float32), "b.kernel": np.ones((4, 2), np.float32)}
+    bad["b.kernel"][1, 1] = np.nan
+    save_file(bad, str(tmp_path / "nan.safetensors"))
+    with pytest.raises(lscjax.LscError, match="'b/kernel'.*NaN"):
+        compress_file(tmp_path / "nan.safetensors", tmp_path / "x.lsc", "lsc")
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "model.safetensors.index.json").write_text(

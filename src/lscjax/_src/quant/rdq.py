@@ -23,6 +23,7 @@ Layers of more than `kmeans.SAMPLE_POINTS` non-zeros iterate on the same sample 
 then assign every weight with the final codebook and code lengths.
 """
 
+import dataclasses
 import functools
 import math
 import numbers
@@ -204,50 +205,94 @@ def uniform_levels(w: np.ndarray, lam: float, levels: int) -> np.ndarray:
     return np.asarray(grid_values(jnp.float32([step]), jnp.float32([zero]), maxq)[0])
 
 
-def rdq_leaf(
-    path: str, w, lam: float, *, grid: str, max_bits: int, weights, init: str, key
-) -> QArray:
-    """One layer by rate-distortion optimised quantization (see `rdq`); a "kmeans" QArray.
+@dataclasses.dataclass(frozen=True)
+class Layer:
+    """One layer made ready for `solve` at any lam (the lam-independent work done once).
+
+    Attributes:
+      path: the leaf path.
+      values: float32 [N], the weights flattened.
+      nonzero: int64 [m], positions of the coded (non-zero) weights.
+      importance: float32 [m] or [] (the same for all), distortion weight / Var(W).
+      sample: int64 [<= m], the positions in `nonzero` the iterations run on.
+      start: float32 [K] the k-means start codebook (grid="kmeans"; entry 0 = 0.0 left out),
+        or None (grid="uniform").
+      grid, max_bits: as in `rdq`.
+      shape: the leaf's shape.
+    """
+
+    path: str
+    values: np.ndarray
+    nonzero: np.ndarray
+    importance: np.ndarray
+    sample: np.ndarray
+    start: np.ndarray | None
+    grid: str
+    max_bits: int
+    shape: tuple
+
+    @property
+    def reserved(self) -> int:
+        """1 when the layer has pruned zeros (code 0 = 0.0, not coded), else 0."""
+        return int(self.nonzero.size < self.values.size)
+
+
+def prepare(path: str, w, *, grid: str, max_bits: int, weights, init: str, key) -> Layer:
+    """A `Layer` of the weights w (any shape), for `solve`.
 
     Args:
       path: the leaf path (error messages).
       w: float array of any shape.
-      lam, grid, max_bits, init: as in `rdq`.
+      grid, max_bits, init: as in `rdq`.
       weights: None or float array >= 0 shaped like `w`: per-weight importance.
       key: PRNG key of the random k-means inits.
+
+    Raises:
+      LscError: grid="uniform" on a pruned layer with max_bits = 1 (names `path`).
     """
     w = np.asarray(w, np.float32)
-    shape = tuple(w.shape)
     values = w.reshape(-1)
     nonzero = np.flatnonzero(values)
-    if nonzero.size == 0:
-        return QArray(jnp.zeros(shape, jnp.uint8), jnp.zeros((1,), jnp.float32), "kmeans", 1, shape)
     reserved = int(nonzero.size < values.size)
     kept = values[nonzero]
     importance = np.float32(1.0)
     if weights is not None:
         importance = np.asarray(weights, np.float32).reshape(-1)[nonzero]
-        mean = importance.mean()
+        mean = importance.mean() if importance.size else 0.0
         importance = importance / mean if mean > 0 else np.ones_like(importance)
     importance = importance / max(float(np.var(values)), np.finfo(np.float32).tiny)
-    sample = sample_index(kept)
-    if grid == "kmeans":
-        start = kmeans_leaf(w, max_bits, init=init, iters=1000, key=key, weights=weights)
-        centroids = np.asarray(start.codebook)[reserved:]
+    start = None
+    if grid == "kmeans" and kept.size:
+        first = kmeans_leaf(w, max_bits, init=init, iters=1000, key=key, weights=weights)
+        start = np.asarray(first.codebook)[reserved:]
+    if grid == "uniform" and 2**max_bits - reserved < 2:
+        raise LscError(f"leaf {path!r}: grid='uniform' on a pruned layer needs max_bits >= 2")
+    return Layer(
+        path, values, nonzero, importance, sample_index(kept), start, grid, max_bits, w.shape
+    )
+
+
+def solve(layer: Layer, lam: float) -> QArray:
+    """The layer quantized at rate weight `lam` (see `rdq`); a "kmeans" QArray."""
+    shape, reserved = tuple(layer.shape), layer.reserved
+    if layer.nonzero.size == 0:
+        return QArray(jnp.zeros(shape, jnp.uint8), jnp.zeros((1,), jnp.float32), "kmeans", 1, shape)
+    kept = layer.values[layer.nonzero]
+    if layer.grid == "kmeans":
+        centroids = layer.start
     else:
-        if 2**max_bits - reserved < 2:
-            raise LscError(f"leaf {path!r}: grid='uniform' on a pruned layer needs max_bits >= 2")
-        centroids = uniform_levels(values, lam, 2**max_bits - reserved)
-    live = np.arange(2**max_bits - reserved) < centroids.size
+        centroids = uniform_levels(layer.values, lam, 2**layer.max_bits - reserved)
+    live = np.arange(2**layer.max_bits - reserved) < centroids.size
     centroids = np.pad(centroids, (0, live.size - centroids.size))
+    importance = layer.importance
     centroids, counts, _ = ec_lloyd(
-        jnp.asarray(kept[sample]),
-        jnp.asarray(importance if np.ndim(importance) == 0 else importance[sample]),
+        jnp.asarray(kept[layer.sample]),
+        jnp.asarray(importance if np.ndim(importance) == 0 else importance[layer.sample]),
         jnp.asarray(centroids, jnp.float32),
         jnp.asarray(live),
         jnp.float32(lam),
         iters=ITERS,
-        update=grid == "kmeans",
+        update=layer.grid == "kmeans",
     )
     assignment = np.asarray(
         assign_all(jnp.asarray(kept), jnp.asarray(importance), centroids, _penalty(counts, lam))
@@ -256,10 +301,56 @@ def rdq_leaf(
     renumber = np.cumsum(alive) - 1 + reserved
     codebook = np.concatenate([np.zeros(reserved, np.float32), np.asarray(centroids)[alive]])
     bits = bits_for(codebook.size)
-    codes = np.zeros(values.size, code_dtype(2**bits))
-    codes[nonzero] = renumber[assignment]
+    codes = np.zeros(layer.values.size, code_dtype(2**bits))
+    codes[layer.nonzero] = renumber[assignment]
     return QArray(
         jnp.asarray(codes.reshape(shape)), jnp.asarray(codebook, jnp.float32), "kmeans", bits, shape
+    )
+
+
+def check_max_bits(max_bits) -> int:
+    """`max_bits` as an int; LscError unless it is an int in [1, MAX_BITS]."""
+    if (
+        isinstance(max_bits, bool)
+        or not isinstance(max_bits, int | np.integer)
+        or not 1 <= max_bits <= MAX_BITS
+    ):
+        raise LscError(f"max_bits must be an int in [1, {MAX_BITS}], got {max_bits!r}")
+    return int(max_bits)
+
+
+def prepare_all(
+    params, *, grid: str, max_bits, weights, where: Where, init: str, seed: int
+) -> dict[str, Layer]:
+    """{path: Layer} of the selected leaves, every argument checked (see `rdq`)."""
+    if grid not in GRIDS:
+        raise LscError(f"grid must be one of {GRIDS}, got {grid!r}")
+    max_bits = check_max_bits(max_bits)
+    if init not in INITS:
+        raise LscError(f"init must be one of {INITS}, got {init!r}")
+    leaves = selected_leaves(params, where)
+    for path, leaf in leaves:
+        check_float_leaf(path, leaf)
+    importance = check_weights(params, weights, where)
+    key = jax.random.key(seed)
+    return {
+        path: prepare(
+            path,
+            leaf,
+            grid=grid,
+            max_bits=max_bits,
+            weights=importance.get(path),
+            init=init,
+            key=jax.random.fold_in(key, i),
+        )
+        for i, (path, leaf) in enumerate(leaves)
+    }
+
+
+def solve_all(params, layers: dict[str, Layer], lam: float):
+    """The params with `solve(layer, lam)` at every prepared leaf."""
+    return map_selected(
+        lambda p, _: solve(layers[p], lam), params, where=lambda p, _: p in layers, fill="keep"
     )
 
 
@@ -316,33 +407,7 @@ def rdq(
       >>> bits_per_weight = encoded.value_bits / q["Dense_0"]["kernel"].codes.size
     """
     lam = check_lam(lam)
-    if grid not in GRIDS:
-        raise LscError(f"grid must be one of {GRIDS}, got {grid!r}")
-    if (
-        isinstance(max_bits, bool)
-        or not isinstance(max_bits, int | np.integer)
-        or not 1 <= max_bits <= MAX_BITS
-    ):
-        raise LscError(f"max_bits must be an int in [1, {MAX_BITS}], got {max_bits!r}")
-    if init not in INITS:
-        raise LscError(f"init must be one of {INITS}, got {init!r}")
-    index = {}
-    for i, (path, leaf) in enumerate(selected_leaves(params, where)):
-        check_float_leaf(path, leaf)
-        index[path] = i
-    importance = check_weights(params, weights, where)
-    key = jax.random.key(seed)
-
-    def one(path, w):
-        return rdq_leaf(
-            path,
-            w,
-            lam,
-            grid=grid,
-            max_bits=int(max_bits),
-            weights=importance.get(path),
-            init=init,
-            key=jax.random.fold_in(key, index[path]),
-        )
-
-    return map_selected(one, params, where=where, fill="keep")
+    layers = prepare_all(
+        params, grid=grid, max_bits=max_bits, weights=weights, where=where, init=init, seed=seed
+    )
+    return solve_all(params, layers, lam)
