@@ -22,6 +22,7 @@ RULES = (
     ("quant", ("coding", "flax", "lib:flax")),
     ("tree", (*STAGES, *APP, "lib:flax")),
     ("errors", (*STAGES, *APP, "lib:flax")),
+    ("ans_model", (*STAGES, *APP, "lib:flax")),
     ("train", (*APP, "flax", "lib:flax")),
 )
 

@@ -128,7 +128,8 @@ class Recipe:
         float32 values (no quantization).
       conv_bits, dense_bits: the defaults (Deep Compression: 8 and 5).
       format: the index format ("lsc", "ri", "sri", "csr", ...; see lscjax.coding.encode).
-      entropy: "ans", "huffman" or "none".
+      entropy: "ans", "context" (integer codes with one rANS model per row / column class),
+        "huffman" or "none".
       format_options: extra options for lscjax.coding.encode (e.g. {"block": 4}).
       rules: per-layer `Rule`s (or dicts of Rule's fields), tried in order: the first whose
         pattern matches a selected leaf's path gives that leaf its settings (or keeps it

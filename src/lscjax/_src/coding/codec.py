@@ -7,7 +7,7 @@ import numpy as np
 
 from lscjax._src.coding.bitstream import BitWriter
 from lscjax._src.coding.encoded import Encoded, Quantized, write_prefix
-from lscjax._src.coding.entropy import check_entropy
+from lscjax._src.coding.entropy import check_entropy, index_entropy
 from lscjax._src.coding.formats import FORMATS
 from lscjax._src.coding.validate import check_shape
 from lscjax._src.coding.values import ValueCodec, bit_view, dtype_id, natural_width
@@ -31,8 +31,11 @@ def encode(array, format: str, *, entropy: str = "none", **options) -> Encoded:
         bool dtype (codes), or a `QArray`: its codes are encoded with `bits`-bit values and its
         codebook, method and dense shape are stored as metadata.
       format: "dense" | "bitmask" | "coo" | "csr" | "csc" | "ri" | "sri" | "lsc".
-      entropy: "none" | "huffman" | "ans": the entropy stage for index symbols ("ri", "sri",
-        "lsc") and for integer codes (all formats). Float values are always stored raw.
+      entropy: "none" | "huffman" | "ans" | "context": the entropy stage for index symbols
+        ("ri", "sri", "lsc") and for integer codes (all formats). "context" codes the integer
+        codes with one rANS model per context (row and column classes of the stream read as
+        rows of the last dimension; `coding.context`) and index symbols as "ans". Float values
+        are always stored raw.
       **options: "csr"/"csc": index_width (bits per column index); "ri": k (default 5, 8 for
         rank >= 3); "sri": k (default: the k in 1..16 giving the fewest bits); "lsc": block
         (b, default: the candidate giving the fewest bits) and k.
@@ -59,8 +62,11 @@ def encode(array, format: str, *, entropy: str = "none", **options) -> Encoded:
     width = quantized.bits if quantized else natural_width(bits, array.dtype)
     w = BitWriter()
     write_prefix(w, array.shape, array.dtype, width, quantized)
-    values = ValueCodec(width, array.dtype, entropy)
-    resolved = FORMATS[format].write(w, bits, array.shape, values, entropy, **options)
+    period = array.shape[-1] if array.ndim else 1
+    values = ValueCodec(width, array.dtype, entropy, period)
+    resolved = FORMATS[format].write(
+        w, bits, array.shape, values, index_entropy(entropy), **options
+    )
     payload = w.getvalue()
     return Encoded(
         format,

@@ -4,7 +4,7 @@ Bytes: a fixed 6-byte header, then a bit stream (big-endian bits, zero-padded to
 
 * header: magic b"LC", version (1 byte), format id (1 byte, index in `formats.NAMES`), dtype id
   (1 byte, index in `values.DTYPES`), flags (1 byte: bits 0-1 the entropy id in
-  ("none", "huffman", "ans"), bit 2 set when the tensor holds the codes of a QArray).
+  ("none", "huffman", "ans", "context"), bit 2 set when the tensor holds the codes of a QArray).
 * prefix (index bits): gamma(ndim), gamma(dim) for each axis; for integer (code) dtypes
   gamma(value width); for a QArray: the method (2 bits, index in quant's METHODS), gamma(ndim)
   and gamma(dim) of the dense weight's shape, gamma(ndim) and gamma(dim) of the codebook, then
@@ -22,7 +22,7 @@ import numpy as np
 
 from lscjax._src.coding.bitstream import INDEX, BitReader, BitWriter
 from lscjax._src.coding.budget import Budget
-from lscjax._src.coding.entropy import ENTROPIES
+from lscjax._src.coding.entropy import ENTROPIES, index_entropy
 from lscjax._src.coding.formats import FORMATS, NAMES
 from lscjax._src.coding.validate import (
     MAX_NDIM,
@@ -91,7 +91,7 @@ class Encoded:
 
     @property
     def entropy(self) -> str:
-        """The entropy stage: "none" | "huffman" | "ans"."""
+        """The entropy stage: "none" | "huffman" | "ans" | "context"."""
         return self.options["entropy"]
 
     def to_bytes(self) -> bytes:
@@ -139,7 +139,7 @@ def parse(data: bytes, budget: Budget) -> Encoded:
     n = math.prod(shape)
     budget.charge(n * dtype.itemsize, f"the decoded array {shape} of {dtype.name}")
     values = ValueCodec(width, dtype, entropy)
-    positions, vals, options = FORMATS[fmt].read(r, shape, n, values, dtype, entropy)
+    positions, vals, options = FORMATS[fmt].read(r, shape, n, values, dtype, index_entropy(entropy))
     r.finish()
     if quantized is not None:
         q = quantized

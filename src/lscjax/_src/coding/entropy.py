@@ -6,8 +6,10 @@
   codes are assigned canonically (by length, then symbol), so the lengths determine them.
 * ``"ans"``: rANS (constriction's `AnsCoder`, 32-bit words) with a categorical model whose
   probabilities are proportional to ``2 ** (q / 4)``, q = round(4 log2(count)) stored per present
-  symbol (a quarter-octave quantized histogram). Stream: the word count, then the words; a
-  single present symbol needs no stream at all.
+  symbol (a quarter-octave quantized histogram, `ans_model`). Stream: the word count, then the
+  words; a single present symbol needs no stream at all.
+* ``"context"``: integer codes (the value stream) with one rANS model per context, contexts from
+  row and column classes (`coding.context`); index symbols as "ans".
 
 Tables are metadata: callers tag them as index bits. Table layout: gamma(number of present
 symbols), one flag bit (1: a presence bitmask over the whole alphabet; 0: a list of symbols in
@@ -21,11 +23,12 @@ import numpy as np
 from bitarray import bitarray
 from bitarray.util import canonical_decode, canonical_huffman
 
+from lscjax._src import ans_model
 from lscjax._src.coding.bitstream import BitReader, BitWriter, gamma_bits
 from lscjax._src.errors import FormatError, LscError
 
-ENTROPIES = ("none", "huffman", "ans")
-ANS_STEPS_PER_OCTAVE = 4
+ENTROPIES = ("none", "huffman", "ans", "context")
+ANS_STEPS_PER_OCTAVE = ans_model.STEPS_PER_OCTAVE
 ANS_WORD_BITS = 32
 ANS_ROUNDING = 2.0**-20
 """Bound on how far constriction's fixed-point model moves one probability (its precision is
@@ -38,6 +41,47 @@ def check_entropy(entropy: str) -> str:
     if entropy not in ENTROPIES:
         raise LscError(f"entropy must be one of {ENTROPIES}, got {entropy!r}")
     return entropy
+
+
+def index_entropy(entropy: str) -> str:
+    """The entropy stage of index symbols: "context" models the value codes only and codes the
+    index streams with "ans"."""
+    return "ans" if entropy == "context" else entropy
+
+
+def subset_bits(alphabet_bits: int, size: int) -> tuple[bool, int]:
+    """(as a bitmask?, bits) of a set of `size` symbols of `alphabet_bits` bits: a presence
+    bitmask over the alphabet or a list, whichever is shorter (the flag bit not counted)."""
+    as_mask = 2**alphabet_bits <= size * alphabet_bits
+    return as_mask, 2**alphabet_bits if as_mask else size * alphabet_bits
+
+
+def write_subset(w: BitWriter, alphabet_bits: int, symbols: np.ndarray, kind: str) -> None:
+    """Write a set of symbols int [m] (ascending): gamma(m), the flag bit, bitmask or list."""
+    w.gamma(symbols.size, kind)
+    as_mask, _ = subset_bits(alphabet_bits, symbols.size)
+    w.uint(int(as_mask), 1, kind)
+    if as_mask:
+        present = np.zeros(2**alphabet_bits, np.uint8)
+        present[symbols] = 1
+        w.uints(present, 1, kind)
+    else:
+        w.uints(symbols, alphabet_bits, kind)
+
+
+def read_subset(r: BitReader, alphabet_bits: int, kind: str, what: str) -> np.ndarray:
+    """Read a set written by `write_subset` -> int64 [m] ascending, validated."""
+    size = r.gamma(f"{what} table size", kind, limit=2**alphabet_bits)
+    if r.uint(1, f"{what} table flag", kind):
+        r.need(2**alphabet_bits, f"{what} symbol bitmask")
+        symbols = np.flatnonzero(r.uints(2**alphabet_bits, 1, f"{what} symbols", kind))
+        if symbols.size != size:
+            raise FormatError(f"bad {what} table: {symbols.size} symbols, header says {size}")
+        return symbols.astype(np.int64)
+    symbols = r.uints(size, alphabet_bits, f"{what} symbols", kind).astype(np.int64)
+    if np.any(np.diff(symbols) <= 0):
+        raise FormatError(f"bad {what} table: symbols not strictly ascending")
+    return symbols
 
 
 def huffman_lengths(counts: np.ndarray) -> np.ndarray:
@@ -90,18 +134,12 @@ class SymbolCoder:
         if entropy == "huffman" and symbols.size:
             weights = huffman_lengths(counts)
         elif entropy == "ans" and symbols.size:
-            weights = np.rint(ANS_STEPS_PER_OCTAVE * np.log2(counts)).astype(np.int64)
+            weights = ans_model.log_weights(counts).astype(np.int64)
         else:
             weights = np.zeros(0 if entropy == "none" else symbols.size, np.int64)
         return cls(entropy, alphabet_bits, symbols if entropy != "none" else [], weights)
 
     # -- sizes --------------------------------------------------------------------------------
-
-    def _subset_bits(self) -> tuple[bool, int]:
-        as_mask = 2**self.alphabet_bits <= self.symbols.size * self.alphabet_bits
-        return as_mask, (
-            2**self.alphabet_bits if as_mask else self.symbols.size * self.alphabet_bits
-        )
 
     def _weight_width(self) -> int:
         return int(self.weights.max()).bit_length() if self.weights.size else 0
@@ -114,14 +152,13 @@ class SymbolCoder:
         return (
             gamma_bits(self.symbols.size)
             + 1
-            + self._subset_bits()[1]
+            + subset_bits(self.alphabet_bits, self.symbols.size)[1]
             + gamma_bits(width)
             + width * self.symbols.size
         )
 
     def _probabilities(self) -> np.ndarray:
-        scaled = 2.0 ** ((self.weights - self.weights.max()) / ANS_STEPS_PER_OCTAVE)
-        return scaled / scaled.sum()
+        return ans_model.probabilities(self.weights)
 
     def stream_bits(self, hist: np.ndarray) -> int:
         """Bits of the stream for symbols with histogram `hist` (exact; rANS: estimated)."""
@@ -149,15 +186,7 @@ class SymbolCoder:
         """Write the table (nothing for "none")."""
         if self.entropy == "none":
             return
-        w.gamma(self.symbols.size, kind)
-        as_mask, _ = self._subset_bits()
-        w.uint(int(as_mask), 1, kind)
-        if as_mask:
-            present = np.zeros(2**self.alphabet_bits, np.uint8)
-            present[self.symbols] = 1
-            w.uints(present, 1, kind)
-        else:
-            w.uints(self.symbols, self.alphabet_bits, kind)
+        write_subset(w, self.alphabet_bits, self.symbols, kind)
         width = self._weight_width()
         w.gamma(width, kind)
         w.uints(self.weights, width, kind)
@@ -169,16 +198,8 @@ class SymbolCoder:
         """Read a table written by `write_table`, validating it."""
         if entropy == "none":
             return cls(entropy, alphabet_bits, [], [])
-        size = r.gamma(f"{what} table size", kind, limit=2**alphabet_bits)
-        if r.uint(1, f"{what} table flag", kind):
-            r.need(2**alphabet_bits, f"{what} symbol bitmask")
-            symbols = np.flatnonzero(r.uints(2**alphabet_bits, 1, f"{what} symbols", kind))
-            if symbols.size != size:
-                raise FormatError(f"bad {what} table: {symbols.size} symbols, header says {size}")
-        else:
-            symbols = r.uints(size, alphabet_bits, f"{what} symbols", kind).astype(np.int64)
-            if np.any(np.diff(symbols) <= 0):
-                raise FormatError(f"bad {what} table: symbols not strictly ascending")
+        symbols = read_subset(r, alphabet_bits, kind, what)
+        size = symbols.size
         width = r.gamma(f"{what} weight width", kind, limit=MAX_CODE_LENGTH)
         weights = r.uints(size, width, f"{what} weights", kind).astype(np.int64)
         coder = cls(entropy, alphabet_bits, symbols, weights)
@@ -221,10 +242,19 @@ class SymbolCoder:
         elif symbols.size and self.symbols.size > 1:
             model = constriction.stream.model.Categorical(self._probabilities(), perfect=False)
             coder = constriction.stream.stack.AnsCoder()
-            coder.encode_reverse(np.searchsorted(self.symbols, symbols).astype(np.int32), model)
+            coder.encode_reverse(self._ranks(symbols), model)
             words = coder.get_compressed()
             w.gamma(words.size, kind)
             w.uints(words, ANS_WORD_BITS, kind)
+
+    def _ranks(self, symbols: np.ndarray) -> np.ndarray:
+        """Each symbol's index among the present symbols, int32 [n], for symbols int [n] (all
+        present): a lookup table, or the symbols themselves when every one is present."""
+        if self.symbols.size == 2**self.alphabet_bits:
+            return symbols.astype(np.int32)
+        lookup = np.zeros(2**self.alphabet_bits, np.int32)
+        lookup[self.symbols] = np.arange(self.symbols.size, dtype=np.int32)
+        return lookup[symbols]
 
     def read(self, r: BitReader, count: int, kind: str, what: str) -> np.ndarray:
         """Read a stream of `count` symbols -> int64 [count]."""

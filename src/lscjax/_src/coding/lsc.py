@@ -33,7 +33,7 @@ import numpy as np
 
 from lscjax._src.coding import sri
 from lscjax._src.coding.bitstream import INDEX, BitReader, BitWriter, gamma_bits, unpack_uints
-from lscjax._src.coding.entropy import SymbolCoder
+from lscjax._src.coding.entropy import SymbolCoder, index_entropy
 from lscjax._src.coding.layout import block_grid, gap_table, gaps, matrix_shape, segment_ends
 from lscjax._src.coding.values import ValueCodec
 from lscjax._src.errors import FormatError, LscError
@@ -363,7 +363,7 @@ def decode_block(encoded, index: int) -> np.ndarray:
       LscError: another format, an rANS stream or entropy-coded values, index out of range.
       FormatError: malformed bytes.
     """
-    if encoded.format != "lsc" or encoded.entropy == "ans":
+    if encoded.format != "lsc" or encoded.entropy not in ("none", "huffman"):
         raise LscError("decode_block needs an 'lsc' encoding with entropy 'none' or 'huffman'")
     r, values = encoded.reader()
     if values.coded:
@@ -417,7 +417,7 @@ def decode_blocks(encoded) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     if encoded.format != "lsc":
         raise LscError(f"decode_blocks needs an 'lsc' encoding, got {encoded.format!r}")
     r, values = encoded.reader()
-    blocks = read_blocks(r, encoded.shape, values, encoded.dtype, encoded.entropy)
+    blocks = read_blocks(r, encoded.shape, values, encoded.dtype, index_entropy(encoded.entropy))
     b = blocks.block
     r.budget.charge(blocks.tiles.size * b * b * encoded.dtype.itemsize, "the lsc blocks")
     out = np.zeros((blocks.tiles.size, b * b), blocks.values.dtype)

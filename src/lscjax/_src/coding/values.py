@@ -6,14 +6,16 @@ bits are zero: -0.0 is a non-zero value and is stored.
 
 Float values are stored raw, ``8 * itemsize`` bits each. Integer and bool arrays are codes: they
 are stored in `width` bits, the bit length of the largest code (at least 1) unless the quantizer's
-`bits` is given, and with `entropy` "huffman" or "ans" (and width <= 16) they are entropy coded;
-the code table is metadata (index bits).
+`bits` is given, and with `entropy` "huffman", "ans" or "context" (and width <= 16) they are
+entropy coded; the code table (for "context": the context model, `coding.context`) is metadata
+(index bits).
 """
 
 import ml_dtypes
 import numpy as np
 
 from lscjax._src.coding.bitstream import INDEX, VALUE, BitReader, BitWriter
+from lscjax._src.coding.context import ContextCoder
 from lscjax._src.coding.entropy import SymbolCoder
 from lscjax._src.errors import FormatError, LscError
 
@@ -78,11 +80,14 @@ class ValueCodec:
 
     Attributes:
       width: bits per raw value.
-      entropy: "none" | "huffman" | "ans"; applies only to codes of width <= 16.
+      entropy: "none" | "huffman" | "ans" | "context"; applies only to codes of width <= 16.
+      period: for "context", the codes per stream row that the writer uses (the tensor's last
+        dimension); the reader reads it from the stream.
     """
 
-    def __init__(self, width: int, dtype, entropy: str):
+    def __init__(self, width: int, dtype, entropy: str, period: int = 1):
         self.width = width
+        self.period = period
         self.coded = is_code_dtype(dtype) and entropy != "none" and width <= MAX_CODE_ALPHABET_BITS
         self.entropy = entropy if self.coded else "none"
 
@@ -90,6 +95,10 @@ class ValueCodec:
         """Write values (unsigned bit patterns [n], each < 2**width)."""
         if not self.coded:
             w.uints(values, self.width, VALUE)
+            return
+        if self.entropy == "context":
+            coder = ContextCoder.fit(self.width, values.astype(np.int64), self.period)
+            coder.write(w, values.astype(np.int64))
             return
         hist = np.bincount(values.astype(np.int64), minlength=2**self.width)
         coder = SymbolCoder.fit(self.entropy, self.width, hist)
@@ -101,5 +110,7 @@ class ValueCodec:
         unsigned = np.dtype(f"u{dtype.itemsize}")
         if not self.coded:
             return r.uints(count, self.width, "values", VALUE).astype(unsigned)
+        if self.entropy == "context":
+            return ContextCoder.read(r, self.width, count, "value code").astype(unsigned)
         coder = SymbolCoder.read_table(r, self.entropy, self.width, INDEX, "value code")
         return coder.read(r, count, VALUE, "values").astype(unsigned)
