@@ -116,7 +116,9 @@ def codebook_sweep(wt, u, keep, codebook, *, block: int, reserved: bool):
     )
 
 
-def gptq_leaf(path, w, stats, bits, *, grid, group_size, block_size, damp, init, key) -> QArray:
+def gptq_leaf(
+    path, w, stats, bits, *, grid, group_size, block_size, damp, init, key, act_order=False
+) -> QArray:
     """One kernel as a QArray by GPTQ (see `gptq`)."""
     d = int(stats.gram.shape[0])
     mat = matrix_view(path, w, d, layout=grid == "uniform")
@@ -125,8 +127,12 @@ def gptq_leaf(path, w, stats, bits, *, grid, group_size, block_size, damp, init,
     if d % group:
         raise LscError(f"leaf {path!r}: group_size {group} does not divide {d} input features")
     block = lazy_block(block_size, d, group if group_size is not None else 1)
-    u = inverse_factor(jnp.asarray(stats.gram, jnp.float32), damp)
-    wt, u = padded(mat.T, u, block)
+    gram = jnp.asarray(stats.gram, jnp.float32)
+    order = jnp.arange(d)
+    if act_order:  # the features of the largest H_ii first (GPTQ's "act-order")
+        order = jnp.argsort(-jnp.diagonal(gram), stable=True)
+    u = inverse_factor(gram[order][:, order], damp)
+    wt, u = padded(mat[order].T, u, block)
     keep = wt != 0
     shape = tuple(np.shape(w))
     if grid == "uniform":
@@ -149,7 +155,8 @@ def gptq_leaf(path, w, stats, bits, *, grid, group_size, block_size, damp, init,
         book = q.codebook
         reserved = bool(jnp.any(mat == 0))
         _, codes = codebook_sweep(wt, u, keep, book, block=block, reserved=reserved)
-    codes = codes[:n, :d].T.reshape(shape).astype(code_dtype(2**bits))
+    codes = jnp.zeros((d, n), codes.dtype).at[order].set(codes[:n, :d].T)
+    codes = codes.reshape(shape).astype(code_dtype(2**bits))
     return QArray(codes, jnp.asarray(book, jnp.float32), "kmeans", bits, shape)
 
 
@@ -163,6 +170,7 @@ def gptq(
     block_size: int = 128,
     damp: float = 0.01,
     init: str = DEFAULT_INIT,
+    act_order: bool = False,
     where: Where = None,
     seed: int = 0,
 ):
@@ -188,6 +196,9 @@ def gptq(
       block_size: features per lazy batch (rounded up to a multiple of group_size).
       damp: the damping, a fraction of the Hessian's mean diagonal, in [0, 1].
       init: the k-means init (grid="kmeans").
+      act_order: quantize the input features in decreasing order of H_ii (Frantar et al.'s
+        "act-order": the features whose errors cost most are fixed first, while the most
+        features remain to absorb them) instead of in index order; not with group_size.
       where: the leaves to quantize (default: every leaf that `stats` has).
       seed: PRNG seed of the random k-means inits.
 
@@ -197,8 +208,8 @@ def gptq(
 
     Raises:
       LscError (a ValueError): bad bits, grid, group_size, block_size or damp; group_size with
-        grid="kmeans"; a selected leaf without stats or not matching them; an empty selection
-        (messages name the path).
+        grid="kmeans" or act_order; a selected leaf without stats or not matching them; an
+        empty selection (messages name the path).
 
     Example:
       >>> stats = lscjax.Calibration(apply_fn, [images]).stats(params)
@@ -211,6 +222,8 @@ def gptq(
             raise LscError("group_size applies to grid='uniform' only")
         if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1:
             raise LscError(f"group_size must be None or an int >= 1, got {group_size!r}")
+        if act_order:
+            raise LscError("act_order applies without group_size only")
     block_size = check_block_size(block_size)
     damp = check_damp(damp)
     leaves = stats_leaves(params, stats, where)
@@ -229,5 +242,6 @@ def gptq(
             damp=damp,
             init=init,
             key=jax.random.fold_in(key, i),
+            act_order=bool(act_order),
         )
     return map_selected(lambda p, _: done[p], params, where=lambda p, _: p in done, fill="keep")
