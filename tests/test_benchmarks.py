@@ -97,3 +97,47 @@ def test_rotated_times_cycles_each_function_through_its_weights():
     assert seen["b"] == [7] * (calls + 1)
     assert set(best) == set(median) == {"a", "b"}
     assert all(0 < best[k] <= median[k] for k in best)
+
+
+def _nncodec_benchmark():
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import importlib
+
+        return importlib.import_module("nncodec")
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+
+
+def test_equal_distortion_table_interpolates_pareto_fronts_in_log_distortion():
+    bench = _nncodec_benchmark()
+    point = lambda bits, d: {"bits_per_weight": bits, "rel_mse": d}  # noqa: E731
+    # The point (2.5, 1e-2) is beaten by (2.0, 1e-2) and left out of the front.
+    ours = bench.pareto([point(3.0, 1e-3), point(2.5, 1e-2), point(2.0, 1e-2), point(1.0, 1e-1)])
+    assert [p["bits_per_weight"] for p in ours] == [3.0, 2.0, 1.0]
+    theirs = bench.pareto([point(4.0, 1e-3), point(2.0, 1e-1)])
+    # Half way in log distortion between 1e-3 and 1e-2: 2.5 bits; theirs: a quarter of the way
+    # from 4.0 to 2.0 in log distortion.
+    assert bench.bits_at(ours, 10**-2.5) == pytest.approx(2.5)
+    assert bench.bits_at(theirs, 10**-2.5) == pytest.approx(3.5)
+    assert np.isnan(bench.bits_at(ours, 1e-4))
+    table = bench.equal_distortion({"a": ours}, {"b": theirs})
+    ends = table["rows"][0], table["rows"][-1]
+    assert [r["rel_mse"] for r in ends] == pytest.approx([1e-3, 1e-1])
+    assert [r["diff_pct"] for r in ends] == pytest.approx([-25.0, -50.0])
+
+
+@pytest.mark.slow
+def test_nncodec_benchmark_quick_runs_lscjax_alone():
+    done = subprocess.run(
+        [sys.executable, "nncodec.py", "--quick"],
+        cwd=BENCHMARKS,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.startswith("skipped NNCodec: --quick runs lscjax only")
+    for label in ("dense", "80%"):
+        assert f"## {label}: bits per weight at equal relative MSE" in done.stdout
+    assert "| kmeans+context |" in done.stdout and "| rdq-uniform+ans |" in done.stdout

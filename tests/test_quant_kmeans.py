@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 import lscjax
 from lscjax import LscError
-from lscjax._src.quant.lloyd import INITS, lloyd, scalar_init
+from lscjax._src.quant.lloyd import INITS, lloyd, scalar_init, sorted_lloyd
 
 
 def pruned_weights(shape, density, seed=0):
@@ -84,6 +84,28 @@ def test_lloyd_distortion_matches_numpy_lloyd(seed, k, n):
     # the reported distortion is the one of the returned centroids and assignment
     c = np.asarray(centroids)[:, 0]
     np.testing.assert_allclose(np.mean((w - c[np.asarray(assign)]) ** 2), trace[-1], rtol=1e-4)
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("iters,tol", [(3, 0.0), (200, 0.0), (200, 1e-6)])
+def test_sorted_lloyd_follows_the_jitted_lloyd(weighted, iters, tol):
+    rng = np.random.default_rng(7)
+    x = (rng.standard_t(4, 3000) * 0.02).astype(np.float32)
+    x[:40] = x[40:80]  # repeated values
+    weights = rng.random(x.size).astype(np.float32) if weighted else None
+    start = np.linspace(x.min(), x.max(), 13, dtype=np.float32)
+    start[5] = start[4]  # a centroid that loses all its points keeps its position
+    got = sorted_lloyd(x, start, iters=iters, tol=tol, weights=weights)
+    want = lloyd(
+        jnp.asarray(x)[:, None],
+        jnp.ones(x.size, bool),
+        jnp.asarray(start)[:, None],
+        iters=iters,
+        tol=tol,
+        weights=None if weights is None else jnp.asarray(weights),
+    )[0][:, 0]
+    assert got.dtype == np.float32 and got.shape == (13,)
+    np.testing.assert_allclose(got, np.asarray(want), rtol=0, atol=1e-6 * np.abs(x).max())
 
 
 def test_lloyd_vector_points_match_numpy_distances():

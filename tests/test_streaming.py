@@ -10,7 +10,7 @@ from safetensors.numpy import save_file
 
 import lscjax
 from lscjax._src.cli import main
-from lscjax._src.compressed import to_bytes
+from lscjax._src.compressed import from_bytes, to_bytes
 from lscjax._src.quant import kmeans as kmeans_module
 from lscjax._src.streaming import SafetensorsSource, compress_file, global_threshold
 from lscjax._src.tree import nest
@@ -116,7 +116,7 @@ def test_global_threshold_matches_global_magnitude_with_ties():
         class Serial:
             map = staticmethod(lambda fn, items: [fn(i) for i in items])
 
-        rule = global_threshold(leaves.__getitem__, paths, sparsity, Serial)
+        rule = global_threshold(lambda p: [leaves[p]], paths, sparsity, Serial)
         for p in paths:
             np.testing.assert_array_equal(rule.mask(p, leaves[p]), np.asarray(masks[p]["kernel"]))
 
@@ -143,6 +143,9 @@ def test_source_reads_what_safetensors_wrote(tmp_path):
             got = source.read(path)
             assert got.dtype == expected.dtype
             np.testing.assert_array_equal(got, expected)
+            pieces = [p.copy() for p in source.chunks(path, 5)]
+            assert all(p.size <= 5 and p.dtype == expected.dtype for p in pieces)
+            np.testing.assert_array_equal(np.concatenate(pieces), expected.reshape(-1))
 
 
 def test_source_refuses_a_bad_header(tmp_path):
@@ -162,6 +165,11 @@ def test_bad_inputs_are_clear_errors(checkpoint, tmp_path):
         compress_file(folder, tmp_path / "x.lsc", "lsc", workers=0)
     with pytest.raises(lscjax.LscError, match="admm"):
         compress_file(folder, tmp_path / "x.lsc", lscjax.recipe("lsc", prune="admm"))
+    bad = {"a.kernel": np.ones((3, 4), np.float32), "b.kernel": np.ones((4, 2), np.float32)}
+    bad["b.kernel"][1, 1] = np.nan
+    save_file(bad, str(tmp_path / "nan.safetensors"))
+    with pytest.raises(lscjax.LscError, match="'b/kernel'.*NaN"):
+        compress_file(tmp_path / "nan.safetensors", tmp_path / "x.lsc", "lsc")
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "model.safetensors.index.json").write_text(
@@ -188,3 +196,25 @@ def test_sampled_kmeans_assigns_every_weight_its_nearest_centroid(monkeypatch):
     distance = np.abs(w[w != 0][:, None] - book[None, 1:])
     np.testing.assert_array_equal(codes[w != 0] - 1, np.argmin(distance, axis=1))
     assert book[1:].min() >= w.min() and book[1:].max() <= w.max()
+
+
+def test_load_streams_each_layout_equal_to_the_in_memory_read(checkpoint, tmp_path):
+    folder, _ = checkpoint
+    out = tmp_path / "m.lsc"
+    compress_file(folder, out, "lsc", workers=1)
+    data = out.read_bytes()
+    model = from_bytes(data)
+    for layout, want in (("quantized", model.quantized_params()), ("dense", model.params())):
+        got = lscjax.load(out, layout=layout)
+        assert jax.tree.structure(got) == jax.tree.structure(want), layout
+        for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+            assert type(a) is type(b) and a.dtype == b.dtype
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    broken = bytearray(data)
+    broken[-1] ^= 1  # the last section's payload
+    (tmp_path / "broken.lsc").write_bytes(bytes(broken))
+    with pytest.raises(lscjax.FormatError, match="CRC32 mismatch"):
+        lscjax.load(tmp_path / "broken.lsc", layout="quantized")
+    (tmp_path / "short.lsc").write_bytes(data[:-1])
+    with pytest.raises(lscjax.FormatError, match="sections declare"):
+        lscjax.load(tmp_path / "short.lsc")

@@ -17,11 +17,10 @@ import concurrent.futures
 import dataclasses
 import json
 import math
-import mmap
 import os
 import shutil
 import zlib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 
 import jax.numpy as jnp
@@ -103,11 +102,11 @@ def _header(file: Path, size: int) -> tuple[int, dict]:
 
 
 class SafetensorsSource:
-    """The tensors of a safetensors checkpoint, read lazily (memory-mapped) one at a time.
+    """The tensors of a safetensors checkpoint, read one at a time.
 
-    Each tensor is copied out of the file's read-only memory map and its pages are then
-    released from the map (``madvise(MADV_DONTNEED)``), so the process's resident memory holds
-    the tensors in use, not the file.
+    Each read copies a tensor's bytes from the file (positioned reads, no memory map), so the
+    process's resident memory holds the tensors in use, not the file; `chunks` reads one in
+    pieces through one reused buffer.
 
     Keys are leaf paths as `lscjax._src.checkpoints.read_params` gives them: split on '/' when
     any key has one, else on '.', with a top-level 'params' group unwrapped.
@@ -127,20 +126,15 @@ class SafetensorsSource:
 
     def __init__(self, path: str | os.PathLike):
         self.files = _resolve_files(Path(path))
-        self._maps, self._spans = [], {}
+        self._spans = {}
         keys: dict[str, tuple] = {}
         for i, file in enumerate(self.files):
-            size = file.stat().st_size
-            _, entries = _header(file, size)
+            _, entries = _header(file, file.stat().st_size)
             for key, (shape, dtype, begin, end) in entries.items():
                 if key in keys:
                     raise FormatError(f"{file}: tensor {key!r} also in {self.files[keys[key][0]]}")
                 keys[key] = (i, key, shape, dtype)
                 self._spans[key] = (begin, end)
-            with open(file, "rb") as f:
-                self._maps.append(
-                    mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
-                )
         sep = "/" if any("/" in k for k in keys) else "."
         tree = nest({k.replace(sep, "/"): k for k in keys})
         if isinstance(tree.get("params"), dict):
@@ -152,18 +146,41 @@ class SafetensorsSource:
         return nest({p: shape_proxy(info[2]) for p, info in self.paths.items()})
 
     def read(self, path: str) -> np.ndarray:
-        """The tensor at leaf `path` (little-endian, as the format stores), copied out of the
-        memory map."""
+        """The tensor at leaf `path`, in its shape and dtype (native byte order)."""
+        f, little, shape = self._open(path)
+        out = np.empty(shape, little)
+        with f:
+            _read_into(f, out.reshape(-1).view(np.uint8))
+        return out.astype(little.newbyteorder("="), copy=False)
+
+    def chunks(self, path: str, size: int = CHUNK) -> Iterator[np.ndarray]:
+        """The tensor at leaf `path` flattened, in pieces of at most `size` elements (native
+        byte order); the pieces share one buffer, so each is valid until the next is read."""
+        f, little, shape = self._open(path)
+        total = math.prod(shape)
+        buffer = np.empty(min(size, total), little)
+        with f:
+            for start in range(0, total, size):
+                piece = buffer[: min(size, total - start)]
+                _read_into(f, piece.view(np.uint8))
+                yield piece.astype(little.newbyteorder("="), copy=False)
+
+    def _open(self, path: str):
+        """(the unbuffered file at the tensor's first byte, its little-endian dtype, shape)."""
         file, key, shape, dtype = self.paths[path]
-        begin, end = self._spans[key]
-        view = self._maps[file]
-        native = np.dtype(jnp.dtype(dtype))
-        little = np.frombuffer(view, native.newbyteorder("<"), math.prod(shape), begin)
-        out = little.astype(native).reshape(shape)  # the copy
-        first = begin - begin % mmap.PAGESIZE
-        if end > first:
-            view.madvise(mmap.MADV_DONTNEED, first, end - first)
-        return out
+        f = open(self.files[file], "rb", buffering=0)
+        f.seek(self._spans[key][0])
+        return f, np.dtype(jnp.dtype(dtype)).newbyteorder("<"), shape
+
+
+def _read_into(f, out: np.ndarray) -> None:
+    """Fill the uint8 array `out` from the unbuffered file `f` at its position."""
+    view, done = memoryview(out), 0
+    while done < out.size:
+        got = f.readinto(view[done:])
+        if not got:
+            raise FormatError(f"{f.name}: file ends inside a tensor (truncated?)")
+        done += got
 
 
 def streams(path: str | os.PathLike) -> bool:
@@ -210,22 +227,30 @@ def _abs_bits(w: np.ndarray) -> np.ndarray:
     return np.abs(np.asarray(w, np.float32)).view(np.uint32)
 
 
-def _chunks(w: np.ndarray) -> Iterator[np.ndarray]:
-    flat = w.reshape(-1)
-    for start in range(0, flat.size, CHUNK):
-        yield _abs_bits(flat[start : start + CHUNK])
+def _chunks(pieces: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+    """`_abs_bits` of arrays, at most CHUNK elements at a time."""
+    for piece in pieces:
+        flat = piece.reshape(-1)
+        for start in range(0, flat.size, CHUNK):
+            yield _abs_bits(flat[start : start + CHUNK])
 
 
-def _hi_histogram(w: np.ndarray) -> np.ndarray:
+_NOT_FINITE = 0x7F80
+"""The high 16 bits of |w|'s float32 pattern from which it is Inf or NaN."""
+
+
+def _hi_histogram(path: str, pieces: Iterable[np.ndarray]) -> np.ndarray:
     hist = np.zeros(_HALF, np.int64)
-    for bits in _chunks(w):
+    for bits in _chunks(pieces):
         hist += np.bincount(bits >> 16, minlength=_HALF)
+    if hist[_NOT_FINITE:].any():
+        raise LscError(f"leaf {path!r}: contains NaN or Inf")
     return hist
 
 
-def _lo_histogram(w: np.ndarray, hi: int) -> np.ndarray:
+def _lo_histogram(pieces: Iterable[np.ndarray], hi: int) -> np.ndarray:
     hist = np.zeros(_HALF, np.int64)
-    for bits in _chunks(w):
+    for bits in _chunks(pieces):
         hist += np.bincount(bits[(bits >> 16) == hi] & (_HALF - 1), minlength=_HALF)
     return hist
 
@@ -261,17 +286,21 @@ class GlobalThreshold:
         return keep
 
 
-def global_threshold(read: Callable, paths: list[str], sparsity: float, pool) -> GlobalThreshold:
+def global_threshold(chunks: Callable, paths: list[str], sparsity: float, pool) -> GlobalThreshold:
     """The exact global magnitude threshold of the leaves `paths` (in order), reading each
-    tensor with ``read(path)`` twice."""
+    tensor twice as ``chunks(path)``: float arrays whose elements, in order, are the leaf's.
+
+    Raises:
+      LscError: a leaf with NaN or Inf (named).
+    """
     sparsity = check_sparsity(sparsity)
-    hists = list(pool.map(lambda p: _hi_histogram(read(p)), paths))
+    hists = list(pool.map(lambda p: _hi_histogram(p, chunks(p)), paths))
     total = int(sum(h.sum() for h in hists))
     k = keep_count(total, sparsity)
     if k == 0:
         return GlobalThreshold(None, {})
     hi, above_hi = _split(sum(hists), k)
-    lows = list(pool.map(lambda p: _lo_histogram(read(p), hi), paths))
+    lows = list(pool.map(lambda p: _lo_histogram(chunks(p), hi), paths))
     lo, above_lo = _split(sum(lows), k - above_hi)
     budget = k - above_hi - above_lo
     ties = {}
@@ -291,12 +320,12 @@ def _masker(rc: Recipe, source: SafetensorsSource, chosen: dict, pool) -> Callab
         per_leaf = layer_sparsities(proxies, rc.sparsity, where=lambda p, _: chosen[p])
         return lambda path, w: np.asarray(topk_mask(np.abs(w), keep_count(w.size, per_leaf[path])))
 
-    def read_checked(path):
-        w = source.read(path)
-        check_float_leaf(path, w)
-        return w
+    def chunks(path):
+        dtype = source.paths[path][3]
+        check_float_leaf(path, np.zeros((), jnp.dtype(dtype)), finite=False)
+        return source.chunks(path)
 
-    return global_threshold(read_checked, paths, rc.sparsity, pool).mask
+    return global_threshold(chunks, paths, rc.sparsity, pool).mask
 
 
 def _compress_leaf(path: str, w: np.ndarray, mask, rc: Recipe, quant_key):

@@ -242,10 +242,19 @@ class SymbolCoder:
         elif symbols.size and self.symbols.size > 1:
             model = constriction.stream.model.Categorical(self._probabilities(), perfect=False)
             coder = constriction.stream.stack.AnsCoder()
-            coder.encode_reverse(np.searchsorted(self.symbols, symbols).astype(np.int32), model)
+            coder.encode_reverse(self._ranks(symbols), model)
             words = coder.get_compressed()
             w.gamma(words.size, kind)
             w.uints(words, ANS_WORD_BITS, kind)
+
+    def _ranks(self, symbols: np.ndarray) -> np.ndarray:
+        """Each symbol's index among the present symbols, int32 [n], for symbols int [n] (all
+        present): a lookup table, or the symbols themselves when every one is present."""
+        if self.symbols.size == 2**self.alphabet_bits:
+            return symbols.astype(np.int32)
+        lookup = np.zeros(2**self.alphabet_bits, np.int32)
+        lookup[self.symbols] = np.arange(self.symbols.size, dtype=np.int32)
+        return lookup[symbols]
 
     def read(self, r: BitReader, count: int, kind: str, what: str) -> np.ndarray:
         """Read a stream of `count` symbols -> int64 [count]."""

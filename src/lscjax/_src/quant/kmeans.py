@@ -11,15 +11,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from lscjax._src.errors import LscError
-from lscjax._src.quant.lloyd import INITS, lloyd, scalar_init
+from lscjax._src.quant.lloyd import INITS, lloyd, scalar_init, sorted_lloyd
 from lscjax._src.quant.options import per_leaf
 from lscjax._src.quant.qarray import QArray, check_bits, code_dtype
 from lscjax._src.tree import Where, check_float_leaf, map_selected, selected_leaves, selection
 
 SAMPLE_POINTS = 2**16
 """A layer of more elements is clustered on the host: Lloyd on its non-zero weights only (all of
-them, or, when it has more, a deterministic sample of this many plus its smallest and largest),
-then every weight is assigned its nearest centroid (benchmarks/scale.py measures the distortion
+them, or, when it has more, a deterministic sample of this many plus its smallest and largest;
+`lloyd.sorted_lloyd`), then every weight is assigned its nearest centroid (benchmarks/scale.py measures the distortion
 the sample costs)."""
 _CHUNK = 1 << 22
 DEFAULT_INIT = "linear"
@@ -40,8 +40,8 @@ def _sampled_leaf(
     w: np.ndarray, bits: int, *, init: str, iters: int, key, tol: float, weights
 ) -> QArray:
     """`kmeans_leaf` of a layer with more than SAMPLE_POINTS elements, on the host: Lloyd on
-    its non-zeros or a sample of them (jitted), then the nearest centroid of each weight by
-    binary search, in chunks."""
+    its non-zeros or a sample of them (`sorted_lloyd`, nothing compiled), then the nearest
+    centroid of each weight by binary search, in chunks."""
     values = np.asarray(w, np.float32).reshape(-1)
     nonzero = np.flatnonzero(values)
     k = 2**bits - int(nonzero.size < values.size)
@@ -55,13 +55,13 @@ def _sampled_leaf(
     sample_weights = None
     if weights is not None:
         importance = np.asarray(weights, np.float32).reshape(-1)[nonzero]
-        sample_weights = jnp.asarray(importance[picked])
-    valid = jnp.ones(points.size, bool)
-    start = scalar_init(jnp.asarray(points), valid, key, k=k, method=init)
-    centroids = lloyd(
-        points[:, None], valid, start[:, None], iters=iters, tol=tol, weights=sample_weights
-    )[0][:, 0]
-    centroids = np.asarray(centroids)
+        sample_weights = importance[picked]
+    if init == "linear":  # scalar_init's, without compiling for this sample size
+        start = np.linspace(points.min(), points.max(), k, dtype=np.float32)
+    else:
+        valid = jnp.ones(points.size, bool)
+        start = np.asarray(scalar_init(jnp.asarray(points), valid, key, k=k, method=init))
+    centroids = sorted_lloyd(points, start, iters=iters, tol=tol, weights=sample_weights)
     order = np.argsort(centroids, kind="stable")
     ordered = centroids[order]
     midpoints = (ordered[1:] + ordered[:-1]) / np.float32(2)

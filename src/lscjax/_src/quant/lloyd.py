@@ -3,12 +3,17 @@
 Points are float32 [n, d]. For d == 1 the nearest centroid is found by binary search over the
 sorted centroids' midpoints (O(n log k) time, O(n) memory), for d > 1 by a dense [n, k] distance
 matrix. Only the points flagged valid take part (pruned zeros are left out by the caller).
+
+`sorted_lloyd` runs the same scalar iterations on the host over sorted points: each cluster is
+then a run of consecutive points, so one iteration costs O(k log n) with prefix sums instead of
+O(n), and nothing is compiled (large layers, `lscjax._src.quant.kmeans`).
 """
 
 import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 INITS = ("linear", "density", "random", "kmeans++")
 
@@ -142,4 +147,62 @@ def scalar_init(values: jax.Array, valid: jax.Array, key: jax.Array, *, k: int, 
 
     centroids = jnp.full((k,), first, jnp.float32)
     centroids, _ = jax.lax.fori_loop(1, k, pick, (centroids, (values - first) ** 2))
+    return centroids
+
+
+def sorted_lloyd(
+    points: np.ndarray,
+    init: np.ndarray,
+    *,
+    iters: int,
+    tol: float = 0.0,
+    weights: np.ndarray | None = None,
+) -> np.ndarray:
+    """`lloyd` for scalar points, on the host: the same assignments, stopping rule and centroid
+    updates, with each iteration's sums read from prefix sums over the sorted points.
+
+    A point is assigned as `nearest` does (a point on a midpoint goes to the lower centroid), so
+    every cluster is a run of the sorted points; its weighted sum and count are differences of
+    float64 prefix sums, and the distortion comes from the prefix sums of the squares.
+
+    Args:
+      points: float32 [n] (n >= 1), any order.
+      init: float32 [k] initial centroids.
+      iters, tol, weights: as in `lloyd` (weights float32 [n] >= 0, or None: all 1).
+
+    Returns:
+      float32 [k] centroids (a centroid that loses all its points keeps its position).
+    """
+    order = np.argsort(points, kind="stable")
+    x = np.asarray(points, np.float64)[order]
+    w = np.ones_like(x) if weights is None else np.asarray(weights, np.float64)[order]
+    sums = [np.concatenate([[0.0], np.cumsum(a)]) for a in (w, w * x, w * x * x)]
+    total = max(sums[0][-1], 1e-30)
+    values = np.asarray(points, np.float32)[order]
+
+    def ranges(c: np.ndarray):
+        """(begin, end) [k] of each centroid's run of sorted points; (distortion)."""
+        rank = np.argsort(c, kind="stable")
+        ordered = c[rank]
+        mid = (ordered[1:] + ordered[:-1]) / np.float32(2)
+        cut = np.concatenate([[0], np.searchsorted(values, mid, side="right"), [x.size]])
+        begin, end = np.empty(c.size, np.int64), np.empty(c.size, np.int64)
+        begin[rank], end[rank] = cut[:-1], cut[1:]
+        count, first, second = (s[end] - s[begin] for s in sums)
+        c64 = c.astype(np.float64)
+        error = second - 2 * c64 * first + c64 * c64 * count
+        return begin, end, count, first, max(float(error.sum()), 0.0) / total
+
+    centroids = np.asarray(init, np.float32).copy()
+    begin, end, count, first, before = ranges(centroids)
+    for _ in range(iters):
+        moved = (first / np.maximum(count, 1e-30)).astype(np.float32)
+        centroids = np.where(count > 0, moved, centroids)
+        new_begin, new_end, count, first, distortion = ranges(centroids)
+        same = np.all(
+            (new_begin == begin) & (new_end == end) | (new_begin == new_end) & (begin == end)
+        )
+        if same or (tol > 0 and before - distortion <= tol * before):
+            break
+        begin, end, before = new_begin, new_end, distortion
     return centroids
