@@ -183,3 +183,44 @@ def test_rate_aware_gptq_bad_lam(correlated):
         lscjax.quant.gptq(params, stats, 4, grid="kmeans", lam=-1.0)
     with pytest.raises(LscError, match="lam"):
         lscjax.quant.gptq(params, stats, 4, grid="uniform", lam=0.1)
+
+
+@pytest.mark.parametrize("grid", ["uniform", "kmeans"])
+def test_act_order_is_gptq_on_the_features_sorted_by_hessian_diagonal(correlated, grid):
+    """Oracle: permute the kernel's rows and the Hessian by decreasing H_ii by hand, run GPTQ in
+    index order, permute back."""
+    _, params, stats = correlated
+    s = stats["l/kernel"]
+    order = np.argsort(-np.asarray(jnp.diagonal(s.gram)), kind="stable")
+    w = np.asarray(params["l"]["kernel"])
+    gram = np.asarray(s.gram)[order][:, order]
+    permuted = {"l/kernel": LayerStats(jnp.asarray(gram), s.norms[order], s.count)}
+    q = lscjax.quant.gptq({"l": {"kernel": w[order]}}, permuted, 3, grid=grid)
+    want = np.zeros_like(w)
+    want[order] = np.asarray(q["l"]["kernel"].dequantize())
+    got = lscjax.quant.gptq(params, stats, 3, grid=grid, act_order=True)
+    np.testing.assert_allclose(got["l"]["kernel"].dequantize(), want, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(
+        want, lscjax.quant.gptq(params, stats, 3, grid=grid)["l"]["kernel"].dequantize()
+    )
+    with pytest.raises(LscError, match="act_order"):
+        lscjax.quant.gptq(params, stats, 3, group_size=8, act_order=True)
+
+
+@pytest.mark.slow
+def test_rate_aware_gptq_with_act_order_is_the_permuted_sweep(correlated):
+    """act_order with lam: the same as the rate-aware sweep of the hand-permuted kernel."""
+    _, params, stats = correlated
+    s = stats["l/kernel"]
+    order = np.argsort(-np.asarray(jnp.diagonal(s.gram)), kind="stable")
+    w = np.asarray(params["l"]["kernel"])
+    permuted = {
+        "l/kernel": LayerStats(
+            jnp.asarray(np.asarray(s.gram)[order][:, order]), s.norms[order], s.count
+        )
+    }
+    q = lscjax.quant.gptq({"l": {"kernel": w[order]}}, permuted, 3, grid="kmeans", lam=0.03)
+    want = np.zeros_like(w)
+    want[order] = np.asarray(q["l"]["kernel"].dequantize())
+    got = lscjax.quant.gptq(params, stats, 3, grid="kmeans", act_order=True, lam=0.03)
+    np.testing.assert_allclose(got["l"]["kernel"].dequantize(), want, rtol=1e-5, atol=1e-6)

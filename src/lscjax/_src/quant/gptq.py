@@ -117,12 +117,13 @@ def codebook_sweep(wt, u, keep, codebook, penalty=None, norm=None, *, block: int
     )
 
 
-def rate_aware_sweeps(path, mat, wt, u, keep, importance, bits, lam, *, block, init, key):
+def rate_aware_sweeps(path, mat, wt, u, keep, importance, bits, lam, *, order, block, init, key):
     """Rate-aware GPTQ of the kernel mat float32 [d, n] (see `gptq`'s `lam`) -> QArray.
 
     The codebook and the first code lengths are `rdq`'s (grid="kmeans", the Hessian diagonal
     as importance); each sweep then rounds with those lengths and the lengths are re-estimated
     from its codes, for at most RATE_PASSES sweeps or until the code counts stop changing.
+    `wt`, `u` and `keep` hold the features in the sweep's `order` (int [d]).
     """
     d, n = mat.shape
     start = solve(
@@ -138,8 +139,11 @@ def rate_aware_sweeps(path, mat, wt, u, keep, importance, bits, lam, *, block, i
     reserved = not bool(coded.all())
     for _ in range(RATE_PASSES):
         penalty = rate_penalty(jnp.asarray(counts, jnp.float32), jnp.float32(lam))
-        _, codes = codebook_sweep(wt, u, keep, book, penalty, norm, block=block, reserved=reserved)
-        codes = np.asarray(codes[:n, :d].T)
+        _, codes_swept = codebook_sweep(
+            wt, u, keep, book, penalty, norm, block=block, reserved=reserved
+        )
+        codes = np.zeros((d, n), np.int64)
+        codes[np.asarray(order)] = np.asarray(codes_swept[:n, :d].T)
         fresh = np.bincount(codes[coded].astype(np.int64), minlength=k)
         if np.array_equal(fresh, counts):
             break
@@ -148,7 +152,7 @@ def rate_aware_sweeps(path, mat, wt, u, keep, importance, bits, lam, *, block, i
 
 
 def gptq_leaf(
-    path, w, stats, bits, *, grid, group_size, block_size, damp, init, key, lam=0.0
+    path, w, stats, bits, *, grid, group_size, block_size, damp, init, key, act_order=False, lam=0.0
 ) -> QArray:
     """One kernel as a QArray by GPTQ (see `gptq`)."""
     d = int(stats.gram.shape[0])
@@ -158,8 +162,12 @@ def gptq_leaf(
     if d % group:
         raise LscError(f"leaf {path!r}: group_size {group} does not divide {d} input features")
     block = lazy_block(block_size, d, group if group_size is not None else 1)
-    u = inverse_factor(jnp.asarray(stats.gram, jnp.float32), damp)
-    wt, u = padded(mat.T, u, block)
+    gram = jnp.asarray(stats.gram, jnp.float32)
+    order = jnp.arange(d)
+    if act_order:  # the features of the largest H_ii first (GPTQ's "act-order")
+        order = jnp.argsort(-jnp.diagonal(gram), stable=True)
+    u = inverse_factor(gram[order][:, order], damp)
+    wt, u = padded(mat[order].T, u, block)
     keep = wt != 0
     shape = tuple(np.shape(w))
     if grid == "uniform":
@@ -180,14 +188,26 @@ def gptq_leaf(
         )
         if lam > 0:
             q = rate_aware_sweeps(
-                path, mat, wt, u, keep, importance, bits, lam, block=block, init=init, key=key
+                path,
+                mat,
+                wt,
+                u,
+                keep,
+                importance,
+                bits,
+                lam,
+                order=order,
+                block=block,
+                init=init,
+                key=key,
             )
             return dataclasses.replace(q, shape=shape, codes=q.codes.reshape(shape))
         q = kmeans_leaf(mat, bits, init=init, iters=1000, key=key, weights=importance)
         book = q.codebook
         reserved = bool(jnp.any(mat == 0))
         _, codes = codebook_sweep(wt, u, keep, book, block=block, reserved=reserved)
-    codes = codes[:n, :d].T.reshape(shape).astype(code_dtype(2**bits))
+    codes = jnp.zeros((d, n), codes.dtype).at[order].set(codes[:n, :d].T)
+    codes = codes.reshape(shape).astype(code_dtype(2**bits))
     return QArray(codes, jnp.asarray(book, jnp.float32), "kmeans", bits, shape)
 
 
@@ -201,6 +221,7 @@ def gptq(
     block_size: int = 128,
     damp: float = 0.01,
     init: str = DEFAULT_INIT,
+    act_order: bool = False,
     where: Where = None,
     seed: int = 0,
     lam: float = 0.0,
@@ -227,6 +248,9 @@ def gptq(
       block_size: features per lazy batch (rounded up to a multiple of group_size).
       damp: the damping, a fraction of the Hessian's mean diagonal, in [0, 1].
       init: the k-means init (grid="kmeans").
+      act_order: quantize the input features in decreasing order of H_ii (Frantar et al.'s
+        "act-order": the features whose errors cost most are fixed first, while the most
+        features remain to absorb them) instead of in index order; not with group_size.
       where: the leaves to quantize (default: every leaf that `stats` has).
       seed: PRNG seed of the random k-means inits.
       lam: rate weight (grid="kmeans"; 0: plain GPTQ). lam > 0 makes the rounding rate-aware,
@@ -244,8 +268,8 @@ def gptq(
 
     Raises:
       LscError (a ValueError): bad bits, grid, group_size, block_size, damp or lam; group_size
-        or lam > 0 with the other grid; a selected leaf without stats or not matching them; an empty selection
-        (messages name the path).
+        with grid="kmeans" or act_order; lam > 0 with grid="uniform"; a selected leaf without stats or not matching them; an
+        empty selection (messages name the path).
 
     Example:
       >>> stats = lscjax.Calibration(apply_fn, [images]).stats(params)
@@ -261,6 +285,8 @@ def gptq(
             raise LscError("group_size applies to grid='uniform' only")
         if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1:
             raise LscError(f"group_size must be None or an int >= 1, got {group_size!r}")
+        if act_order:
+            raise LscError("act_order applies without group_size only")
     block_size = check_block_size(block_size)
     damp = check_damp(damp)
     leaves = stats_leaves(params, stats, where)
@@ -279,6 +305,7 @@ def gptq(
             damp=damp,
             init=init,
             key=jax.random.fold_in(key, i),
+            act_order=bool(act_order),
             lam=lam,
         )
     return map_selected(lambda p, _: done[p], params, where=lambda p, _: p in done, fill="keep")
