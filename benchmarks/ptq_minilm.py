@@ -14,6 +14,7 @@ calibrate + compress and the process' peak RSS so far. Configurations:
   kmeans4     plain 4-bit k-means of each kernel (no calibration)
   rtn4        round-to-nearest int4 per output channel (min-max grid; what weight-only PTQ does)
   gptq4       GPTQ onto each kernel's 4-bit k-means codebook (calibrated, layer-sequential)
+  gptq4u      GPTQ with act-order onto rtn4's per-channel grids (calibrated, layer-sequential)
   mag50_4     one-shot 50% magnitude pruning + 4-bit k-means
   sgpt50_4    SparseGPT 50% + GPTQ 4-bit k-means (the "sparsegpt" recipe)
   wanda50_4   Wanda 50% + GPTQ 4-bit k-means (the "wanda" recipe)
@@ -21,6 +22,10 @@ calibrate + compress and the process' peak RSS so far. Configurations:
   sgpt24_4    SparseGPT 2:4 + GPTQ 4-bit
   magb32_4    50% of 32 x 32 blocks by magnitude + 4-bit k-means
   sgptb32_4   SparseGPT 50% in 32 x 32 blocks + GPTQ 4-bit
+  sgpt80_4    SparseGPT 80% + GPTQ 4-bit
+  sgpt80_4_distill  the same with distillation (`lscjax.distillation`, Adam 1e-4, batches of
+              the calibration sentences, loss: the sentence embeddings' squared error to the
+              dense model's): --distill-steps steps after pruning and as many on the centroids
 
 --quick runs the tiny BERT test fixture on 8 sentences (a smoke test; numbers not recorded).
 Writes benchmarks/results/ptq_minilm.json (one entry per configuration, merged with earlier runs).
@@ -46,8 +51,9 @@ SENTENCES = ROOT / "examples" / "data" / "sentences.txt"
 EMBEDDINGS = ("embeddings/word_embeddings/embedding", "embeddings/position_embeddings/embedding")
 CONFIGS = {
     "kmeans4": dict(prune="magnitude", sparsity=0.0, calibrated=False),
-    "rtn4": dict(prune="magnitude", sparsity=0.0, calibrated=False, rtn=True),
+    "rtn4": dict(prune="magnitude", sparsity=0.0, calibrated=False, grid="uniform"),
     "gptq4": dict(prune="magnitude", sparsity=0.0, calibrated=True),
+    "gptq4u": dict(prune="magnitude", sparsity=0.0, calibrated=True, grid="uniform"),
     "mag50_4": dict(prune="magnitude", sparsity=0.5, calibrated=False),
     "sgpt50_4": dict(prune="sparsegpt", sparsity=0.5, calibrated=True),
     "wanda50_4": dict(prune="wanda", sparsity=0.5, calibrated=True),
@@ -55,6 +61,8 @@ CONFIGS = {
     "sgpt24_4": dict(prune="sparsegpt", sparsity=0.5, pattern="2:4", calibrated=True),
     "magb32_4": dict(prune="magnitude", sparsity=0.5, pattern=(32, 32), calibrated=False),
     "sgptb32_4": dict(prune="sparsegpt", sparsity=0.5, pattern=(32, 32), calibrated=True),
+    "sgpt80_4": dict(prune="sparsegpt", sparsity=0.8, calibrated=True),
+    "sgpt80_4_distill": dict(prune="sparsegpt", sparsity=0.8, calibrated=True, distill=True),
 }
 
 
@@ -88,27 +96,53 @@ def structured_magnitude(params, cfg):
     return lscjax.prune.block_magnitude(params, cfg["sparsity"], block=(32, 32), where=is_kernel)
 
 
-def run(name, cfg, module, params, cal, paths):
-    """Compress with one configuration: (CompressedModel, seconds)."""
-    start = time.perf_counter()
-    bits = {p: 8 if p in EMBEDDINGS else 4 for p in paths}
-    fmt = dict(format="lsc", entropy="ans", format_options={"block": 32})
-    if cfg.get("rtn"):  # GPTQ with H = I is round-to-nearest (tests/test_quant_gptq.py)
+def uniform_kernels(params, cal):
+    """{path: QArray} of the kernels on per-output-channel 4-bit min-max grids: round-to-nearest
+    (cal None; GPTQ with H = I is round-to-nearest, tests/test_quant_gptq.py) or GPTQ with
+    act-order, layer-sequential."""
+    if cal is None:
         eye = {}
         for p, w in lscjax._src.tree.leaves_with_paths(params):
             if is_kernel(p):
                 d = w.shape[0]
                 eye[p] = LayerStats(np.eye(d, dtype=np.float32), np.ones(d, np.float32), d)
         q = lscjax.quant.gptq(params, eye, 4, grid="uniform")
+        return {
+            p: leaf
+            for p, leaf in lscjax._src.tree.leaves_with_paths(q, is_leaf=lscjax.quant.is_qarray)
+            if is_kernel(p)
+        }
+    qleaves = {}
+
+    def layer(p, one):
+        (path,) = one
+        q = lscjax.quant.gptq(p, one, 4, grid="uniform", act_order=True)
+        qleaves[path] = dict(lscjax._src.tree.leaves_with_paths(q, is_leaf=lscjax.quant.is_qarray))[
+            path
+        ]
+        return lscjax._src.tree.map_selected(
+            lambda _, __: qleaves[path].dequantize(), p, where=lambda r, _: r == path, fill="keep"
+        )
+
+    cal.sequential(params, layer, where=is_kernel)
+    return qleaves
+
+
+def run(name, cfg, module, params, cal, paths, retrain=None):
+    """Compress with one configuration: (CompressedModel, seconds)."""
+    start = time.perf_counter()
+    bits = {p: 8 if p in EMBEDDINGS else 4 for p in paths}
+    fmt = dict(format="lsc", entropy="ans", format_options={"block": 32})
+    if cfg.get("grid") == "uniform":
+        qleaves = uniform_kernels(params, cal if cfg["calibrated"] else None)
         rest = lscjax.compress(
             params,
             lscjax.Recipe(name, sparsity=0.0, bits=8, **fmt),
             where=lambda p, _: p in EMBEDDINGS,
         )
         encoded = dict(rest.encoded)
-        for p, leaf in lscjax._src.tree.leaves_with_paths(q, is_leaf=lscjax.quant.is_qarray):
-            if is_kernel(p):
-                encoded[p] = lscjax.coding.encode(leaf, "lsc", entropy="ans", block=32)
+        for p, leaf in qleaves.items():
+            encoded[p] = lscjax.coding.encode(leaf, "lsc", entropy="ans", block=32)
         raw = {p: v for p, v in rest.raw.items() if p not in encoded}
         model = lscjax.CompressedModel(encoded=encoded, raw=raw, meta=rest.meta)
         return model, time.perf_counter() - start
@@ -127,7 +161,11 @@ def run(name, cfg, module, params, cal, paths):
         **fmt,
     )
     model = lscjax.compress(
-        params, recipe, where=is_compressed, calibration=cal if cfg["calibrated"] else None
+        params,
+        recipe,
+        where=is_compressed,
+        calibration=cal if cfg["calibrated"] else None,
+        retrain=retrain if cfg.get("distill") else None,
     )
     return model, time.perf_counter() - start
 
@@ -136,6 +174,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model")
     parser.add_argument("--configs", nargs="*", default=list(CONFIGS))
+    parser.add_argument("--distill-steps", type=int, default=300)
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args(argv)
     if args.quick:
@@ -164,11 +203,13 @@ def main(argv=None):
         return np.concatenate([np.asarray(embed(p, i, m)) for i, m in chunks(ids, mask, 64)])
 
     dense = embed_all(params)
+    pooled = lambda p, b: sentence_embedding(module.apply({"params": p}, b[0], b[1]), b[1])  # noqa: E731
+    retrain = lscjax.distillation(pooled, params, cal.batches, args.distill_steps)
     paths = [p for p, _ in lscjax._src.tree.leaves_with_paths(params) if is_compressed(p)]
     checkpoint = (folder / "model.safetensors").stat().st_size
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() and not args.quick else {}
     for name in args.configs:
-        model, seconds = run(name, CONFIGS[name], module, params, cal, paths)
+        model, seconds = run(name, CONFIGS[name], module, params, cal, paths, retrain)
         with tempfile.TemporaryDirectory() as tmp:
             size = lscjax.save(pathlib.Path(tmp) / "m.lsc", model)
             back = lscjax.load(pathlib.Path(tmp) / "m.lsc")
@@ -184,6 +225,8 @@ def main(argv=None):
             "peak RSS GB (process so far)": rss,
             "evaluation sentences": len(evals),
         }
+        if CONFIGS[name].get("distill"):
+            row["distillation steps"] = 2 * args.distill_steps
         print(name, json.dumps(row), flush=True)
         if not args.quick:
             results[name] = row

@@ -1,5 +1,7 @@
 """GPTQ against oracles: H = I is round-to-nearest (and plain k-means), correlated inputs make it
-better than rounding, pruned zeros stay 0; per-channel QArrays through coding and serving."""
+better than rounding, pruned zeros stay 0; per-channel QArrays through coding and serving. The
+rate-aware rounding (lam > 0): H = I is rdq, lam -> 0 is plain GPTQ, its rate falls with lam and
+its output error stays below rdq's without compensation."""
 
 import flax.linen as nn
 import jax
@@ -119,3 +121,106 @@ def test_per_channel_qarray_through_coding_and_serving():
     served = to_block_sparse(q, block=4)
     got = jax.jit(compressed_apply(model.apply))({"params": served}, x)
     np.testing.assert_allclose(got, model.apply({"params": dense}, x), rtol=1e-5, atol=1e-5)
+
+
+def _output_error(x, w, q):
+    return float(np.sum((x @ (w - np.asarray(q.dequantize()))) ** 2))
+
+
+@pytest.mark.slow
+def test_rate_aware_gptq_with_identity_hessian_is_rdq():
+    """H = I (no damping) leaves nothing to compensate: the rate-aware rounding is rdq's."""
+    w = np.random.default_rng(3).normal(size=(40, 12)).astype(np.float32)
+    params = {"l": {"kernel": w}}
+    got = lscjax.quant.gptq(params, eye(40), 4, grid="kmeans", damp=0.0, lam=0.02)["l"]["kernel"]
+    want = lscjax.quant.rdq(params, 0.02, max_bits=4)["l"]["kernel"]
+    np.testing.assert_allclose(got.dequantize(), want.dequantize(), rtol=1e-6, atol=1e-6)
+    assert got.bits == want.bits
+
+
+@pytest.mark.slow
+def test_rate_aware_gptq_lam_zero_limit_is_plain_gptq(correlated):
+    _, params, stats = correlated
+    plain = lscjax.quant.gptq(params, stats, 3, grid="kmeans")["l"]["kernel"]
+    tiny = lscjax.quant.gptq(params, stats, 3, grid="kmeans", lam=1e-12)["l"]["kernel"]
+    np.testing.assert_allclose(tiny.dequantize(), plain.dequantize(), rtol=1e-6, atol=1e-6)
+
+
+def _entropy(q, coded):
+    counts = np.bincount(np.asarray(q.codes)[coded].astype(np.int64))
+    p = counts[counts > 0] / counts.sum()
+    return float(-(p * np.log2(p)).sum())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("pruned", [False, True])
+def test_rate_aware_gptq_rate_falls_and_beats_uncompensated_rdq(correlated, pruned):
+    x, params, stats = correlated
+    w = params["l"]["kernel"]
+    if pruned:
+        w = np.where(np.abs(w) < 0.6, 0.0, w).astype(np.float32)
+        params = {"l": {"kernel": w}}
+    coded = w != 0
+    diag = np.diag(stats["l/kernel"].gram)[:, None]
+    importance = {"l": {"kernel": np.broadcast_to(diag, w.shape)}}
+    rates = []
+    for lam in (0.003, 0.03, 0.3):
+        q = lscjax.quant.gptq(params, stats, 4, grid="kmeans", lam=lam)["l"]["kernel"]
+        np.testing.assert_array_equal(np.asarray(q.dequantize()) == 0, ~coded)  # zeros: uncoded
+        rates.append(_entropy(q, coded))
+        ref = lscjax.quant.rdq(params, lam, max_bits=4, weights=importance)["l"]["kernel"]
+        # at the same lam: output error bounded by rounding's without compensation, and well
+        # below it at the high rate; about the same rate
+        ratio = _output_error(x, w, q) / _output_error(x, w, ref)
+        assert ratio < (0.9 if lam == 0.003 else 1.15), (lam, ratio)
+        assert abs(rates[-1] - _entropy(ref, coded)) < 0.2
+    assert rates[0] > rates[1] > rates[2]
+
+
+def test_rate_aware_gptq_bad_lam(correlated):
+    _, params, stats = correlated
+    with pytest.raises(LscError, match="lam"):
+        lscjax.quant.gptq(params, stats, 4, grid="kmeans", lam=-1.0)
+    with pytest.raises(LscError, match="lam"):
+        lscjax.quant.gptq(params, stats, 4, grid="uniform", lam=0.1)
+
+
+@pytest.mark.parametrize("grid", ["uniform", "kmeans"])
+def test_act_order_is_gptq_on_the_features_sorted_by_hessian_diagonal(correlated, grid):
+    """Oracle: permute the kernel's rows and the Hessian by decreasing H_ii by hand, run GPTQ in
+    index order, permute back."""
+    _, params, stats = correlated
+    s = stats["l/kernel"]
+    order = np.argsort(-np.asarray(jnp.diagonal(s.gram)), kind="stable")
+    w = np.asarray(params["l"]["kernel"])
+    gram = np.asarray(s.gram)[order][:, order]
+    permuted = {"l/kernel": LayerStats(jnp.asarray(gram), s.norms[order], s.count)}
+    q = lscjax.quant.gptq({"l": {"kernel": w[order]}}, permuted, 3, grid=grid)
+    want = np.zeros_like(w)
+    want[order] = np.asarray(q["l"]["kernel"].dequantize())
+    got = lscjax.quant.gptq(params, stats, 3, grid=grid, act_order=True)
+    np.testing.assert_allclose(got["l"]["kernel"].dequantize(), want, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(
+        want, lscjax.quant.gptq(params, stats, 3, grid=grid)["l"]["kernel"].dequantize()
+    )
+    with pytest.raises(LscError, match="act_order"):
+        lscjax.quant.gptq(params, stats, 3, group_size=8, act_order=True)
+
+
+@pytest.mark.slow
+def test_rate_aware_gptq_with_act_order_is_the_permuted_sweep(correlated):
+    """act_order with lam: the same as the rate-aware sweep of the hand-permuted kernel."""
+    _, params, stats = correlated
+    s = stats["l/kernel"]
+    order = np.argsort(-np.asarray(jnp.diagonal(s.gram)), kind="stable")
+    w = np.asarray(params["l"]["kernel"])
+    permuted = {
+        "l/kernel": LayerStats(
+            jnp.asarray(np.asarray(s.gram)[order][:, order]), s.norms[order], s.count
+        )
+    }
+    q = lscjax.quant.gptq({"l": {"kernel": w[order]}}, permuted, 3, grid="kmeans", lam=0.03)
+    want = np.zeros_like(w)
+    want[order] = np.asarray(q["l"]["kernel"].dequantize())
+    got = lscjax.quant.gptq(params, stats, 3, grid="kmeans", act_order=True, lam=0.03)
+    np.testing.assert_allclose(got["l"]["kernel"].dequantize(), want, rtol=1e-5, atol=1e-6)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import lscjax
-from lscjax._src.quant.rdq import _assign
+from lscjax._src.quant.rdq import assign
 
 LAPLACE_N = 16384
 
@@ -118,7 +118,7 @@ def test_envelope_assignment_is_the_brute_force_argmin():
     centroids = np.append(rng.normal(size=40), [0.3, 0.3]).astype(np.float32)
     penalty = rng.uniform(0, 0.5, size=42).astype(np.float32)
     penalty[:5] = np.inf  # dropped codes
-    fast = np.asarray(jax.jit(_assign)(points, np.float32(3.0), centroids, penalty))
+    fast = np.asarray(jax.jit(assign)(points, np.float32(3.0), centroids, penalty))
     cost = 3.0 * (points[:, None] - centroids[None, :]) ** 2 + penalty[None, :]
     np.testing.assert_allclose(cost[np.arange(4000), fast], cost.min(axis=1), rtol=1e-6)
     assert not np.any(fast < 5)

@@ -2,15 +2,16 @@
 any number of workers, one tensor at a time."""
 
 import json
+from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
-from safetensors.numpy import save_file
+from safetensors.numpy import load_file, save_file
 
 import lscjax
 from lscjax._src.cli import main
-from lscjax._src.compressed import to_bytes
+from lscjax._src.compressed import from_bytes, to_bytes
 from lscjax._src.quant import kmeans as kmeans_module
 from lscjax._src.streaming import SafetensorsSource, compress_file, global_threshold
 from lscjax._src.tree import nest
@@ -196,3 +197,47 @@ def test_sampled_kmeans_assigns_every_weight_its_nearest_centroid(monkeypatch):
     distance = np.abs(w[w != 0][:, None] - book[None, 1:])
     np.testing.assert_array_equal(codes[w != 0] - 1, np.argmin(distance, axis=1))
     assert book[1:].min() >= w.min() and book[1:].max() <= w.max()
+
+
+def test_load_streams_each_layout_equal_to_the_in_memory_read(checkpoint, tmp_path):
+    folder, _ = checkpoint
+    out = tmp_path / "m.lsc"
+    compress_file(folder, out, "lsc", workers=1)
+    data = out.read_bytes()
+    model = from_bytes(data)
+    for layout, want in (("quantized", model.quantized_params()), ("dense", model.params())):
+        got = lscjax.load(out, layout=layout)
+        assert jax.tree.structure(got) == jax.tree.structure(want), layout
+        for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+            assert type(a) is type(b) and a.dtype == b.dtype
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    broken = bytearray(data)
+    broken[-1] ^= 1  # the last section's payload
+    (tmp_path / "broken.lsc").write_bytes(bytes(broken))
+    with pytest.raises(lscjax.FormatError, match="CRC32 mismatch"):
+        lscjax.load(tmp_path / "broken.lsc", layout="quantized")
+    (tmp_path / "short.lsc").write_bytes(data[:-1])
+    with pytest.raises(lscjax.FormatError, match="sections declare"):
+        lscjax.load(tmp_path / "short.lsc")
+
+
+def test_hugging_face_checkpoint_streams_to_the_in_memory_bytes(tmp_path):
+    fixture = Path(__file__).parent / "fixtures" / "tiny_bert" / "model.safetensors"
+    ckpt = lscjax.read_checkpoint(fixture)
+    assert ckpt.layout is not None  # PyTorch layout, converted
+    expected = to_bytes(lscjax.compress(ckpt.params, "lsc", layout=ckpt.layout))
+    _write_multi_file(tmp_path, load_file(str(fixture)))  # and as two shards with an index
+    for source, workers in ((fixture, 1), (tmp_path, 2)):
+        out = tmp_path / f"{workers}.lsc"
+        compress_file(source, out, "lsc", workers=workers)
+        assert out.read_bytes() == expected, source
+    back = lscjax.load(tmp_path / "1.lsc", layout="model")
+    assert back.meta["layout"] == ckpt.layout
+    up = "encoder/layer/0/intermediate/dense/kernel"  # nn.Linear [64, 32] -> kernel [32, 64]
+    assert back.encoded[up].quantized.shape == (32, 64)
+    dense = SafetensorsSource(tmp_path).read(up)
+    np.testing.assert_array_equal(dense, load_file(str(fixture))[ckpt.layout[up]["source"]].T)
+    source = SafetensorsSource(fixture, layout="flax")  # names read as they are
+    assert source.layout is None and "encoder/layer/0/attention/self/query/weight" in source.paths
+    with pytest.raises(lscjax.LscError, match="layout must be one of"):
+        SafetensorsSource(fixture, layout="pytorch")

@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from lscjax._src.errors import FormatError, LscError
-from lscjax._src.hf_layout import TRANSFORMS, apply_transform, from_torch
+from lscjax._src.hf_layout import TRANSFORMS, apply_transform, torch_plan
 from lscjax._src.tree import leaves_with_paths, nest
 
 
@@ -72,23 +72,36 @@ def is_torch_layout(flat: Mapping[str, Any]) -> bool:
     )
 
 
-def _from_torch(flat: dict[str, np.ndarray]) -> Checkpoint:
-    """Convert a PyTorch state dict; non-floating buffers (e.g. position_ids) are kept as they
-    are, recorded with the 'identity' transform."""
-    floating = {k: v for k, v in flat.items() if np.issubdtype(v.dtype, np.floating)}
-    tree, layout = from_torch(floating)
-    converted = flatten(tree)
-    for name, value in flat.items():
+def torch_layout(specs: Mapping[str, tuple[tuple, Any]]) -> dict:
+    """The layout record of a PyTorch state dict, from {dotted name: (shape, dtype)} in its
+    order: the floating tensors as `hf_layout.torch_plan` converts them, then the non-floating
+    buffers (e.g. position_ids) kept as they are ('identity'), each with its "source_shape".
+
+    Raises:
+      LscError: a tensor the conversion has no rule for, or two that give the same leaf.
+    """
+    floating = {k: v for k, v in specs.items() if np.issubdtype(v[1], np.floating)}
+    layout = torch_plan(floating)
+    for name, _ in specs.items():
         if name not in floating:
             path = name.replace(".", "/")
-            if path in converted:
+            if path in layout:
                 raise LscError(
                     f"tensors {layout[path]['source']!r} and {name!r} both give {path!r}"
                 )
-            converted[path] = value
             layout[path] = {"source": name, "transform": "identity"}
     for entry in layout.values():
-        entry["source_shape"] = list(flat[entry["source"]].shape)
+        entry["source_shape"] = [int(d) for d in specs[entry["source"]][0]]
+    return layout
+
+
+def _from_torch(flat: dict[str, np.ndarray]) -> Checkpoint:
+    """Convert a PyTorch state dict (`torch_layout`)."""
+    layout = torch_layout({k: (v.shape, v.dtype) for k, v in flat.items()})
+    converted = {
+        path: apply_transform(flat[entry["source"]], entry["transform"])
+        for path, entry in layout.items()
+    }
     return Checkpoint(nest(converted), layout)
 
 

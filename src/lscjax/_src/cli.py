@@ -86,17 +86,12 @@ def where_regexes(patterns: list[str]):
     return lambda path, _: any(c.search(path) for c in compiled)
 
 
-def _streamed(path: str, layout: str, rc) -> bool:
+def _streamed(path: str, rc) -> bool:
     """Whether `lscjax compress` streams the checkpoint (`compress_file`, one tensor at a time):
-    a safetensors checkpoint in Flax layout, and a recipe without per-layer rules. PyTorch-layout
-    files are converted in memory."""
-    from lscjax._src.checkpoints import is_torch_layout
-    from lscjax._src.streaming import SafetensorsSource, streams
+    a safetensors checkpoint (Flax or PyTorch layout) and a recipe without per-layer rules."""
+    from lscjax._src.streaming import streams
 
-    if layout == "torch" or rc.rules or not streams(path):
-        return False
-    keys = [key for _, key, _, _ in SafetensorsSource(path).paths.values()]
-    return layout == "flax" or not is_torch_layout(dict.fromkeys(keys))
+    return not rc.rules and streams(path)
 
 
 def _compress(args) -> None:
@@ -119,8 +114,10 @@ def _compress(args) -> None:
     # the recipe is built (and checked) before the checkpoint is read
     rc = recipe(args.recipe or settings.get("recipe", "lsc"), **changes)
     where = where_regexes(patterns) if patterns else None
-    if _streamed(args.input, args.layout, rc):
-        model = compress_file(args.input, args.output, rc, where=where, workers=args.workers)
+    if _streamed(args.input, rc):
+        model = compress_file(
+            args.input, args.output, rc, where=where, workers=args.workers, layout=args.layout
+        )
         size = Path(args.output).stat().st_size
     else:
         params, layout = read_checkpoint(args.input, layout=args.layout)

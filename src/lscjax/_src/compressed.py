@@ -6,6 +6,7 @@ with one section per leaf: kind "encoded" (the Encoded's own bytes) or kind "raw
 and the little-endian array bytes).
 """
 
+import contextlib
 import dataclasses
 import math
 import os
@@ -276,48 +277,80 @@ def raw_section(path: str, array) -> tuple[dict, bytes]:
     return entry, little.tobytes()
 
 
-def _raw_leaf(entry: dict, payload, budget: Budget) -> np.ndarray:
+def _raw_spec(entry: dict) -> tuple[np.dtype, tuple, int]:
+    """(dtype, shape, bytes) a raw section's header entry declares, checked."""
     path, dtype = entry["path"], entry.get("dtype")
     if dtype not in RAW_DTYPES:
         raise FormatError(f"section {path!r}: unknown raw dtype {dtype!r}")
     shape = check_shape(entry.get("shape"), f"section {path!r} shape")
     np_dtype = jnp.dtype(dtype)
-    needed = math.prod(shape) * np_dtype.itemsize
+    return np_dtype, shape, math.prod(shape) * np_dtype.itemsize
+
+
+def _raw_leaf(entry: dict, payload) -> np.ndarray:
+    """The array of a raw section (its bytes already charged to the budget)."""
+    np_dtype, shape, needed = _raw_spec(entry)
     if needed != len(payload):
         raise FormatError(
-            f"section {path!r}: shape {list(shape)} of {dtype} needs {needed} bytes, "
-            f"the section has {len(payload)}"
+            f"section {entry['path']!r}: shape {list(shape)} of {np_dtype.name} needs {needed} "
+            f"bytes, the section has {len(payload)}"
         )
-    budget.charge(needed, f"section {path!r}")
     return np.frombuffer(payload, dtype=np_dtype).reshape(shape).copy()
+
+
+def _leaves(meta: dict, entries: list, payloads, budget: Budget, convert=None):
+    """The leaves of a container's sections, parsed (and converted) one at a time.
+
+    The header is checked first: paths (unique, forming a tree), kinds, and the raw leaves'
+    sizes, charged to `budget`; then each section is parsed, charging what it declares, and
+    handed to ``convert(path, Encoded | np.ndarray)`` (None: kept as parsed) before the next
+    is read.
+
+    Returns:
+      ({path: encoded leaf}, {path: raw leaf}), each in file order, converted.
+    """
+    for entry in entries:
+        path = entry["path"]
+        if entry["kind"] == "raw":
+            budget.charge(_raw_spec(entry)[2], f"section {path!r}")
+        elif entry["kind"] != "encoded":
+            raise FormatError(f"section {path!r}: unknown kind {entry['kind']!r}")
+    paths = [entry["path"] for entry in entries]
+    if len(set(paths)) < len(paths):
+        twice = next(p for i, p in enumerate(paths) if p in paths[:i])
+        raise FormatError(f"section {twice!r} appears twice")
+    try:
+        nest(dict.fromkeys(paths))
+    except FormatError as err:
+        raise FormatError(f"inconsistent leaf paths: {err}") from None
+    encoded, raw, shapes = {}, {}, {}
+    for entry, payload in zip(entries, payloads, strict=True):
+        path = entry["path"]
+        if entry["kind"] == "encoded":
+            try:
+                leaf = parse(payload, budget)
+            except FormatError as err:
+                raise FormatError(f"section {path!r}: {err}") from None
+            shapes[path] = leaf.quantized.shape if leaf.quantized is not None else leaf.shape
+        else:
+            leaf = _raw_leaf(entry, payload)
+            shapes[path] = leaf.shape
+        del payload
+        (encoded if entry["kind"] == "encoded" else raw)[path] = (
+            leaf if convert is None else convert(path, leaf)
+        )
+    try:
+        check_layout(meta.get("layout"), shapes)
+    except LscError as err:
+        raise FormatError(f"layout record: {err}") from None
+    return encoded, raw
 
 
 def _read(data: bytes, budget: Budget) -> CompressedModel:
     meta, sections = container.unpack(data)
-    encoded, raw = {}, {}
-    for entry, payload in sections:
-        path = entry["path"]
-        if path in encoded or path in raw:
-            raise FormatError(f"section {path!r} appears twice")
-        if entry["kind"] == "encoded":
-            try:
-                encoded[path] = parse(payload, budget)
-            except FormatError as err:
-                raise FormatError(f"section {path!r}: {err}") from None
-        elif entry["kind"] == "raw":
-            raw[path] = _raw_leaf(entry, payload, budget)
-        else:
-            raise FormatError(f"section {path!r}: unknown kind {entry['kind']!r}")
-    try:
-        nest(dict.fromkeys(list(encoded) + list(raw)))
-    except FormatError as err:
-        raise FormatError(f"inconsistent leaf paths: {err}") from None
-    model = CompressedModel(encoded=encoded, raw=raw, meta=meta)
-    try:
-        check_layout(meta.get("layout"), model.shapes())
-    except LscError as err:
-        raise FormatError(f"layout record: {err}") from None
-    return model
+    entries = [entry for entry, _ in sections]
+    encoded, raw = _leaves(meta, entries, (payload for _, payload in sections), budget)
+    return CompressedModel(encoded=encoded, raw=raw, meta=meta)
 
 
 def from_bytes(data: bytes, *, max_bytes: int | None = None) -> CompressedModel:
@@ -353,7 +386,11 @@ def load(
     where: Where = None,
     max_bytes: int | None = None,
 ):
-    """Read an .lsc file.
+    """Read an .lsc file, one section at a time (the file is never held whole).
+
+    The "dense" and "quantized" layouts decode each tensor as its section is read, so the peak
+    memory is the result plus about one tensor being decoded; "model" and "block_sparse" hold
+    the parsed CompressedModel first.
 
     Args:
       path: the file.
@@ -371,7 +408,7 @@ def load(
         (default all; the others dense, see `CompressedModel.block_sparse_params`).
       max_bytes: the reading budget: the most bytes the arrays that the file declares may take
         (decoded leaves, and for every layout but "model" the dense float32 weights), checked
-        before anything is allocated. Default: `DEFAULT_EXPANSION` (1024) times the file size,
+        before each is allocated (the raw leaves' sizes, from the header, before any leaf). Default: `DEFAULT_EXPANSION` (1024) times the file size,
         at least 256 MiB (`lscjax._src.coding.budget`); pass a larger int to read more.
 
     Raises:
@@ -381,18 +418,31 @@ def load(
     """
     if layout not in LAYOUTS:
         raise LscError(f"layout must be one of {LAYOUTS}, got {layout!r}")
-    data = Path(path).read_bytes()
-    budget = Budget.of(len(data), max_bytes)
-    model = _read(data, budget)
-    if layout == "model":
-        return model
-    for leaf_path, enc in model.encoded.items():
-        shape = enc.quantized.shape if enc.quantized is not None else enc.shape
-        budget.charge(4 * math.prod(shape), f"the dense weights of {leaf_path!r}")
-    if layout == "quantized":
-        return model.quantized_params()
-    if layout == "block_sparse":
-        return model.block_sparse_params(
-            block, max_density=max_density, stacked=stacked, where=where
-        )
-    return model.params()
+    meta, entries, payloads = container.read_sections(path)
+    budget = Budget.of(Path(path).stat().st_size, max_bytes)
+    with contextlib.closing(payloads):
+        if layout in ("model", "block_sparse"):
+            encoded, raw = _leaves(meta, entries, payloads, budget)
+            model = CompressedModel(encoded=encoded, raw=raw, meta=meta)
+            if layout == "model":
+                return model
+            for leaf_path, enc in model.encoded.items():
+                _charge_dense(budget, leaf_path, enc)
+            return model.block_sparse_params(
+                block, max_density=max_density, stacked=stacked, where=where
+            )
+
+        def convert(leaf_path: str, leaf):
+            if isinstance(leaf, np.ndarray):
+                return leaf if layout == "quantized" else jnp.asarray(leaf)
+            _charge_dense(budget, leaf_path, leaf)
+            one = decode_qarray(leaf) if leaf.quantized is not None else decode(leaf)
+            return one if layout == "quantized" else _dense(one)
+
+        encoded, raw = _leaves(meta, entries, payloads, budget, convert)
+    return nest(encoded | raw)
+
+
+def _charge_dense(budget: Budget, path: str, enc) -> None:
+    shape = enc.quantized.shape if enc.quantized is not None else enc.shape
+    budget.charge(4 * math.prod(shape), f"the dense weights of {path!r}")

@@ -19,8 +19,10 @@ ever executed or unpickled.
 """
 
 import json
+import os
 import struct
 import zlib
+from collections.abc import Iterator
 
 from lscjax._src.coding.validate import check_int
 from lscjax._src.errors import FormatError
@@ -72,22 +74,11 @@ def _check_entry(i: int, entry) -> None:
     check_int(entry.get("crc32"), f"section {i} ({entry['path']!r}) crc32", 0, 2**32 - 1)
 
 
-def unpack(data: bytes) -> tuple[dict, list[tuple[dict, memoryview]]]:
-    """Parse and verify a container.
-
-    Args:
-      data: the whole file.
-
-    Returns:
-      (meta, [(entry, payload), ...]) with every payload's length and CRC32 verified.
-
-    Raises:
-      FormatError: not an lscjax file, unknown version, truncated, corrupted (CRC mismatch),
-        lengths that do not add up to the file size, or a malformed header.
-    """
-    size = len(data)
+def _parse_header(read, size: int) -> tuple[dict, list[dict], int]:
+    """(meta, section entries, offset of the first section) of a container of `size` bytes,
+    every field and length checked; ``read(offset, n)`` gives n bytes of it."""
     _require(size >= PREFIX_BYTES, f"file too short for an lscjax container ({size} bytes)")
-    magic, version, flags, header_len, header_crc = _PREFIX.unpack_from(data)
+    magic, version, flags, header_len, header_crc = _PREFIX.unpack(read(0, PREFIX_BYTES))
     _require(magic == MAGIC, "not an lscjax file (bad magic)")
     _require(
         version == VERSION, f"unknown container version {version} (this lscjax reads {VERSION})"
@@ -97,8 +88,7 @@ def unpack(data: bytes) -> tuple[dict, list[tuple[dict, memoryview]]]:
         header_len <= min(size - PREFIX_BYTES, MAX_HEADER_BYTES),
         f"header declares {header_len} bytes but the file has {size - PREFIX_BYTES} after the prefix",
     )
-    view = memoryview(data)
-    header_bytes = view[PREFIX_BYTES : PREFIX_BYTES + header_len]
+    header_bytes = read(PREFIX_BYTES, header_len)
     _require(zlib.crc32(header_bytes) == header_crc, "header CRC32 mismatch (corrupted file)")
     try:
         header = json.loads(bytes(header_bytes).decode("utf-8"))
@@ -118,13 +108,72 @@ def unpack(data: bytes) -> tuple[dict, list[tuple[dict, memoryview]]]:
         declared == body,
         f"sections declare {declared} bytes but the file holds {body} after the header",
     )
-    out, offset = [], PREFIX_BYTES + header_len
-    for entry in header["sections"]:
-        payload = view[offset : offset + entry["length"]]
-        _require(
-            zlib.crc32(payload) == entry["crc32"],
-            f"section {entry['path']!r}: CRC32 mismatch (corrupted file)",
-        )
-        out.append((entry, payload))
+    return header["meta"], header["sections"], PREFIX_BYTES + header_len
+
+
+def _checked(entry: dict, payload):
+    _require(
+        zlib.crc32(payload) == entry["crc32"],
+        f"section {entry['path']!r}: CRC32 mismatch (corrupted file)",
+    )
+    return payload
+
+
+def unpack(data: bytes) -> tuple[dict, list[tuple[dict, memoryview]]]:
+    """Parse and verify a container.
+
+    Args:
+      data: the whole file.
+
+    Returns:
+      (meta, [(entry, payload), ...]) with every payload's length and CRC32 verified.
+
+    Raises:
+      FormatError: not an lscjax file, unknown version, truncated, corrupted (CRC mismatch),
+        lengths that do not add up to the file size, or a malformed header.
+    """
+    view = memoryview(data)
+    meta, entries, offset = _parse_header(lambda at, n: view[at : at + n], len(data))
+    out = []
+    for entry in entries:
+        out.append((entry, _checked(entry, view[offset : offset + entry["length"]])))
         offset += entry["length"]
-    return header["meta"], out
+    return meta, out
+
+
+def read_sections(path) -> tuple[dict, list[dict], Iterator[bytes]]:
+    """A container file read one section at a time (the file is never held whole).
+
+    Args:
+      path: the .lsc file.
+
+    Returns:
+      (meta, section entries, the payloads): the header is checked as `unpack` checks it
+      before this returns; each payload is read and its CRC32 verified as the iterator reaches
+      it (the file stays open until the iterator is exhausted or closed).
+
+    Raises:
+      FormatError: as `unpack` (a CRC mismatch when the iterator reaches that section).
+    """
+    f = open(path, "rb")  # noqa: SIM115 -- closed by `payloads`
+    try:
+        size = os.fstat(f.fileno()).st_size
+
+        def read(at: int, n: int) -> bytes:
+            f.seek(at)
+            data = f.read(n)
+            _require(len(data) == n, f"file ends at {at + len(data)} of {size} bytes")
+            return data
+
+        meta, entries, offset = _parse_header(read, size)
+    except BaseException:
+        f.close()
+        raise
+
+    def payloads() -> Iterator[bytes]:
+        with f:
+            f.seek(offset)
+            for entry in entries:
+                yield _checked(entry, read(f.tell(), entry["length"]))
+
+    return meta, entries, payloads()

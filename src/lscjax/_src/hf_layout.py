@@ -145,17 +145,45 @@ def from_torch(
     """
     from lscjax._src.tree import nest
 
+    arrays = {name: np.asarray(value) for name, value in state_dict.items()}
+    specs = {name: (array.shape, array.dtype) for name, array in arrays.items()}
+    layout = torch_plan(specs, embeddings=embeddings, skip=skip)
+    flat = {
+        path: apply_transform(arrays[entry["source"]], entry["transform"])
+        for path, entry in layout.items()
+    }
+    return nest(flat), layout
+
+
+def torch_plan(
+    specs: Mapping[str, tuple[tuple, Any]],
+    *,
+    embeddings: NameTest = EMBEDDINGS,
+    skip: NameTest = None,
+) -> Layout:
+    """The layout record `from_torch` gives a state dict, from its tensors' shapes and dtypes
+    alone (nothing is read or converted).
+
+    Args:
+      specs: {dotted torch name: (shape, dtype)} in the state dict's order.
+      embeddings, skip: as in `from_torch`.
+
+    Returns:
+      ``{"a/b/kernel": {"source": "a.b.weight", "transform": "transpose"}}`` for every tensor
+      `skip` keeps, in the order of `specs`.
+
+    Raises:
+      LscError: as `from_torch`.
+    """
     is_embedding = _matcher(embeddings, "embeddings")
     is_skipped = _matcher(skip, "skip")
-    flat: dict[str, np.ndarray] = {}
     layout: Layout = {}
-    for name, value in state_dict.items():
+    for name, (shape, dtype) in specs.items():
         if is_skipped(name):
             continue
-        array = np.asarray(value)
-        if not np.issubdtype(array.dtype, np.floating):
+        if not np.issubdtype(dtype, np.floating):
             raise LscError(
-                f"tensor {name!r}: dtype {array.dtype} is not floating point (a buffer?); "
+                f"tensor {name!r}: dtype {dtype} is not floating point (a buffer?); "
                 "name it in skip= to leave it out"
             )
         parts = name.split(".")
@@ -163,16 +191,15 @@ def from_torch(
             raise LscError(
                 f"tensor {name!r}: expected a dotted name 'module.weight' or 'module.bias'"
             )
-        leaf, transform = _rule(name, ".".join(parts[:-1]), parts[-1], array.ndim, is_embedding)
+        leaf, transform = _rule(name, ".".join(parts[:-1]), parts[-1], len(shape), is_embedding)
         path = "/".join([*parts[:-1], leaf])
         if path in layout:
             raise LscError(
                 f"tensors {layout[path]['source']!r} and {name!r} both convert to {path!r}"
             )
-        flat[path] = apply_transform(array, transform)
         layout[path] = {"source": name, "transform": transform}
-    if not flat:
+    if not layout:
         raise LscError(
-            f"no tensor converted: the state dict has {len(state_dict)} tensors and skip= left out all of them"
+            f"no tensor converted: the state dict has {len(specs)} tensors and skip= left out all of them"
         )
-    return nest(flat), layout
+    return layout

@@ -27,11 +27,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from lscjax._src import container
-from lscjax._src.checkpoints import is_torch_layout
+from lscjax._src.checkpoints import LAYOUTS, is_torch_layout, layout_shape, torch_layout
 from lscjax._src.coding.codec import encode
 from lscjax._src.compress import RECIPES, Recipe, recipe_meta
 from lscjax._src.compressed import CompressedModel, raw_section
 from lscjax._src.errors import FormatError, LscError
+from lscjax._src.hf_layout import apply_transform
 from lscjax._src.prune.distributions import layer_sparsities
 from lscjax._src.prune.magnitude import check_sparsity, keep_count, topk_mask
 from lscjax._src.quant.kmeans import DEFAULT_INIT, MAX_ITERS, TOL, kmeans_leaf
@@ -108,23 +109,34 @@ class SafetensorsSource:
     process's resident memory holds the tensors in use, not the file; `chunks` reads one in
     pieces through one reused buffer.
 
-    Keys are leaf paths as `lscjax._src.checkpoints.read_params` gives them: split on '/' when
-    any key has one, else on '.', with a top-level 'params' group unwrapped.
+    Keys are leaf paths as `lscjax._src.checkpoints.read_checkpoint` gives them: split on '/'
+    when any key has one, else on '.', with a top-level 'params' group unwrapped; a PyTorch /
+    Hugging Face state dict (dotted names, 'weight' leaves) is converted per tensor to Flax's
+    names and orientation by the same rules (`checkpoints.torch_layout`), each tensor
+    re-oriented as it is read.
 
     Args:
       path: a `.safetensors` file, a `model.safetensors.index.json` index, or a folder holding
         either (an index, or exactly one `.safetensors` file).
+      layout: "auto" (PyTorch when `checkpoints.is_torch_layout` says so), "flax" or "torch",
+        as `read_checkpoint`'s.
 
     Attributes:
       files: the `.safetensors` files, in index order.
-      paths: {leaf path: (file index, key, shape, dtype name)} in flattening order.
+      paths: {leaf path: (file index, key, shape, dtype name)} in flattening order (the Flax
+        shape of a converted tensor).
+      layout: the layout record of a converted PyTorch checkpoint (as `read_checkpoint`'s),
+        or None.
 
     Raises:
       FileNotFoundError: no such file, or a file the index names is missing.
       FormatError: an index or file that does not parse, or conflicting keys.
+      LscError: an unknown `layout`, a PyTorch tensor the conversion has no rule for.
     """
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, layout: str = "auto"):
+        if layout not in LAYOUTS:
+            raise LscError(f"layout must be one of {LAYOUTS}, got {layout!r}")
         self.files = _resolve_files(Path(path))
         self._spans = {}
         keys: dict[str, tuple] = {}
@@ -135,11 +147,24 @@ class SafetensorsSource:
                     raise FormatError(f"{file}: tensor {key!r} also in {self.files[keys[key][0]]}")
                 keys[key] = (i, key, shape, dtype)
                 self._spans[key] = (begin, end)
-        sep = "/" if any("/" in k for k in keys) else "."
-        tree = nest({k.replace(sep, "/"): k for k in keys})
-        if isinstance(tree.get("params"), dict):
-            tree = tree["params"]
-        self.paths = {p: keys[k] for p, k in leaves_with_paths(tree)}
+        self.layout, self._transforms = None, {}
+        if layout == "torch" or (layout == "auto" and is_torch_layout(keys)):
+            # sorted: the order safetensors' own reader gives the in-memory path
+            specs = {k: (keys[k][2], np.dtype(jnp.dtype(keys[k][3]))) for k in sorted(keys)}
+            self.layout = torch_layout(specs)
+            named = {}
+            for leaf, entry in self.layout.items():
+                file, key, shape, dtype = keys[entry["source"]]
+                named[leaf] = (file, key, layout_shape(shape, entry["transform"]), dtype)
+                self._transforms[leaf] = entry["transform"]
+            tree = nest({leaf: leaf for leaf in named})
+        else:
+            named = keys
+            sep = "/" if any("/" in k for k in keys) else "."
+            tree = nest({k.replace(sep, "/"): k for k in keys})
+            if isinstance(tree.get("params"), dict):
+                tree = tree["params"]
+        self.paths = {p: named[k] for p, k in leaves_with_paths(tree)}
 
     def shape_tree(self) -> dict:
         """The params as nested zero-cost arrays of the tensors' shapes (for `where=`)."""
@@ -151,11 +176,15 @@ class SafetensorsSource:
         out = np.empty(shape, little)
         with f:
             _read_into(f, out.reshape(-1).view(np.uint8))
-        return out.astype(little.newbyteorder("="), copy=False)
+        out = out.astype(little.newbyteorder("="), copy=False)
+        if path not in self._transforms:
+            return out
+        return apply_transform(out, self._transforms[path])
 
     def chunks(self, path: str, size: int = CHUNK) -> Iterator[np.ndarray]:
         """The tensor at leaf `path` flattened, in pieces of at most `size` elements (native
-        byte order); the pieces share one buffer, so each is valid until the next is read."""
+        byte order; a converted PyTorch tensor's in its stored orientation); the pieces share
+        one buffer, so each is valid until the next is read."""
         f, little, shape = self._open(path)
         total = math.prod(shape)
         buffer = np.empty(min(size, total), little)
@@ -166,11 +195,17 @@ class SafetensorsSource:
                 yield piece.astype(little.newbyteorder("="), copy=False)
 
     def _open(self, path: str):
-        """(the unbuffered file at the tensor's first byte, its little-endian dtype, shape)."""
-        file, key, shape, dtype = self.paths[path]
-        f = open(self.files[file], "rb", buffering=0)
+        """(the unbuffered file at the tensor's first byte, its little-endian dtype, its shape
+        as stored)."""
+        file, key, _, dtype = self.paths[path]
+        f = open(self.files[file], "rb", buffering=0)  # noqa: SIM115 -- the callers close it
         f.seek(self._spans[key][0])
-        return f, np.dtype(jnp.dtype(dtype)).newbyteorder("<"), shape
+        return f, np.dtype(jnp.dtype(dtype)).newbyteorder("<"), self._stored_shape(path)
+
+    def _stored_shape(self, path: str) -> tuple:
+        if path in self._transforms:
+            return tuple(self.layout[path]["source_shape"])
+        return self.paths[path][2]
 
 
 def _read_into(f, out: np.ndarray) -> None:
@@ -345,11 +380,14 @@ def compress_file(
     where: Where = None,
     workers: int | None = None,
     progress: Callable | None = None,
+    layout: str = "auto",
 ) -> CompressedModel:
     """Compress a safetensors checkpoint into an .lsc file, one tensor in memory at a time.
 
-    The result is byte-identical to ``save(output, compress(read_params(checkpoint), recipe,
-    where=where))`` for recipes that prune one-shot (no `retrain`), whatever `workers`.
+    The result is byte-identical to ``save(output, compress(ckpt.params, recipe, where=where,
+    layout=ckpt.layout))`` with ``ckpt = read_checkpoint(checkpoint, layout=layout)`` for
+    recipes that prune one-shot (no `retrain`), whatever `workers`; a PyTorch / Hugging Face
+    state dict is converted to Flax's names and orientation one tensor at a time.
 
     Args:
       checkpoint: a `.safetensors` file, a `model.safetensors.index.json`, or a folder with
@@ -360,6 +398,7 @@ def compress_file(
         sees zero-cost arrays of each leaf's shape, not its values.
       workers: threads encoding tensors in parallel (default: every core).
       progress: called with each leaf path as it is written.
+      layout: "auto", "flax" or "torch" (`SafetensorsSource`).
 
     Returns:
       A CompressedModel for reports: the encoded leaves, and the raw ones as zero-cost arrays
@@ -367,7 +406,7 @@ def compress_file(
 
     Raises:
       LscError: an unknown recipe, a training recipe or one with per-layer rules, a
-        checkpoint in PyTorch layout, a bad leaf (named), `workers` < 1.
+        PyTorch tensor the conversion has no rule for, a bad leaf (named), `workers` < 1.
       FormatError: a checkpoint that does not parse.
     """
     rc = RECIPES.get(recipe) if isinstance(recipe, str) else recipe
@@ -378,12 +417,7 @@ def compress_file(
     workers = (os.cpu_count() or 1) if workers is None else workers
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise LscError(f"workers must be an int >= 1, got {workers!r}")
-    source = SafetensorsSource(checkpoint)
-    if is_torch_layout(dict.fromkeys(key for _, key, _, _ in source.paths.values())):
-        raise LscError(
-            f"{checkpoint}: PyTorch layout (dotted names, 'weight' leaves), which compress_file "
-            "does not convert: use lscjax.compress(lscjax.read_params(path)) (Flax orientation)"
-        )
+    source = SafetensorsSource(checkpoint, layout)
     chosen = selection(source.shape_tree(), where)
     import jax
 
@@ -420,7 +454,7 @@ def compress_file(
                     )
                     if progress is not None:
                         progress(path)
-            meta = recipe_meta(rc, pruned_by="magnitude")
+            meta = recipe_meta(rc, pruned_by="magnitude", layout=source.layout)
             with open(output, "wb") as out:
                 out.write(container.header(meta, sections["encoded"] + sections["raw"]))
                 for part in parts:

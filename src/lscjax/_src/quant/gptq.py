@@ -9,6 +9,7 @@ Hessian diagonal). Zeros of a pruned kernel stay exactly 0, so GPTQ runs after S
 Wanda on their masks.
 """
 
+import dataclasses
 import functools
 from collections.abc import Mapping
 
@@ -31,24 +32,13 @@ from lscjax._src.quant.kmeans import DEFAULT_INIT, kmeans_leaf
 from lscjax._src.quant.lloyd import nearest
 from lscjax._src.quant.options import per_leaf
 from lscjax._src.quant.qarray import QArray, check_bits, code_dtype
+from lscjax._src.quant.rdq import assign, check_lam, compacted, prepare, rate_penalty, solve
+from lscjax._src.quant.uniform import grid_values, uniform_grid
 from lscjax._src.tree import Where, map_selected
 
 GRIDS = ("uniform", "kmeans")
-
-
-def uniform_grid(x: jax.Array, maxq: int) -> tuple[jax.Array, jax.Array]:
-    """Per-row asymmetric min-max grid of x float32 [n, c] (0 always on it): (scale, zero) [n]."""
-    lo = jnp.minimum(jnp.min(x, axis=1), 0.0)
-    hi = jnp.maximum(jnp.max(x, axis=1), 0.0)
-    flat = lo == hi
-    lo, hi = jnp.where(flat, -1.0, lo), jnp.where(flat, 1.0, hi)
-    scale = (hi - lo) / maxq
-    return scale, jnp.round(-lo / scale)
-
-
-def grid_values(scale: jax.Array, zero: jax.Array, maxq: int) -> jax.Array:
-    """The grid values float32 [..., maxq + 1] of scales and zero points [...]."""
-    return scale[..., None] * (jnp.arange(maxq + 1, dtype=jnp.float32) - zero[..., None])
+RATE_PASSES = 3
+"""The most rate-aware sweeps (code lengths re-estimated between them)."""
 
 
 @functools.partial(jax.jit, static_argnames=("block", "group"))
@@ -95,11 +85,18 @@ def uniform_sweep(wt, u, keep, maxq, *, block: int, group: int):
 
 
 @functools.partial(jax.jit, static_argnames=("block", "reserved"))
-def codebook_sweep(wt, u, keep, codebook, *, block: int, reserved: bool):
+def codebook_sweep(wt, u, keep, codebook, penalty=None, norm=None, *, block: int, reserved: bool):
     """GPTQ onto one codebook float32 [K] (entry 0 = exactly 0.0 for pruned weights when
-    `reserved`; the others taken by nearest value). Returns (Wt [n, dp], codes int32 [n, dp])."""
+    `reserved`; the others taken by nearest value). Returns (Wt [n, dp], codes int32 [n, dp]).
+
+    With `penalty` float32 [K] (lam x each code's length in bits, inf for a dropped code) and
+    `norm` float32 [] (1 / the distortion's scale), each weight instead takes the code
+    minimising ``norm * (w - c)^2 / U_ii^2 + penalty`` (CERWU's rate-aware rounding: the
+    OBS loss of fixing feature i at c, plus lam x its rate).
+    """
     rows, dp = wt.shape
     choices = codebook[int(reserved) :]
+    rates = None if penalty is None else penalty[int(reserved) :]
 
     def start(w1, diag1, i1, aux):
         return aux
@@ -107,7 +104,11 @@ def codebook_sweep(wt, u, keep, codebook, *, block: int, reserved: bool):
     def column(w1, i, gi, diag1, codes):
         w = jax.lax.dynamic_index_in_dim(w1, i, axis=1, keepdims=False)
         kept = jax.lax.dynamic_index_in_dim(keep, gi, axis=1, keepdims=False)
-        code = jnp.where(kept, nearest(w[:, None], choices[:, None]) + int(reserved), 0)
+        if rates is None:
+            pick = nearest(w[:, None], choices[:, None])
+        else:
+            pick = assign(w, norm / diag1[i] ** 2, choices, rates)
+        code = jnp.where(kept, pick + int(reserved), 0)
         codes = jax.lax.dynamic_update_index_in_dim(codes, code, gi, axis=1)
         return jnp.where(kept, codebook[code], 0.0), codes
 
@@ -116,7 +117,43 @@ def codebook_sweep(wt, u, keep, codebook, *, block: int, reserved: bool):
     )
 
 
-def gptq_leaf(path, w, stats, bits, *, grid, group_size, block_size, damp, init, key) -> QArray:
+def rate_aware_sweeps(path, mat, wt, u, keep, importance, bits, lam, *, order, block, init, key):
+    """Rate-aware GPTQ of the kernel mat float32 [d, n] (see `gptq`'s `lam`) -> QArray.
+
+    The codebook and the first code lengths are `rdq`'s (grid="kmeans", the Hessian diagonal
+    as importance); each sweep then rounds with those lengths and the lengths are re-estimated
+    from its codes, for at most RATE_PASSES sweeps or until the code counts stop changing.
+    `wt`, `u` and `keep` hold the features in the sweep's `order` (int [d]).
+    """
+    d, n = mat.shape
+    start = solve(
+        prepare(path, mat, grid="kmeans", max_bits=bits, weights=importance, init=init, key=key),
+        lam,
+    )
+    k = 2**bits  # padded with unused entries (penalty inf): one compile per bits
+    book = jnp.pad(start.codebook, (0, k - start.codebook.shape[0]))
+    coded = np.asarray(mat) != 0
+    counts = np.bincount(np.asarray(start.codes)[coded].astype(np.int64), minlength=k)
+    precision = float(jnp.mean(1 / jnp.diagonal(u)[:d] ** 2))  # mean of 1 / [H^-1]_ii
+    norm = jnp.float32(1 / max(precision * float(np.var(mat)), np.finfo(np.float32).tiny))
+    reserved = not bool(coded.all())
+    for _ in range(RATE_PASSES):
+        penalty = rate_penalty(jnp.asarray(counts, jnp.float32), jnp.float32(lam))
+        _, codes_swept = codebook_sweep(
+            wt, u, keep, book, penalty, norm, block=block, reserved=reserved
+        )
+        codes = np.zeros((d, n), np.int64)
+        codes[np.asarray(order)] = np.asarray(codes_swept[:n, :d].T)
+        fresh = np.bincount(codes[coded].astype(np.int64), minlength=k)
+        if np.array_equal(fresh, counts):
+            break
+        counts = fresh
+    return compacted(codes, np.asarray(book))
+
+
+def gptq_leaf(
+    path, w, stats, bits, *, grid, group_size, block_size, damp, init, key, act_order=False, lam=0.0
+) -> QArray:
     """One kernel as a QArray by GPTQ (see `gptq`)."""
     d = int(stats.gram.shape[0])
     mat = matrix_view(path, w, d, layout=grid == "uniform")
@@ -125,8 +162,12 @@ def gptq_leaf(path, w, stats, bits, *, grid, group_size, block_size, damp, init,
     if d % group:
         raise LscError(f"leaf {path!r}: group_size {group} does not divide {d} input features")
     block = lazy_block(block_size, d, group if group_size is not None else 1)
-    u = inverse_factor(jnp.asarray(stats.gram, jnp.float32), damp)
-    wt, u = padded(mat.T, u, block)
+    gram = jnp.asarray(stats.gram, jnp.float32)
+    order = jnp.arange(d)
+    if act_order:  # the features of the largest H_ii first (GPTQ's "act-order")
+        order = jnp.argsort(-jnp.diagonal(gram), stable=True)
+    u = inverse_factor(gram[order][:, order], damp)
+    wt, u = padded(mat[order].T, u, block)
     keep = wt != 0
     shape = tuple(np.shape(w))
     if grid == "uniform":
@@ -145,11 +186,28 @@ def gptq_leaf(path, w, stats, bits, *, grid, group_size, block_size, damp, init,
         importance = jnp.broadcast_to(
             jnp.diagonal(jnp.asarray(stats.gram, jnp.float32))[:, None], mat.shape
         )
+        if lam > 0:
+            q = rate_aware_sweeps(
+                path,
+                mat,
+                wt,
+                u,
+                keep,
+                importance,
+                bits,
+                lam,
+                order=order,
+                block=block,
+                init=init,
+                key=key,
+            )
+            return dataclasses.replace(q, shape=shape, codes=q.codes.reshape(shape))
         q = kmeans_leaf(mat, bits, init=init, iters=1000, key=key, weights=importance)
         book = q.codebook
         reserved = bool(jnp.any(mat == 0))
         _, codes = codebook_sweep(wt, u, keep, book, block=block, reserved=reserved)
-    codes = codes[:n, :d].T.reshape(shape).astype(code_dtype(2**bits))
+    codes = jnp.zeros((d, n), codes.dtype).at[order].set(codes[:n, :d].T)
+    codes = codes.reshape(shape).astype(code_dtype(2**bits))
     return QArray(codes, jnp.asarray(book, jnp.float32), "kmeans", bits, shape)
 
 
@@ -163,8 +221,10 @@ def gptq(
     block_size: int = 128,
     damp: float = 0.01,
     init: str = DEFAULT_INIT,
+    act_order: bool = False,
     where: Where = None,
     seed: int = 0,
+    lam: float = 0.0,
 ):
     """GPTQ: quantize each calibrated kernel with error compensation (Frantar et al. 2023).
 
@@ -188,17 +248,28 @@ def gptq(
       block_size: features per lazy batch (rounded up to a multiple of group_size).
       damp: the damping, a fraction of the Hessian's mean diagonal, in [0, 1].
       init: the k-means init (grid="kmeans").
+      act_order: quantize the input features in decreasing order of H_ii (Frantar et al.'s
+        "act-order": the features whose errors cost most are fixed first, while the most
+        features remain to absorb them) instead of in index order; not with group_size.
       where: the leaves to quantize (default: every leaf that `stats` has).
       seed: PRNG seed of the random k-means inits.
+      lam: rate weight (grid="kmeans"; 0: plain GPTQ). lam > 0 makes the rounding rate-aware,
+        as CERWU (Conzelmann & Bamler 2025): each weight takes the code minimising its OBS
+        loss ``(w - c)^2 / [H^-1]_ii`` over ``mean_i(1 / [H^-1]_ii) Var(W)`` plus lam x the code's
+        length under the coder's rANS model (`lscjax.quant.rdq`'s scale-free lam). The
+        codebook and first lengths are `rdq`'s with the Hessian diagonal as importance; the
+        lengths are re-estimated between sweeps (at most RATE_PASSES). Entries no code uses
+        are dropped, so ``bits`` can come out below the requested bits. Pruned zeros stay 0
+        and are not coded.
 
     Returns:
       The params with a "kmeans" QArray at every selected kernel (codes uint8 / uint16 of the
       kernel's shape), other leaves unchanged.
 
     Raises:
-      LscError (a ValueError): bad bits, grid, group_size, block_size or damp; group_size with
-        grid="kmeans"; a selected leaf without stats or not matching them; an empty selection
-        (messages name the path).
+      LscError (a ValueError): bad bits, grid, group_size, block_size, damp or lam; group_size
+        with grid="kmeans" or act_order; lam > 0 with grid="uniform"; a selected leaf without stats or not matching them; an
+        empty selection (messages name the path).
 
     Example:
       >>> stats = lscjax.Calibration(apply_fn, [images]).stats(params)
@@ -206,11 +277,16 @@ def gptq(
     """
     if grid not in GRIDS:
         raise LscError(f"grid must be one of {GRIDS}, got {grid!r}")
+    lam = check_lam(lam)
+    if lam > 0 and grid != "kmeans":
+        raise LscError("lam > 0 (rate-aware GPTQ) applies to grid='kmeans' only")
     if group_size is not None:
         if grid != "uniform":
             raise LscError("group_size applies to grid='uniform' only")
         if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1:
             raise LscError(f"group_size must be None or an int >= 1, got {group_size!r}")
+        if act_order:
+            raise LscError("act_order applies without group_size only")
     block_size = check_block_size(block_size)
     damp = check_damp(damp)
     leaves = stats_leaves(params, stats, where)
@@ -229,5 +305,7 @@ def gptq(
             damp=damp,
             init=init,
             key=jax.random.fold_in(key, i),
+            act_order=bool(act_order),
+            lam=lam,
         )
     return map_selected(lambda p, _: done[p], params, where=lambda p, _: p in done, fill="keep")

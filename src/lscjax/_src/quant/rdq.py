@@ -34,11 +34,11 @@ import numpy as np
 
 from lscjax._src import ans_model
 from lscjax._src.errors import LscError
-from lscjax._src.quant.gptq import grid_values, uniform_grid
 from lscjax._src.quant.kmeans import DEFAULT_INIT, check_weights, kmeans_leaf, sample_index
 from lscjax._src.quant.lloyd import INITS
 from lscjax._src.quant.options import bits_for
 from lscjax._src.quant.qarray import QArray, code_dtype
+from lscjax._src.quant.uniform import grid_values, uniform_grid
 from lscjax._src.tree import Where, check_float_leaf, map_selected, selected_leaves
 
 GRIDS = ("kmeans", "uniform")
@@ -56,7 +56,7 @@ def check_lam(lam) -> float:
     return float(lam)
 
 
-def _penalty(counts: jax.Array, lam: jax.Array) -> jax.Array:
+def rate_penalty(counts: jax.Array, lam: jax.Array) -> jax.Array:
     """lam x code length float32 [K] of codes with counts [K]; inf for a code no weight holds."""
     lengths = ans_model.code_lengths(counts, jnp)
     return jnp.where(counts > 0, lam * lengths, jnp.inf)
@@ -91,7 +91,7 @@ def _envelope(centroids: jax.Array, mu: jax.Array) -> tuple[jax.Array, jax.Array
     return order[ranked].astype(jnp.int32), jnp.where(wins, upper, jnp.inf)[ranked]
 
 
-def _assign(points, importance, centroids, penalty) -> jax.Array:
+def assign(points, importance, centroids, penalty) -> jax.Array:
     """The code int32 [n] minimising ``importance * (point - centroid)^2 + penalty`` per point.
 
     Args:
@@ -145,7 +145,7 @@ def ec_lloyd(
         d = jnp.mean(importance * (points - c[assignment]) ** 2)
         return d + lam * jnp.mean(lengths[assignment])
 
-    assignment = _assign(points, importance, centroids, jnp.where(live, 0.0, jnp.inf))
+    assignment = assign(points, importance, centroids, jnp.where(live, 0.0, jnp.inf))
     counts = counts_of(assignment)
     trace = jnp.full((iters + 1,), objective(centroids, assignment, counts), jnp.float32)
 
@@ -155,7 +155,7 @@ def ec_lloyd(
 
     def body(carry):
         t, c, assignment, counts, trace, _ = carry
-        new = _assign(points, importance, c, _penalty(counts, lam))
+        new = assign(points, importance, c, rate_penalty(counts, lam))
         fixed = jnp.all(new == assignment)
         counts = counts_of(new)
         if update:
@@ -177,17 +177,17 @@ def ec_lloyd(
 
 @jax.jit
 def assign_all(points, importance, centroids, penalty) -> jax.Array:
-    """`_assign` of points float32 [n] (per-point importance [n]: in chunks of _CHUNK, bounded
+    """`assign` of points float32 [n] (per-point importance [n]: in chunks of _CHUNK, bounded
     memory) -> int32 [n]."""
     if importance.ndim == 0:
-        return _assign(points, importance, centroids, penalty)
+        return assign(points, importance, centroids, penalty)
     n = points.shape[0]
     pad = -n % _CHUNK
     chunks = (
         jnp.pad(points, (0, pad)).reshape(-1, _CHUNK),
         jnp.pad(importance, (0, pad)).reshape(-1, _CHUNK),
     )
-    codes = jax.lax.map(lambda c: _assign(c[0], c[1], centroids, penalty), chunks)
+    codes = jax.lax.map(lambda c: assign(c[0], c[1], centroids, penalty), chunks)
     return codes.reshape(-1)[:n]
 
 
@@ -295,16 +295,26 @@ def solve(layer: Layer, lam: float) -> QArray:
         update=layer.grid == "kmeans",
     )
     assignment = np.asarray(
-        assign_all(jnp.asarray(kept), jnp.asarray(importance), centroids, _penalty(counts, lam))
+        assign_all(jnp.asarray(kept), jnp.asarray(importance), centroids, rate_penalty(counts, lam))
     )
-    alive = np.bincount(assignment, minlength=centroids.shape[0]) > 0
-    renumber = np.cumsum(alive) - 1 + reserved
-    codebook = np.concatenate([np.zeros(reserved, np.float32), np.asarray(centroids)[alive]])
-    bits = bits_for(codebook.size)
-    codes = np.zeros(layer.values.size, code_dtype(2**bits))
-    codes[layer.nonzero] = renumber[assignment]
+    codes = np.zeros(layer.values.size, np.int64)
+    codes[layer.nonzero] = assignment + reserved
+    book = np.concatenate([np.zeros(reserved, np.float32), np.asarray(centroids)])
+    return compacted(codes.reshape(shape), book)
+
+
+def compacted(codes: np.ndarray, codebook: np.ndarray) -> QArray:
+    """The "kmeans" QArray of int codes [shape] into codebook float32 [K], the entries no code
+    uses dropped (the others keep their order) and bits = ceil(log2 of the entries left)."""
+    used = np.bincount(codes.reshape(-1), minlength=codebook.size) > 0
+    renumber = np.cumsum(used) - 1
+    bits = bits_for(int(used.sum()))
     return QArray(
-        jnp.asarray(codes.reshape(shape)), jnp.asarray(codebook, jnp.float32), "kmeans", bits, shape
+        jnp.asarray(renumber[codes].astype(code_dtype(2**bits))),
+        jnp.asarray(codebook[used], jnp.float32),
+        "kmeans",
+        bits,
+        tuple(codes.shape),
     )
 
 
