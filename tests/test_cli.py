@@ -145,7 +145,10 @@ def test_hf_checkpoint_with_recipe_file_and_report(tmp_path, capsys):
     # the density bound is lifted; the quantized word table is looked up from its codes
     serving = {r["path"]: r for r in report["serving"]}
     assert serving[ATTENTION_QUERY]["served"] == "dense"
-    assert serving[ATTENTION_QUERY]["why"] == f"block density 1.00 > {DEFAULT_MAX_DENSITY}: faster dense"
+    assert (
+        serving[ATTENTION_QUERY]["why"]
+        == f"block density 1.00 > {DEFAULT_MAX_DENSITY}: faster dense"
+    )
     assert serving[WORDS]["served"].startswith("codes lookup")
     assert main(["report", str(out), "--json", "--max-density", "1"]) == 0
     lifted = {r["path"]: r for r in json.loads(capsys.readouterr().out)["serving"]}
