@@ -133,9 +133,11 @@ def point(size: str, workers: list[int], tmp: pathlib.Path) -> list[dict]:
         for n in workers:
             out = tmp / f"{size}.lsc"
             argv = [sys.executable, "-m", "lscjax._src.cli", "compress", str(folder)]
+            before = os.getloadavg()[0]
             run = timed([*argv, "-o", str(out), "--recipe", "lsc", "--workers", str(n), "--quiet"])
             load = timed([sys.executable, "-c", LOAD, str(out)])
             row = {
+                "load_average_1min": [before, os.getloadavg()[0]],
                 "size": size,
                 "params": params,
                 "workers": n,
@@ -148,7 +150,7 @@ def point(size: str, workers: list[int], tmp: pathlib.Path) -> list[dict]:
             }
             rows.append(row)
             print(
-                f"  workers {n}: {row['compress_wall_s']:.1f} s, peak RSS "
+                f"  workers {n} (load average {before:.1f}): {row['compress_wall_s']:.1f} s, peak RSS "
                 f"{row['compress_peak_rss_mb']:.0f} MB, {row['weights_per_s'] / 1e6:.2f} M weights/s, "
                 f"ratio {row['ratio']:.1f}; load {row['load_wall_s']:.1f} s, "
                 f"{row['load_peak_rss_mb']:.0f} MB",
