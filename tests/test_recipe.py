@@ -149,3 +149,20 @@ def test_recorded_prune_is_what_ran(params):
         {"pattern": "d/", "bits": 3},
         {"pattern": "e", "keep_dense": True},
     ]
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        (dict(quant="lloyd"), "quant"),
+        (dict(quant="rdq"), "exactly one"),
+        (dict(quant="rdq", target_bits=3.0, target_distortion=0.01), "exactly one"),
+        (dict(target_bits=3.0), "quant='rdq'"),
+        (dict(quant="rdq", target_bits=-1.0), "target_bits"),
+        (dict(quant="rdq", target_distortion=float("inf")), "target_distortion"),
+        (dict(quant="rdq", target_bits=3.0, prune="sparsegpt"), "calibrated"),
+    ],
+)
+def test_rdq_recipe_checked_when_built(changes, message):
+    with pytest.raises(lscjax.LscError, match=message):
+        lscjax.recipe("lsc", **changes)

@@ -88,10 +88,11 @@ def where_regexes(patterns: list[str]):
 
 def _streamed(path: str, rc) -> bool:
     """Whether `lscjax compress` streams the checkpoint (`compress_file`, one tensor at a time):
-    a safetensors checkpoint (Flax or PyTorch layout) and a recipe without per-layer rules."""
+    a safetensors checkpoint (Flax or PyTorch layout) and a recipe without per-layer rules
+    or a global rdq target."""
     from lscjax._src.streaming import streams
 
-    return not rc.rules and streams(path)
+    return not rc.rules and rc.quant != "rdq" and streams(path)
 
 
 def _compress(args) -> None:
@@ -108,7 +109,11 @@ def _compress(args) -> None:
         "bits": args.bits,
         "format": args.format,
         "entropy": args.entropy,
+        "target_bits": args.target_bits,
+        "target_distortion": args.target_distortion,
     }
+    if args.target_bits is not None or args.target_distortion is not None:
+        flags["quant"] = "rdq"
     changes = {k: v for k, v in settings.items() if k not in ("recipe", "where")}
     changes |= {k: v for k, v in flags.items() if v is not None}
     # the recipe is built (and checked) before the checkpoint is read
@@ -234,6 +239,17 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--bits", type=int, help="code bits for every layer (0: float32 values)")
     comp.add_argument("--format", help="index format (lsc, ri, sri, csr, ...)")
     comp.add_argument("--entropy", choices=["ans", "context", "huffman", "none"])
+    comp.add_argument(
+        "--target-bits",
+        type=float,
+        help="entropy-constrained quantization (rdq) to this many encoded bits per weight of "
+        "the quantized layers: the best quality that fits",
+    )
+    comp.add_argument(
+        "--target-distortion",
+        type=float,
+        help="rdq to this relative MSE of the quantized layers: the smallest file within it",
+    )
     comp.add_argument(
         "--workers",
         type=int,

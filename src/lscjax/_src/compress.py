@@ -32,6 +32,8 @@ from lscjax._src.prune.magnitude import apply, check_sparsity
 from lscjax._src.prune.patterns import parse_pattern
 from lscjax._src.quant.kmeans import kmeans
 from lscjax._src.quant.qarray import dequantize, is_qarray
+from lscjax._src.quant.rdq import MAX_BITS as RDQ_MAX_BITS
+from lscjax._src.rdq_target import rdq_for_target
 from lscjax._src.train.admm import admm, admm_masks
 from lscjax._src.train.centroids import quantized_params, shared_centroids
 from lscjax._src.train.gradual import gradual, polynomial
@@ -137,6 +139,15 @@ class Recipe:
         `sparsity` is a float, the other leaves share the global threshold among themselves.
       pattern: the calibrated methods' sparsity pattern: None (unstructured), "n:m" or a
         pair (b0, b1) of block sides (see `lscjax.prune.sparsegpt`); calibrated methods only.
+      quant: "kmeans" (each layer to its bits) or "rdq": entropy-constrained quantization
+        (`lscjax.quant.rdq`, at most ``2**bits`` codes for an int `bits` up to 10, else 256)
+        at the lam that meets the target, found by `lscjax.quant.rdq_for_target` over all
+        quantized layers, sized with the recipe's format and entropy coder; not with the
+        calibrated prune methods.
+      target_bits: with quant="rdq", the encoded bits per weight of the quantized layers
+        (the best quality that fits).
+      target_distortion: with quant="rdq", their relative MSE ``sum ||W - Q||^2 /
+        sum N Var(W)`` (the smallest encoding within it). Exactly one target is given.
 
     Raises:
       LscError: a field out of range (sparsity outside [0, 1), bits outside [0, 16]), an
@@ -154,6 +165,9 @@ class Recipe:
     format_options: Mapping = dataclasses.field(default_factory=dict)
     rules: tuple[Rule, ...] = ()
     pattern: str | tuple[int, int] | None = None
+    quant: str = "kmeans"
+    target_bits: float | None = None
+    target_distortion: float | None = None
 
     def __post_init__(self):
         if isinstance(self.sparsity, Mapping):
@@ -175,6 +189,7 @@ class Recipe:
             if self.prune not in CALIBRATED_PRUNE:
                 raise LscError(f"recipe pattern applies to {tuple(CALIBRATED_PRUNE)} only")
             parse_pattern(self.pattern)
+        _check_quant(self)
         _check_format("recipe", self.format, self.format_options)
         check_entropy(self.entropy)
         if isinstance(self.rules, str | Mapping | Rule) or not isinstance(self.rules, Iterable):
@@ -217,6 +232,46 @@ class Recipe:
         if rule is None or rule.format is None:
             return self.format, dict(self.format_options)
         return rule.format, dict(rule.format_options or {})
+
+
+QUANT_METHODS = ("kmeans", "rdq")
+
+
+def _check_quant(rc: "Recipe") -> None:
+    """Raise LscError unless the recipe's quant and targets fit together."""
+    if rc.quant not in QUANT_METHODS:
+        raise LscError(f"recipe quant must be one of {QUANT_METHODS}, got {rc.quant!r}")
+    targets = {"target_bits": rc.target_bits, "target_distortion": rc.target_distortion}
+    given = {k: v for k, v in targets.items() if v is not None}
+    if rc.quant == "kmeans":
+        if given:
+            raise LscError(f"recipe {sorted(given)} needs quant='rdq'")
+        return
+    if len(given) != 1:
+        raise LscError(
+            f"recipe quant='rdq' needs exactly one of target_bits, target_distortion; got {sorted(given)}"
+        )
+    ((name, value),) = given.items()
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < np.inf:
+        raise LscError(f"recipe {name} must be a finite number > 0, got {value!r}")
+    if rc.prune in CALIBRATED_PRUNE:
+        raise LscError(f"recipe quant='rdq' does not run with the calibrated prune={rc.prune!r}")
+
+
+def _rdq_leaves(params, rc: "Recipe", paths) -> dict:
+    """{path: QArray} of the layers at `paths`, by rdq at the recipe's target (see Recipe)."""
+    max_bits = rc.bits if isinstance(rc.bits, int) and 0 < rc.bits <= RDQ_MAX_BITS else 8
+    q, _ = rdq_for_target(
+        params,
+        bits=rc.target_bits,
+        distortion=rc.target_distortion,
+        max_bits=max_bits,
+        where=lambda p, _: p in paths,
+        format=rc.format,
+        entropy=rc.entropy,
+        format_options=rc.format_options,
+    )
+    return {p: leaf for p, leaf in leaves_with_paths(q, is_leaf=is_qarray) if p in paths}
 
 
 def _rule_from(fields) -> Rule:
@@ -540,6 +595,9 @@ def compress(
                 params, calibration, picked, bits=bits, progress=progress
             )
     quantized = {p: b for p, b in bits.items() if b > 0 and p not in qleaves}
+    if rc.quant == "rdq" and quantized:
+        qleaves |= _rdq_leaves(params, rc, set(quantized))
+        quantized = {}
     if quantized or qleaves:
         for path in tqdm(quantized, desc="k-means", disable=not progress, leave=False):
             one = kmeans(params, quantized, where=lambda p, _, q=path: p == q)

@@ -10,10 +10,11 @@ quarter-octave quantized histogram as in entropy "ans". Rows and columns of diff
 from positions only, so decoding is one vectorised rANS call per context.
 
 The encoder tries every (row_bits, col_bits) in 0..MAX_CLASS_BITS and keeps the smallest
-estimated size (0, 0 is the static model). Classes start from the rank of each row's (column's)
-mean code length under the static model and are refined by reassigning every row and column to
-the class whose model codes it in the fewest bits (`REFINE_STEPS` alternations, counts
-vectorised).
+estimated size (0, 0 is the static model). Row classes are fitted on the rows' symbol
+histograms alone (and column classes on the columns'): equal-size groups by the mean code length
+under the static model, then `REFINE_STEPS` reassignments of every row to the class whose
+model codes it in the fewest bits. The stream is read twice for the histograms and once per
+configuration for its counts.
 
 Stream (after the caller's symbol table is known to be of `alphabet_bits`-bit symbols):
 gamma(m), the present symbols as in `entropy.SymbolCoder` (flag bit, bitmask or list); for m >= 2
@@ -46,8 +47,8 @@ MAX_CLASS_BITS = 2
 """Row and column classes take at most this many bits: at most 4 x 4 = 16 contexts."""
 REFINE_STEPS = 3
 MAX_FIT_ENTRIES = 2**22
-"""Bound on the count arrays of the class refinement ([rows or period, classes, m]): a larger
-configuration is not tried."""
+"""Bound on the histograms of the class fit ([rows or period, m]): past it, that axis gets no
+classes."""
 
 
 def _probabilities(weights: np.ndarray) -> np.ndarray:
@@ -106,7 +107,11 @@ class ContextCoder:
           symbols: the stream, int [n].
           period: codes per stream row, clipped to [1, max(n, 1)].
         """
-        present, index = np.unique(np.asarray(symbols, np.int64), return_inverse=True)
+        symbols = np.asarray(symbols, np.int64)
+        present = np.flatnonzero(np.bincount(symbols, minlength=1))
+        lookup = np.zeros(present[-1] + 1 if present.size else 1, np.int64)
+        lookup[present] = np.arange(present.size)
+        index = lookup[symbols]
         n, m = index.size, present.size
         period = min(max(int(period), 1), max(n, 1))
         if m <= 1:
@@ -114,13 +119,20 @@ class ContextCoder:
         pos = np.arange(n)
         row, col = pos // period, pos % period
         n_rows = -(-n // period)
+        lengths = -np.log2(np.bincount(index, minlength=m) / n)
+        classes = {"rows": {0: np.zeros(n_rows, np.int64)}, "cols": {0: np.zeros(period, np.int64)}}
+        for axis, ids, size in (("rows", row, n_rows), ("cols", col, period)):
+            if size * m > MAX_FIT_ENTRIES:
+                continue
+            hist = np.bincount(ids * m + index, minlength=size * m).reshape(size, m)
+            for bits in range(1, MAX_CLASS_BITS + 1):
+                classes[axis][bits] = _cluster(hist, 2**bits, lengths)
         best, best_bits = None, math.inf
-        for row_bits in range(MAX_CLASS_BITS + 1):
-            for col_bits in range(MAX_CLASS_BITS + 1):
-                k_r, k_c = 2**row_bits, 2**col_bits
-                if k_r * k_c > 1 and max(n_rows * k_c, period * k_r) * m > MAX_FIT_ENTRIES:
-                    continue
-                rows, cols = _refine(index, m, row, col, n_rows, period, k_r, k_c)
+        for row_bits, rows in classes["rows"].items():
+            for col_bits, cols in classes["cols"].items():
+                k_c = 2**col_bits
+                contexts = rows[row] * k_c + cols[col]
+                counts = _context_counts(index, m, contexts, 2**row_bits * k_c)
                 coder = cls(
                     alphabet_bits,
                     present,
@@ -129,9 +141,9 @@ class ContextCoder:
                     col_bits,
                     rows if row_bits else [],
                     cols if col_bits else [],
-                    _weights(_context_counts(index, m, rows[row] * k_c + cols[col], k_r * k_c)),
+                    _weights(counts),
                 )
-                bits = coder.size_bits(index, n)
+                bits = coder.size_bits(counts, n)
                 if bits < best_bits:
                     best, best_bits = coder, bits
         return best
@@ -165,9 +177,9 @@ class ContextCoder:
             + self._weight_width() * self.weights.size
         )
 
-    def size_bits(self, index: np.ndarray, n: int) -> int:
-        """Estimated total bits for present-symbol indices int [n] (rANS: from the model)."""
-        counts = _context_counts(index, self.symbols.size, self.contexts(n), len(self.weights))
+    def size_bits(self, counts: np.ndarray, n: int) -> int:
+        """Estimated total bits of a stream of n symbols whose counts per context and
+        present symbol are int [contexts, m] (rANS: from the model)."""
         info = _info_bits(counts, self.weights)
         words = int(np.ceil(info / ANS_WORD_BITS)) + 1 if info > 0 else 0
         return self.table_bits(n) + gamma_bits(words) + ANS_WORD_BITS * words
@@ -191,7 +203,7 @@ class ContextCoder:
         w.uints(self.weights.reshape(-1), width, INDEX)
         index = np.searchsorted(self.symbols, symbols).astype(np.int32)
         contexts = self.contexts(n)
-        order = np.argsort(contexts, kind="stable")
+        order = np.argsort(contexts.astype(np.uint8), kind="stable")  # a radix sort
         bounds = np.searchsorted(contexts[order], np.arange(len(self.weights) + 1))
         coder = constriction.stream.stack.AnsCoder()
         probabilities = _probabilities(self.weights)
@@ -249,7 +261,7 @@ class ContextCoder:
 
     def _read_stream(self, r: BitReader, count: int, what: str) -> np.ndarray:
         contexts = self.contexts(count)
-        order = np.argsort(contexts, kind="stable")
+        order = np.argsort(contexts.astype(np.uint8), kind="stable")  # a radix sort
         sizes = np.bincount(contexts, minlength=len(self.weights))
         present = (self.weights > 0).sum(axis=1)
         if np.any((sizes > 0) & (present == 0)):
@@ -286,37 +298,17 @@ def _context_counts(index: np.ndarray, m: int, contexts: np.ndarray, n_contexts:
     return flat.reshape(n_contexts, m)
 
 
-def _refine(index, m, row, col, n_rows, period, k_r, k_c):
-    """Row classes int64 [n_rows] and column classes int64 [period] for k_r x k_c contexts."""
-    rows = np.zeros(n_rows, np.int64)
-    cols = np.zeros(period, np.int64)
-    if k_r == 1 and k_c == 1:
-        return rows, cols
-    cost = -np.log2(np.bincount(index, minlength=m) / index.size)[index]
-    if k_r > 1:
-        rows = _rank_classes(np.bincount(row, cost, n_rows) / np.bincount(row, None, n_rows), k_r)
-    if k_c > 1:
-        cols = _rank_classes(np.bincount(col, cost, period) / np.bincount(col, None, period), k_c)
+def _cluster(hist: np.ndarray, k: int, lengths: np.ndarray) -> np.ndarray:
+    """Classes int64 [N] in [0, k) of N rows (or columns) with symbol histograms int [N, m]:
+    equal-size groups by the mean code length under the static model (`lengths` float [m]),
+    then REFINE_STEPS reassignments of each to the class whose model codes it in fewest bits."""
+    totals = np.maximum(hist.sum(axis=1), 1)
+    classes = _rank_classes(hist @ lengths / totals, k)
     for _ in range(REFINE_STEPS):
-        for by_row in (False, True) if k_c > 1 else (True,):
-            if by_row and k_r == 1:
-                continue
-            counts = _context_counts(index, m, rows[row] * k_c + cols[col], k_r * k_c)
-            # Smoothed code lengths [k_r, k_c, m] of the current models.
-            lengths = -np.log2(
-                (counts + 0.5) / (counts.sum(axis=1, keepdims=True) + 0.5 * m)
-            ).reshape(k_r, k_c, m)
-            if by_row:
-                per = np.bincount(
-                    (row * k_c + cols[col]) * m + index, minlength=n_rows * k_c * m
-                ).reshape(n_rows, k_c, m)
-                rows = np.einsum("ncs,kcs->nk", per, lengths).argmin(axis=1)
-            else:
-                per = np.bincount(
-                    (col * k_r + rows[row]) * m + index, minlength=period * k_r * m
-                ).reshape(period, k_r, m)
-                cols = np.einsum("nrs,rks->nk", per, lengths).argmin(axis=1)
-    return rows, cols
+        counts = np.stack([hist[classes == j].sum(axis=0) for j in range(k)])
+        model = -np.log2((counts + 0.5) / (counts.sum(axis=1, keepdims=True) + 0.5 * hist.shape[1]))
+        classes = (hist @ model.T).argmin(axis=1)
+    return classes
 
 
 def _rank_classes(score: np.ndarray, k: int) -> np.ndarray:

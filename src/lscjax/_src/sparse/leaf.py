@@ -21,9 +21,9 @@ from lscjax._src.tree import check_float_leaf, leaves_with_paths
 # Largest fraction of non-zero blocks at which a kernel is served block-sparse by default; denser
 # kernels are served dense (a QArray dequantized once). From `benchmarks/serve_density.py`: on CPU,
 # for transformer-sized kernels (384..3072 wide, 128 and 1024 rows of x, b=32, random block
-# positions, float values and 4-bit codes), the median ratio block-sparse / dense is about 0.6 at
-# 10% of the blocks, about 1.0 at 20% and above 1.4 from 30% on (docs/results/serving.md).
-DEFAULT_MAX_DENSITY = 0.2
+# positions, float values and 4-bit codes), the median ratio block-sparse / dense is 0.7 at 10% of
+# the blocks (worst point 1.07), 0.9-1.2 at 20% and above 1.3 from 30% on (docs/results/serving.md).
+DEFAULT_MAX_DENSITY = 0.1
 TABLE = "embedding"  # leaves of this name are embedding tables (Flax's Embed), looked up by row
 InAxes = None | Mapping[str, int] | Callable[[str, object], int | None]
 

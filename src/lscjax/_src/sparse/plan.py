@@ -72,9 +72,14 @@ class Tuning:
       slot_form_max_rows: rows of x (of one piece) above which a product batches over block rows
         instead of slots. The slot form's fused sum over Kmax writes every [M, b_out] product
         into the row's accumulator, which XLA:CPU does several times slower once M reaches a few
-        thousand rows (small layers at large batches, conv patches); from 2 rows up to this bound
-        it avoids the row form's transposed copy of the gathered x, which at M = 1 is free
-        (`benchmarks/matmul_forms.py`).
+        hundred rows; from 2 rows up to this bound it avoids the row form's transposed copy of
+        the gathered x, which at M = 1 is free. Large kernels are cut into pieces of x's rows
+        far below this bound (`temp_bytes`: 24 rows at 4096^2, 10% of 32 x 32 blocks), where the
+        slot form is 1.3-1.5x faster (`benchmarks/matmul_forms.py`); all-MiniLM-L6-v2's kernels
+        at 1024 rows are not cut, and there the row form was 1.5-3x faster per product
+        ([1024, 384] @ 384 x 384 with 4 of 12 blocks per row: 0.90 of dense against 3.06) and
+        the encoder at (8, 128) tokens, 90% balanced blocks, 2.0x faster than dense against
+        1.6x (`benchmarks/serve_bert.py`).
     """
 
     max_row_groups: int = 8
@@ -82,7 +87,7 @@ class Tuning:
     temp_bytes: int = 8 * 2**20
     min_overflow_saving: float = 0.2
     float_in_place_max_rows: int = 32
-    slot_form_max_rows: int = 1024
+    slot_form_max_rows: int = 128
 
 
 DEFAULT = Tuning()

@@ -1,0 +1,36 @@
+"""`lscjax compress --target-bits / --target-distortion`: rdq at the lam that meets the target."""
+
+import numpy as np
+
+import lscjax
+from lscjax._src.cli import main
+
+
+def test_compress_to_a_target_with_rdq(tmp_path, capsys):
+    """--target-bits: the quantized layers' encoded bits per weight just within the target;
+    --target-distortion: their relative MSE just within it."""
+    rng = np.random.default_rng(0)
+    flat = {
+        "Dense_0.kernel": rng.normal(size=(64, 48)).astype(np.float32),
+        "Dense_0.bias": np.zeros(48, np.float32),
+        "Dense_1.kernel": rng.laplace(size=(48, 16)).astype(np.float32),
+    }
+    np.savez(tmp_path / "p.npz", **flat)
+    out = tmp_path / "p.lsc"
+    args = ["compress", str(tmp_path / "p.npz"), "-o", str(out), "--quiet", "--sparsity", "0"]
+    args += ["--format", "dense", "--bits", "4"]
+    kernels = {p: flat[p.replace("/", ".")] for p in ("Dense_0/kernel", "Dense_1/kernel")}
+    weights = sum(w.size for w in kernels.values())
+    assert main([*args, "--target-bits", "2.5"]) == 0
+    model = lscjax.load(out, layout="model")
+    assert model.meta["recipe"]["quant"] == "rdq"
+    bits = 8 * sum(len(model.encoded[p].to_bytes()) for p in kernels) / weights
+    assert 2.3 < bits <= 2.5
+    assert main([*args, "--target-distortion", "0.05"]) == 0
+    params = lscjax.load(out)
+    error = sum(
+        np.sum((np.asarray(params[p.split("/")[0]]["kernel"]) - w) ** 2) for p, w in kernels.items()
+    )
+    spread = sum(w.size * np.var(w) for w in kernels.values())
+    assert 0.04 < error / spread <= 0.05
+    capsys.readouterr()
