@@ -87,7 +87,7 @@ def body(*fields) -> bytes:
         (b"PK\x03\x04" + b"\x00" * 10, "header"),
         (MAGIC + bytes([99, 0, 0, 0]), "version"),
         (MAGIC + bytes([VERSION, 200, 0, 0]), "format id"),
-        (MAGIC + bytes([VERSION, 0, 0, 3]), "flags"),
+        (MAGIC + bytes([VERSION, 0, 0, 8]), "flags"),  # bit 3: no such flag
         (MAGIC + bytes([VERSION, 0, 250, 0]), "dtype"),
         (header("dense") + body(1, 2**40), "dimension must be in"),  # a 2^40-element shape
         (header("dense") + body(17), "exceeds"),  # 17 axes
