@@ -166,6 +166,8 @@ def test_bad_inputs_are_clear_errors(checkpoint, tmp_path):
         compress_file(folder, tmp_path / "x.lsc", "lsc", workers=0)
     with pytest.raises(lscjax.LscError, match="admm"):
         compress_file(folder, tmp_path / "x.lsc", lscjax.recipe("lsc", prune="admm"))
+    with pytest.raises(lscjax.LscError, match="quant='rdq'"):
+        compress_file(folder, tmp_path / "x.lsc", lscjax.recipe("lsc", quant="rdq", target_bits=3))
     bad = {"a.kernel": np.ones((3, 4), np.float32), "b.kernel": np.ones((4, 2), np.float32)}
     bad["b.kernel"][1, 1] = np.nan
     save_file(bad, str(tmp_path / "nan.safetensors"))

@@ -405,7 +405,8 @@ def compress_file(
       of their shape and dtype (the file holds their values).
 
     Raises:
-      LscError: an unknown recipe, a training recipe or one with per-layer rules, a
+      LscError: an unknown recipe, a training recipe, one with per-layer rules or
+        quant="rdq", a
         PyTorch tensor the conversion has no rule for, a bad leaf (named), `workers` < 1.
       FormatError: a checkpoint that does not parse.
     """
@@ -414,6 +415,11 @@ def compress_file(
         raise LscError(f"unknown recipe {recipe!r}; expected one of {sorted(RECIPES)}")
     if rc.rules:
         raise LscError("compress_file takes no per-layer rules (Recipe.rules): use lscjax.compress")
+    if rc.quant != "kmeans":
+        raise LscError(
+            f"compress_file quantizes with k-means only, got Recipe.quant={rc.quant!r} (its "
+            "target is met over all layers at once): use lscjax.compress"
+        )
     workers = (os.cpu_count() or 1) if workers is None else workers
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise LscError(f"workers must be an int >= 1, got {workers!r}")
