@@ -117,6 +117,12 @@ def inverse_factor(gram: jax.Array, damp: float | jax.Array) -> jax.Array:
     return jnp.linalg.cholesky(inv).T
 
 
+def lazy_block(block_size: int, d: int, multiple: int) -> int:
+    """The lazy batch width: `block_size` (at most d) rounded up to a multiple of `multiple`."""
+    width = min(block_size, d)
+    return -(-width // multiple) * multiple
+
+
 def padded(wt: jax.Array, u: jax.Array, block: int, rows: int = 1):
     """Wt [n, d] and U [d, d] padded to d a multiple of `block` (zero weights, identity factor)
     and n a multiple of `rows` (zero weights)."""

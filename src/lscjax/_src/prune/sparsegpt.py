@@ -19,6 +19,7 @@ from lscjax._src.prune.hessian import (
     check_block_size,
     check_damp,
     inverse_factor,
+    lazy_block,
     lazy_sweep,
     matrix_view,
     padded,
@@ -88,12 +89,6 @@ def prune_sweep(wt, u, *, block: int, pattern: Pattern, sparsity: float, n: int,
 
     keep = jnp.ones((rows, dp), bool)
     return lazy_sweep(wt, u, keep, block=block, start=start, column=column)
-
-
-def lazy_block(block_size: int, d: int, multiple: int) -> int:
-    """The lazy batch width: `block_size` (at most d) rounded up to a multiple of `multiple`."""
-    width = min(block_size, d)
-    return -(-width // multiple) * multiple
 
 
 def sparsegpt_leaf(path: str, w, stats, sparsity: float, pattern: Pattern, block_size, damp):

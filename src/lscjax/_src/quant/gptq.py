@@ -22,12 +22,12 @@ from lscjax._src.prune.hessian import (
     check_block_size,
     check_damp,
     inverse_factor,
+    lazy_block,
     lazy_sweep,
     matrix_view,
     padded,
     stats_leaves,
 )
-from lscjax._src.prune.sparsegpt import lazy_block
 from lscjax._src.quant.kmeans import DEFAULT_INIT, kmeans_leaf
 from lscjax._src.quant.lloyd import nearest
 from lscjax._src.quant.options import per_leaf
