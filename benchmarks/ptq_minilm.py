@@ -23,6 +23,9 @@ calibrate + compress and the process' peak RSS so far. Configurations:
   magb32_4    50% of 32 x 32 blocks by magnitude + 4-bit k-means
   sgptb32_4   SparseGPT 50% in 32 x 32 blocks + GPTQ 4-bit
   sgpt80_4    SparseGPT 80% + GPTQ 4-bit
+  kmeans4c, gptq4c, sgpt50_4c, sgpt24_4c, sgptb32_4c, sgpt80_4c, sgpt80_4c_distill
+              the same as kmeans4, gptq4, ... with one k-means codebook per output channel
+              (`per_channel=True`) instead of one per layer
   sgpt80_4_distill  the same with distillation (`lscjax.distillation`, Adam 1e-4, batches of
               the calibration sentences, loss: the sentence embeddings' squared error to the
               dense model's): --distill-steps steps after pruning and as many on the centroids
@@ -63,6 +66,11 @@ CONFIGS = {
     "sgptb32_4": dict(prune="sparsegpt", sparsity=0.5, pattern=(32, 32), calibrated=True),
     "sgpt80_4": dict(prune="sparsegpt", sparsity=0.8, calibrated=True),
     "sgpt80_4_distill": dict(prune="sparsegpt", sparsity=0.8, calibrated=True, distill=True),
+}
+CONFIGS |= {
+    name.replace("_4", "_4c") if "_4" in name else name + "c": {**cfg, "per_channel": True}
+    for name, cfg in CONFIGS.items()
+    if cfg.get("grid") != "uniform" and not name.startswith("mag")
 }
 
 
@@ -158,6 +166,7 @@ def run(name, cfg, module, params, cal, paths, retrain=None):
         sparsity=sparsity,
         bits=bits,
         pattern=pattern if cfg["prune"] != "magnitude" else None,
+        per_channel=cfg.get("per_channel", False),
         **fmt,
     )
     model = lscjax.compress(

@@ -1,4 +1,5 @@
-"""`lscjax compress --target-bits / --target-distortion`: rdq at the lam that meets the target."""
+"""`lscjax compress --target-bits / --target-distortion`: rdq at the lam that meets the target;
+`--per-channel`: a k-means codebook per output channel, in memory and streamed."""
 
 import numpy as np
 
@@ -33,4 +34,30 @@ def test_compress_to_a_target_with_rdq(tmp_path, capsys):
     )
     spread = sum(w.size * np.var(w) for w in kernels.values())
     assert 0.04 < error / spread <= 0.05
+    capsys.readouterr()
+
+
+def test_compress_per_channel_codebooks(tmp_path, capsys):
+    """--per-channel: every kernel's channel takes at most 2**bits values of its own codebook,
+    from an .npz (in memory) and from safetensors (streamed), with the same bytes."""
+    from safetensors.numpy import save_file
+
+    rng = np.random.default_rng(1)
+    w = (rng.normal(size=(40, 12)) * np.geomspace(0.01, 1, 12)).astype(np.float32)
+    np.savez(tmp_path / "p.npz", **{"Dense_0.kernel": w})
+    save_file({"Dense_0.kernel": w}, str(tmp_path / "p.safetensors"))
+    loaded = {}
+    for source in ("p.npz", "p.safetensors"):
+        out = tmp_path / f"{source}.lsc"
+        args = ["compress", str(tmp_path / source), "-o", str(out), "--quiet", "--sparsity", "0"]
+        assert main([*args, "--bits", "2", "--per-channel"]) == 0
+        model = lscjax.load(out, layout="model")
+        assert model.encoded["Dense_0/kernel"].quantized.codebook.shape == (12, 4)
+        loaded[source] = np.asarray(lscjax.load(out)["Dense_0"]["kernel"])
+    np.testing.assert_array_equal(loaded["p.npz"], loaded["p.safetensors"])
+    got = loaded["p.npz"]
+    assert max(len(np.unique(got[:, c])) for c in range(12)) <= 4
+    # per-channel codebooks follow each channel's scale: the small channels are not flattened
+    relative = np.sum((got - w) ** 2, axis=0) / np.sum(w**2, axis=0)
+    assert relative.max() < 0.2
     capsys.readouterr()

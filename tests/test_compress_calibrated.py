@@ -1,5 +1,6 @@
 """compress with calibration=: the "sparsegpt" / "wanda" recipes and distillation retraining."""
 
+import dataclasses
 import warnings
 
 import flax.linen as nn
@@ -52,6 +53,31 @@ def test_sparsegpt_recipe_beats_one_shot_magnitude(mlp):
     assert output_error(apply_fn, params, model, x) < 0.7 * output_error(
         apply_fn, params, baseline, x
     )
+
+
+def test_per_channel_codebooks_in_the_sparsegpt_recipe(mlp):
+    apply_fn, params, x, cal = mlp
+    rc = lscjax.recipe("sparsegpt", sparsity=0.5)
+    layer = lscjax.compress(params, rc, calibration=cal)
+    channel = lscjax.compress(params, dataclasses.replace(rc, per_channel=True), calibration=cal)
+    assert channel.meta["recipe"]["per_channel"] is True
+    dense = channel.params()
+    for name, n in (("Dense_0", 64), ("Dense_1", 64), ("Dense_2", 8)):
+        q = channel.encoded[f"{name}/kernel"].quantized
+        assert q.codebook.shape == (n, 16) and np.all(q.codebook[:, 0] == 0)
+        kernel = np.asarray(dense[name]["kernel"])
+        assert np.mean(kernel == 0) >= 0.5
+        assert max(len(np.unique(kernel[:, c])) for c in range(n)) <= 16
+    assert output_error(apply_fn, params, channel, x) < output_error(apply_fn, params, layer, x)
+    ruled = dataclasses.replace(
+        rc, per_channel=True, rules=[{"pattern": "Dense_2", "per_channel": False}]
+    )
+    mixed = lscjax.compress(params, ruled, calibration=cal)
+    assert mixed.encoded["Dense_1/kernel"].quantized.codebook.shape == (64, 16)
+    assert mixed.encoded["Dense_2/kernel"].quantized.codebook.shape == (16,)
+    assert mixed.meta["recipe"]["rules"] == [{"pattern": "Dense_2", "per_channel": False}]
+    with pytest.raises(LscError, match="per_channel"):
+        lscjax.Recipe("r", sparsity=0.0, quant="rdq", target_bits=2.0, per_channel=True)
 
 
 def test_wanda_recipe_with_a_pattern_is_exact(mlp):

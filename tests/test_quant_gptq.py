@@ -1,5 +1,6 @@
-"""GPTQ against oracles: H = I is round-to-nearest (and plain k-means), correlated inputs make it
-better than rounding, pruned zeros stay 0; per-channel QArrays through coding and serving. The
+"""GPTQ against oracles: H = I is round-to-nearest (and plain k-means, per layer or per
+channel), correlated inputs make it better than rounding, the k-means codebook is the NumPy
+least-squares fit to its codes, pruned zeros stay 0; per-channel QArrays through coding and serving. The
 rate-aware rounding (lam > 0): H = I is rdq, lam -> 0 is plain GPTQ, its rate falls with lam and
 its output error stays below rdq's without compensation."""
 
@@ -52,8 +53,62 @@ def test_gptq_kmeans_grid_with_identity_hessian_is_plain_kmeans():
     params = {"l": {"kernel": w}}
     got = lscjax.quant.gptq(params, eye(40), 3, grid="kmeans")["l"]["kernel"]
     want = lscjax.quant.kmeans(params, 3)["l"]["kernel"]
-    np.testing.assert_array_equal(got.codebook, want.codebook)
+    # the refit under H = I moves each entry to its cluster's mean: converged k-means' centroids
+    np.testing.assert_allclose(got.codebook, want.codebook, rtol=1e-6, atol=1e-6)
     np.testing.assert_array_equal(got.codes, want.codes)
+
+
+def test_per_channel_gptq_with_identity_hessian_is_per_channel_kmeans():
+    w = np.random.default_rng(4).standard_t(4, size=(40, 9)).astype(np.float32)
+    w[np.random.default_rng(5).random(w.shape) < 0.3] = 0.0
+    params = {"l": {"kernel": w}}
+    got = lscjax.quant.gptq(params, eye(40), 3, grid="kmeans", per_channel=True)["l"]["kernel"]
+    want = lscjax.quant.kmeans(params, 3, per_channel=True)["l"]["kernel"]
+    assert got.codebook.shape == (9, 8) and np.all(np.asarray(got.codebook[:, 0]) == 0)
+    np.testing.assert_array_equal(got.codes, want.codes)
+    np.testing.assert_allclose(got.codebook, want.codebook, rtol=1e-6, atol=1e-6)
+    assert np.all((np.asarray(got.dequantize()) == 0) == (w == 0))
+
+
+def lstsq_codebook(x, w, codes, k, per_channel):
+    """Entries minimising ||X W - X Q|| for fixed codes, by NumPy least squares (float64): the
+    stacked system X B_c e = X w_c over the channels (one shared e), or one per channel."""
+    x, w = x.astype(np.float64), w.astype(np.float64)
+    design = [x @ np.eye(k)[codes[:, c]] for c in range(w.shape[1])]  # X B_c [N, k]
+    if not per_channel:
+        a, b = np.concatenate(design), np.concatenate([x @ w[:, c] for c in range(w.shape[1])])
+        return np.linalg.lstsq(a, b, rcond=None)[0]
+    return np.stack(
+        [np.linalg.lstsq(design[c], x @ w[:, c], rcond=None)[0] for c in range(w.shape[1])]
+    )
+
+
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_kmeans_grid_codebook_is_the_least_squares_fit_to_its_codes(correlated, per_channel):
+    x, params, _ = correlated
+    w = params["l"]["kernel"]
+    gram = x.astype(np.float64).T @ x
+    # no damping: the refit then solves exactly the NumPy least-squares problem
+    stats = {"l/kernel": LayerStats(jnp.asarray(gram, jnp.float32), jnp.ones(48), len(x))}
+    q = lscjax.quant.gptq(params, stats, 2, grid="kmeans", per_channel=per_channel, damp=0.0)
+    q = q["l"]["kernel"]
+    codes = np.asarray(q.codes).astype(np.int64)
+    want = lstsq_codebook(x, w, codes, 4, per_channel)
+    used = np.eye(4, dtype=bool)[codes].any(0) if per_channel else np.isin(np.arange(4), codes)
+    np.testing.assert_allclose(np.asarray(q.codebook)[used], want[used], rtol=2e-3, atol=2e-4)
+
+
+def test_per_channel_codebooks_beat_one_codebook_on_scaled_channels(correlated):
+    x, params, stats = correlated
+    scaled = {"l": {"kernel": params["l"]["kernel"] * np.geomspace(0.05, 5, 20, dtype=np.float32)}}
+    w = scaled["l"]["kernel"]
+    err = {}
+    for per_channel in (False, True):
+        q = lscjax.quant.gptq(scaled, stats, 3, grid="kmeans", per_channel=per_channel)
+        err[per_channel] = np.linalg.norm(x @ w - x @ np.asarray(q["l"]["kernel"].dequantize()))
+    assert err[True] < 0.6 * err[False]
+    with pytest.raises(LscError, match="per_channel"):
+        lscjax.quant.gptq(scaled, stats, 3, per_channel=True)  # uniform grids: per channel already
 
 
 @pytest.mark.parametrize("grid", ["uniform", "kmeans"])

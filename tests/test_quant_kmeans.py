@@ -287,3 +287,33 @@ def test_low_precision_leaf_quantizes_as_its_float32_values(dtype):
     np.testing.assert_array_equal(np.asarray(q.codes), np.asarray(ref.codes))
     np.testing.assert_allclose(np.asarray(q.codebook), np.asarray(ref.codebook), rtol=1e-6)
     np.testing.assert_array_equal(np.asarray(q.dequantize()), np.asarray(ref.dequantize()))
+
+
+def test_per_channel_kmeans_is_numpy_lloyd_on_each_channel():
+    w = pruned_weights((64, 6), 0.6, 9)
+    q = lscjax.quant.kmeans({"k": {"kernel": w}}, 3, per_channel=True, init="density")["k"][
+        "kernel"
+    ]
+    assert q.codebook.shape == (6, 8) and np.all(np.asarray(q.codebook[:, 0]) == 0)
+    dense = np.asarray(q.dequantize())
+    assert np.all((dense == 0) == (w == 0))
+    for c in range(6):
+        nz = w[:, c][w[:, c] != 0]
+        start = scalar_init(
+            jnp.asarray(nz), jnp.ones(nz.size, bool), jax.random.key(0), k=7, method="density"
+        )
+        got = float(np.mean((dense[:, c][w[:, c] != 0] - nz) ** 2))
+        assert got <= 1.01 * numpy_lloyd_converged(nz, np.asarray(start)) + 1e-12
+        # every channel's values are its own codebook's
+        assert set(np.unique(dense[:, c])) <= set(np.asarray(q.codebook[c]).tolist())
+
+
+def test_per_channel_kmeans_of_conv_kernel_and_rank_one_leaf():
+    w = np.random.default_rng(3).normal(size=(3, 3, 4, 5)).astype(np.float32)
+    q = lscjax.quant.kmeans({"c": {"kernel": w}}, 2, per_channel=True)["c"]["kernel"]
+    assert q.codebook.shape == (5, 4) and q.codes.shape == w.shape
+    assert np.mean((np.asarray(q.dequantize()) - w) ** 2) < np.mean(w**2)
+    with pytest.raises(LscError, match="'b'.*rank >= 2"):
+        lscjax.quant.kmeans(
+            {"b": np.ones(4, np.float32)}, 2, per_channel=True, where=lambda p, _: True
+        )

@@ -30,6 +30,7 @@ def calibrated_pass(
     sparsity: float | Mapping[str, float] = 0.0,
     pattern=None,
     bits: Mapping[str, int] | None = None,
+    per_channel: bool | Mapping[str, bool] = False,
     progress: bool = False,
 ):
     """One layer-sequential pass over the selected layers that the model calls.
@@ -43,6 +44,8 @@ def calibrated_pass(
       pattern: None, "n:m" or (b0, b1).
       bits: {path: bits} of the layers to quantize by GPTQ onto their k-means codebook (a
         path missing or 0: not quantized), or None.
+      per_channel: one k-means codebook per output channel (`lscjax.quant.gptq`): one bool or
+        a {path: bool} map.
       progress: a progress bar.
 
     Returns:
@@ -65,7 +68,13 @@ def calibrated_pass(
             )
             masks[path] = dict(leaves_with_paths(mask))[path]
         if bits and bits.get(path, 0) > 0:
-            q = gptq(params, one, bits[path], grid="kmeans")
+            q = gptq(
+                params,
+                one,
+                bits[path],
+                grid="kmeans",
+                per_channel=per_leaf(per_channel, path, "per_channel"),
+            )
             leaf = dict(leaves_with_paths(q, is_leaf=is_qarray))[path]
             qleaves[path] = leaf
             params = map_selected(

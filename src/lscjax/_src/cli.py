@@ -35,6 +35,7 @@ RECIPE_FILE_KEYS = {
     "entropy",
     "format_options",
     "rules",
+    "per_channel",
 }
 
 
@@ -111,6 +112,7 @@ def _compress(args) -> None:
         "entropy": args.entropy,
         "target_bits": args.target_bits,
         "target_distortion": args.target_distortion,
+        "per_channel": args.per_channel,
     }
     if args.target_bits is not None or args.target_distortion is not None:
         flags["quant"] = "rdq"
@@ -239,6 +241,12 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--bits", type=int, help="code bits for every layer (0: float32 values)")
     comp.add_argument("--format", help="index format (lsc, ri, sri, csr, ...)")
     comp.add_argument("--entropy", choices=["ans", "context", "huffman", "none"])
+    comp.add_argument(
+        "--per-channel",
+        action="store_true",
+        default=None,
+        help="one k-means codebook per output channel instead of one per layer",
+    )
     comp.add_argument(
         "--target-bits",
         type=float,

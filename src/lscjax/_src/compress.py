@@ -73,6 +73,8 @@ class Rule:
         `format` is set, else the recipe's options).
       keep_dense: leave the matching leaves unselected: stored losslessly as they are, never
         pruned or quantized (the other settings must then be None).
+      per_channel: one k-means codebook per output channel (True) or per layer (False);
+        None: the recipe's `per_channel`.
     """
 
     pattern: str
@@ -81,6 +83,7 @@ class Rule:
     format: str | None = None
     format_options: Mapping | None = None
     keep_dense: bool = False
+    per_channel: bool | None = None
 
     def __post_init__(self):
         what = f"rule {self.pattern!r}"
@@ -94,9 +97,11 @@ class Rule:
             raise LscError(f"{what}: not a regular expression ({err})") from None
         if not isinstance(self.keep_dense, bool):
             raise LscError(f"{what}: keep_dense must be true or false, got {self.keep_dense!r}")
-        settings = (self.sparsity, self.bits, self.format, self.format_options)
+        settings = (self.sparsity, self.bits, self.format, self.format_options, self.per_channel)
         if self.keep_dense and any(x is not None for x in settings):
-            raise LscError(f"{what}: keep_dense takes no sparsity, bits or format")
+            raise LscError(f"{what}: keep_dense takes no sparsity, bits, format or per_channel")
+        if self.per_channel is not None and not isinstance(self.per_channel, bool):
+            raise LscError(f"{what}: per_channel must be true or false, got {self.per_channel!r}")
         if self.sparsity is not None:
             check_sparsity(self.sparsity, f"{what}: sparsity")
         if self.bits is not None:
@@ -148,6 +153,9 @@ class Recipe:
         (the best quality that fits).
       target_distortion: with quant="rdq", their relative MSE ``sum ||W - Q||^2 /
         sum N Var(W)`` (the smallest encoding within it). Exactly one target is given.
+      per_channel: quant="kmeans" with one codebook per output channel (the last axis) instead
+        of one per layer (`lscjax.quant.kmeans` / `lscjax.quant.gptq` ``per_channel``): less
+        error, at n x 2**bits float32 codebook entries per layer; kernels of rank >= 2 only.
 
     Raises:
       LscError: a field out of range (sparsity outside [0, 1), bits outside [0, 16]), an
@@ -168,6 +176,7 @@ class Recipe:
     quant: str = "kmeans"
     target_bits: float | None = None
     target_distortion: float | None = None
+    per_channel: bool = False
 
     def __post_init__(self):
         if isinstance(self.sparsity, Mapping):
@@ -189,13 +198,13 @@ class Recipe:
             if self.prune not in CALIBRATED_PRUNE:
                 raise LscError(f"recipe pattern applies to {tuple(CALIBRATED_PRUNE)} only")
             parse_pattern(self.pattern)
-        _check_quant(self)
         _check_format("recipe", self.format, self.format_options)
         check_entropy(self.entropy)
         if isinstance(self.rules, str | Mapping | Rule) or not isinstance(self.rules, Iterable):
             raise LscError(f"recipe rules must be a sequence of Rule, got {self.rules!r}")
         rules = tuple(r if isinstance(r, Rule) else _rule_from(r) for r in self.rules)
         object.__setattr__(self, "rules", rules)
+        _check_quant(self)
 
     def rule_for(self, path: str) -> Rule | None:
         """The first rule whose pattern matches `path`, or None."""
@@ -226,6 +235,13 @@ class Recipe:
         kept = int(np.count_nonzero(np.asarray(leaf)))
         return max(1, min(default, int(np.log2(max(kept, 2))) - 2))
 
+    def per_channel_for(self, path: str) -> bool:
+        """Whether one selected leaf gets a k-means codebook per output channel."""
+        rule = self.rule_for(path)
+        if rule is None or rule.per_channel is None:
+            return self.per_channel
+        return rule.per_channel
+
     def format_for(self, path: str) -> tuple[str, dict]:
         """The (format, format options) of one selected leaf."""
         rule = self.rule_for(path)
@@ -241,6 +257,10 @@ def _check_quant(rc: "Recipe") -> None:
     """Raise LscError unless the recipe's quant and targets fit together."""
     if rc.quant not in QUANT_METHODS:
         raise LscError(f"recipe quant must be one of {QUANT_METHODS}, got {rc.quant!r}")
+    if not isinstance(rc.per_channel, bool):
+        raise LscError(f"recipe per_channel must be true or false, got {rc.per_channel!r}")
+    if (rc.per_channel or any(r.per_channel for r in rc.rules)) and rc.quant != "kmeans":
+        raise LscError("recipe per_channel applies to quant='kmeans'")
     targets = {"target_bits": rc.target_bits, "target_distortion": rc.target_distortion}
     given = {k: v for k, v in targets.items() if v is not None}
     if rc.quant == "kmeans":
@@ -448,7 +468,11 @@ def _record(rc: Recipe) -> dict:
     record = dataclasses.asdict(rc)
     record["format_options"] = dict(rc.format_options)
     record["rules"] = [
-        {k: v for k, v in dataclasses.asdict(r).items() if v is not None and v is not False}
+        {
+            k: v
+            for k, v in dataclasses.asdict(r).items()
+            if v is not None and not (k == "keep_dense" and v is False)
+        }
         for r in rc.rules
     ]
     for key in ("sparsity", "bits"):
@@ -468,6 +492,7 @@ def _calibrated_prune(params, rc: Recipe, targets, calibration, where, progress:
         sparsity=targets,
         pattern=rc.pattern,
         bits=bits,
+        per_channel={p: rc.per_channel_for(p) for p in bits or {}},
         progress=progress,
     )
     masks = map_selected(lambda p, _: found[p], params, where=lambda p, _: p in found)
@@ -592,7 +617,12 @@ def compress(
         bits = {p: rc.bits_for(p, w) for p, w in leaves_with_paths(params) if chosen[p]}
         if calibration is not None:
             params, _, qleaves = calibrated_pass(
-                params, calibration, picked, bits=bits, progress=progress
+                params,
+                calibration,
+                picked,
+                bits=bits,
+                per_channel={p: rc.per_channel_for(p) for p in bits},
+                progress=progress,
             )
     quantized = {p: b for p, b in bits.items() if b > 0 and p not in qleaves}
     if rc.quant == "rdq" and quantized:
@@ -600,7 +630,12 @@ def compress(
         quantized = {}
     if quantized or qleaves:
         for path in tqdm(quantized, desc="k-means", disable=not progress, leave=False):
-            one = kmeans(params, quantized, where=lambda p, _, q=path: p == q)
+            one = kmeans(
+                params,
+                quantized,
+                per_channel=rc.per_channel_for(path),
+                where=lambda p, _, q=path: p == q,
+            )
             qleaves[path] = dict(leaves_with_paths(one, is_leaf=is_qarray))[path]
         qparams = map_selected(
             lambda p, _: qleaves[p], params, where=lambda p, _: p in qleaves, fill="keep"

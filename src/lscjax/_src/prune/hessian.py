@@ -96,22 +96,33 @@ def matrix_view(path: str, w, d: int, *, layout: bool) -> jax.Array:
 
 
 @jax.jit
-def inverse_factor(gram: jax.Array, damp: float | jax.Array) -> jax.Array:
-    """Upper Cholesky factor U of the damped inverse Hessian, ``U^T U = (H + lambda I)^-1``.
+def damped(gram: jax.Array, damp: float | jax.Array) -> jax.Array:
+    """The damped Hessian ``H / s + lambda I`` float32 [d, d] (s: the mean diagonal) that the
+    OBS updates use.
 
     Args:
       gram: float32 [d, d], H = X^T X. Dead features (zero diagonal) get H_ii = 1.
-      damp: lambda as a fraction of the mean diagonal.
-
-    Returns:
-      float32 [d, d], upper triangular.
+      damp: lambda, a fraction of the mean diagonal.
     """
     h = gram.astype(jnp.float32)
     diag = jnp.diagonal(h)
     dead = diag <= 0
     h = jnp.where(jnp.eye(h.shape[0], dtype=bool) & dead[:, None], 1.0, h)
     scale = jnp.mean(jnp.where(dead, 1.0, diag))
-    h = h / scale + damp * jnp.eye(h.shape[0], dtype=jnp.float32)
+    return h / scale + damp * jnp.eye(h.shape[0], dtype=jnp.float32)
+
+
+def inverse_factor(gram: jax.Array, damp: float | jax.Array) -> jax.Array:
+    """Upper Cholesky factor U of the damped inverse Hessian, ``U^T U = damped(H)^-1``.
+
+    Args:
+      gram: float32 [d, d], H = X^T X.
+      damp: lambda as a fraction of the mean diagonal (see `damped`).
+
+    Returns:
+      float32 [d, d], upper triangular.
+    """
+    h = damped(gram, damp)
     lower = jnp.linalg.cholesky(h)
     inv = jax.scipy.linalg.cho_solve((lower, True), jnp.eye(h.shape[0], dtype=jnp.float32))
     return jnp.linalg.cholesky(inv).T

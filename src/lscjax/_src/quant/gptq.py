@@ -4,9 +4,10 @@ The features of each layer are quantized in order (`prune.hessian.lazy_sweep`); 
 error of each is spread over the features not yet quantized by the optimal brain surgeon
 update, so the layer's output on the calibration inputs stays close. The grid is either a
 per-output-channel uniform grid (min-max, asymmetric, optionally per group of input features)
-or the layer's k-means codebook (k-means of the weights weighted by their input feature's
-Hessian diagonal). Zeros of a pruned kernel stay exactly 0, so GPTQ runs after SparseGPT or
-Wanda on their masks.
+or a k-means codebook (k-means of the weights weighted by their input feature's Hessian
+diagonal), one per layer or one per output channel; a k-means codebook is then refit to the
+chosen codes by least squares under the Hessian. Zeros of a pruned kernel stay exactly 0, so
+GPTQ runs after SparseGPT or Wanda on their masks.
 """
 
 import dataclasses
@@ -21,6 +22,7 @@ from lscjax._src.errors import LscError
 from lscjax._src.prune.hessian import (
     check_block_size,
     check_damp,
+    damped,
     inverse_factor,
     lazy_block,
     lazy_sweep,
@@ -28,7 +30,7 @@ from lscjax._src.prune.hessian import (
     padded,
     stats_leaves,
 )
-from lscjax._src.quant.kmeans import DEFAULT_INIT, kmeans_leaf
+from lscjax._src.quant.kmeans import DEFAULT_INIT, channel_kmeans_leaf, kmeans_leaf
 from lscjax._src.quant.lloyd import nearest
 from lscjax._src.quant.options import per_leaf
 from lscjax._src.quant.qarray import QArray, check_bits, code_dtype
@@ -86,8 +88,9 @@ def uniform_sweep(wt, u, keep, maxq, *, block: int, group: int):
 
 @functools.partial(jax.jit, static_argnames=("block", "reserved"))
 def codebook_sweep(wt, u, keep, codebook, penalty=None, norm=None, *, block: int, reserved: bool):
-    """GPTQ onto one codebook float32 [K] (entry 0 = exactly 0.0 for pruned weights when
-    `reserved`; the others taken by nearest value). Returns (Wt [n, dp], codes int32 [n, dp]).
+    """GPTQ onto one codebook float32 [K], or one per row [n, K] (entry 0 = exactly 0.0 for
+    pruned weights when `reserved`; the others taken by nearest value). Returns (Wt [n, dp],
+    codes int32 [n, dp]).
 
     With `penalty` float32 [K] (lam x each code's length in bits, inf for a dropped code) and
     `norm` float32 [] (1 / the distortion's scale), each weight instead takes the code
@@ -95,7 +98,7 @@ def codebook_sweep(wt, u, keep, codebook, penalty=None, norm=None, *, block: int
     OBS loss of fixing feature i at c, plus lam x its rate).
     """
     rows, dp = wt.shape
-    choices = codebook[int(reserved) :]
+    choices = codebook[..., int(reserved) :]
     rates = None if penalty is None else penalty[int(reserved) :]
 
     def start(w1, diag1, i1, aux):
@@ -104,17 +107,61 @@ def codebook_sweep(wt, u, keep, codebook, penalty=None, norm=None, *, block: int
     def column(w1, i, gi, diag1, codes):
         w = jax.lax.dynamic_index_in_dim(w1, i, axis=1, keepdims=False)
         kept = jax.lax.dynamic_index_in_dim(keep, gi, axis=1, keepdims=False)
-        if rates is None:
+        if codebook.ndim == 2:  # per row: the nearest of its own K entries
+            pick = jnp.argmin((w[:, None] - choices) ** 2, axis=1).astype(jnp.int32)
+        elif rates is None:
             pick = nearest(w[:, None], choices[:, None])
         else:
             pick = assign(w, norm / diag1[i] ** 2, choices, rates)
         code = jnp.where(kept, pick + int(reserved), 0)
         codes = jax.lax.dynamic_update_index_in_dim(codes, code, gi, axis=1)
-        return jnp.where(kept, codebook[code], 0.0), codes
+        if codebook.ndim == 2:
+            value = jnp.take_along_axis(codebook, code[:, None], axis=1)[:, 0]
+        else:
+            value = codebook[code]
+        return jnp.where(kept, value, 0.0), codes
 
     return lazy_sweep(
         wt, u, jnp.zeros((rows, dp), jnp.int32), block=block, start=start, column=column
     )
+
+
+@functools.partial(jax.jit, static_argnames=("reserved",))
+def refit_codebook(mat, h, codes, codebook, *, reserved: bool):
+    """The codebook that minimises the layer's output error for fixed codes.
+
+    With B_c the one-hot codes of channel c ([d, K]), the entries e solve
+    ``min sum_c (w_c - B_c e)^T H (w_c - B_c e)`` (one codebook [K]) or, per channel,
+    ``min (w_c - B_c e_c)^T H (w_c - B_c e_c)`` (codebooks [n, K]): a K x K linear system each.
+    Entries that no weight uses keep their value; with `reserved`, entry 0 stays 0.0.
+
+    Args:
+      mat: float32 [d, n], the weights before quantization (zeros: pruned).
+      h: float32 [d, d], the damped Hessian (`hessian.damped`).
+      codes: int32 [d, n]; codebook: float32 [K] or [n, K].
+
+    Returns:
+      float32, the codebook's shape.
+    """
+    k = codebook.shape[-1]
+    onehot = jax.nn.one_hot(codes, k, dtype=jnp.float32)  # [d, n, K]
+    hb = jnp.einsum("ij,jck->ick", h, onehot)  # H B_c for every channel c
+    if codebook.ndim == 1:
+        a = jnp.einsum("ick,icl->kl", onehot, hb)[None]
+        rhs = jnp.einsum("ick,ic->k", hb, mat)[None]
+    else:
+        a = jnp.einsum("ick,icl->ckl", onehot, hb)
+        rhs = jnp.einsum("ick,ic->ck", hb, mat)
+    old = codebook.reshape(-1, k)
+    used = jnp.sum(onehot, axis=0)  # [n, K]
+    free = used > 0 if codebook.ndim == 2 else (jnp.sum(used, axis=0) > 0)[None]
+    if reserved:
+        free = free.at[:, 0].set(False)
+    pair = free[:, :, None] & free[:, None, :]
+    eye = jnp.eye(k, dtype=bool)[None]
+    a = jnp.where(pair, a, jnp.where(eye, 1.0, 0.0))
+    rhs = jnp.where(free, rhs, old)
+    return jnp.linalg.solve(a, rhs[..., None])[..., 0].reshape(codebook.shape)
 
 
 def rate_aware_sweeps(path, mat, wt, u, keep, importance, bits, lam, *, order, block, init, key):
@@ -152,7 +199,20 @@ def rate_aware_sweeps(path, mat, wt, u, keep, importance, bits, lam, *, order, b
 
 
 def gptq_leaf(
-    path, w, stats, bits, *, grid, group_size, block_size, damp, init, key, act_order=False, lam=0.0
+    path,
+    w,
+    stats,
+    bits,
+    *,
+    grid,
+    group_size,
+    block_size,
+    damp,
+    init,
+    key,
+    act_order=False,
+    lam=0.0,
+    per_channel=False,
 ) -> QArray:
     """One kernel as a QArray by GPTQ (see `gptq`)."""
     d = int(stats.gram.shape[0])
@@ -201,12 +261,17 @@ def gptq_leaf(
                 init=init,
                 key=key,
             )
-            return dataclasses.replace(q, shape=shape, codes=q.codes.reshape(shape))
-        q = kmeans_leaf(mat, bits, init=init, iters=1000, key=key, weights=importance)
-        book = q.codebook
+            codes = jnp.asarray(q.codes, jnp.int32)  # [d, n]
+            reserved = bool(jnp.any(mat == 0))
+            book = refit_codebook(mat, damped(gram, damp), codes, q.codebook, reserved=reserved)
+            return dataclasses.replace(q, codebook=book, shape=shape, codes=q.codes.reshape(shape))
+        clustered = channel_kmeans_leaf if per_channel else kmeans_leaf
+        book = clustered(mat, bits, init=init, iters=1000, key=key, weights=importance).codebook
         reserved = bool(jnp.any(mat == 0))
         _, codes = codebook_sweep(wt, u, keep, book, block=block, reserved=reserved)
     codes = jnp.zeros((d, n), codes.dtype).at[order].set(codes[:n, :d].T)
+    if grid == "kmeans":
+        book = refit_codebook(mat, damped(gram, damp), codes, book, reserved=reserved)
     codes = codes.reshape(shape).astype(code_dtype(2**bits))
     return QArray(codes, jnp.asarray(book, jnp.float32), "kmeans", bits, shape)
 
@@ -225,6 +290,7 @@ def gptq(
     where: Where = None,
     seed: int = 0,
     lam: float = 0.0,
+    per_channel: bool = False,
 ):
     """GPTQ: quantize each calibrated kernel with error compensation (Frantar et al. 2023).
 
@@ -243,7 +309,9 @@ def gptq(
         the QArray's codebook holds each grid's values, float32 [n, 2**bits] (or
         [d / group_size, n, 2**bits]). "kmeans": the layer's k-means codebook, k-means of its
         non-zero weights weighted by their input feature's Hessian diagonal H_ii (codebook
-        float32 [2**bits], entry 0 = 0.0 when the kernel has zeros), as `lscjax.quant.kmeans`.
+        float32 [2**bits], entry 0 = 0.0 when the kernel has zeros), as `lscjax.quant.kmeans`;
+        after the sweep the codebook is refit to the codes (`refit_codebook`: the entries
+        that minimise ``||X W - X Q||`` for those codes).
       group_size: input features per uniform grid (must divide d); None: one per channel.
       block_size: features per lazy batch (rounded up to a multiple of group_size).
       damp: the damping, a fraction of the Hessian's mean diagonal, in [0, 1].
@@ -258,9 +326,14 @@ def gptq(
         loss ``(w - c)^2 / [H^-1]_ii`` over ``mean_i(1 / [H^-1]_ii) Var(W)`` plus lam x the code's
         length under the coder's rANS model (`lscjax.quant.rdq`'s scale-free lam). The
         codebook and first lengths are `rdq`'s with the Hessian diagonal as importance; the
-        lengths are re-estimated between sweeps (at most RATE_PASSES). Entries no code uses
+        lengths are re-estimated between sweeps (at most RATE_PASSES), and the codebook is
+        refit to the final codes (the rate, set by the codes, does not change). Entries no code uses
         are dropped, so ``bits`` can come out below the requested bits. Pruned zeros stay 0
         and are not coded.
+      per_channel: grid="kmeans" with one codebook per output channel (SqueezeLLM's
+        per-channel non-uniform codebooks: each channel's weights clustered alone, weighted by
+        H_ii; codebook float32 [n, 2**bits], entry 0 = 0.0 when the kernel has zeros), each
+        channel rounded onto its own; not with lam > 0.
 
     Returns:
       The params with a "kmeans" QArray at every selected kernel (codes uint8 / uint16 of the
@@ -268,7 +341,8 @@ def gptq(
 
     Raises:
       LscError (a ValueError): bad bits, grid, group_size, block_size, damp or lam; group_size
-        with grid="kmeans" or act_order; lam > 0 with grid="uniform"; a selected leaf without stats or not matching them; an
+        with grid="kmeans" or act_order; lam > 0 with grid="uniform"; per_channel with
+        grid="uniform" or lam > 0; a selected leaf without stats or not matching them; an
         empty selection (messages name the path).
 
     Example:
@@ -280,6 +354,13 @@ def gptq(
     lam = check_lam(lam)
     if lam > 0 and grid != "kmeans":
         raise LscError("lam > 0 (rate-aware GPTQ) applies to grid='kmeans' only")
+    if not isinstance(per_channel, bool):
+        raise LscError(f"per_channel must be True or False, got {per_channel!r}")
+    if per_channel and (grid != "kmeans" or lam > 0):
+        raise LscError(
+            "per_channel applies to grid='kmeans' with lam=0 (the uniform grids are per "
+            "channel already)"
+        )
     if group_size is not None:
         if grid != "uniform":
             raise LscError("group_size applies to grid='uniform' only")
@@ -307,5 +388,6 @@ def gptq(
             key=jax.random.fold_in(key, i),
             act_order=bool(act_order),
             lam=lam,
+            per_channel=per_channel,
         )
     return map_selected(lambda p, _: done[p], params, where=lambda p, _: p in done, fill="keep")

@@ -3,8 +3,12 @@
 Each selected layer's non-zero weights are clustered by Lloyd's algorithm (`lloyd.lloyd`, jitted)
 run to convergence; pruned zeros are left out of the clustering and keep code 0, whose codebook
 entry is exactly 0.0. Per-weight importance weights (e.g. a Hessian diagonal, as in SqueezeLLM)
-make the centroids weighted means.
+make the centroids weighted means. With ``per_channel`` every output channel (the last axis) gets
+its own codebook, clustered from that channel's weights alone (SqueezeLLM's per-channel
+non-uniform codebooks), all channels in one vectorized Lloyd run.
 """
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -115,6 +119,60 @@ def kmeans_leaf(
     return QArray(codes.reshape(w.shape), codebook, "kmeans", bits, tuple(w.shape))
 
 
+@functools.partial(jax.jit, static_argnames=("k", "init", "iters"))
+def _channel_lloyd(mat, weights, key, tol, *, k: int, init: str, iters: int):
+    """Lloyd on each column of mat float32 [m, n] alone (its non-zeros), importance weights
+    float32 [m, n]: (centroids float32 [n, k], assignment int32 [m, n]). A column without a
+    non-zero gets centroids 0."""
+
+    def one(col, imp, col_key):
+        valid = col != 0
+        start = scalar_init(col, valid, col_key, k=k, method=init)
+        start = jnp.where(jnp.any(valid), start, 0.0)
+        centroids, assignment, _ = lloyd(
+            col[:, None], valid, start[:, None], iters=iters, tol=tol, weights=imp
+        )
+        return centroids[:, 0], assignment
+
+    keys = jax.random.split(key, mat.shape[1])
+    return jax.vmap(one, in_axes=(1, 1, 0), out_axes=(0, 1))(mat, weights, keys)
+
+
+def channel_kmeans_leaf(
+    w, bits: int, *, init: str, iters: int, key, tol: float = TOL, weights=None
+) -> QArray:
+    """Per-output-channel scalar k-means of one kernel (see `kmeans`'s `per_channel`).
+
+    Args:
+      w: float array of rank >= 2; channels are its last axis (n = ``shape[-1]``), each one's
+        weights the ``size // n`` entries of its column in ``w.reshape(-1, n)``.
+      bits, init, iters, key, tol: as in `kmeans_leaf`.
+      weights: optional float array shaped like `w` (>= 0), each weight's importance.
+
+    Returns:
+      A "kmeans" QArray with codebook float32 [n, 2**bits]: when the kernel has an exact zero,
+      entry 0 of every channel is 0.0 and code 0 marks exactly the zeros.
+    """
+    shape = tuple(np.shape(w))
+    if len(shape) < 2:
+        raise LscError(f"per-channel k-means needs a kernel of rank >= 2, got shape {shape}")
+    mat = jnp.asarray(w, jnp.float32).reshape(-1, shape[-1])
+    has_zeros = bool(jnp.any(mat == 0))
+    importance = (
+        jnp.ones(mat.shape, jnp.float32)
+        if weights is None
+        else jnp.asarray(weights, jnp.float32).reshape(mat.shape)
+    )
+    k = 2**bits - int(has_zeros)
+    book, assignment = _channel_lloyd(
+        mat, importance, key, jnp.float32(tol), k=k, init=init, iters=iters
+    )
+    codes = jnp.where(mat != 0, assignment + int(has_zeros), 0).astype(code_dtype(2**bits))
+    if has_zeros:
+        book = jnp.concatenate([jnp.zeros((mat.shape[1], 1), jnp.float32), book], axis=1)
+    return QArray(codes.reshape(shape), book, "kmeans", bits, shape)
+
+
 def check_weights(params, weights, where):
     """{path: importance array} for the selected leaves, checked; {} when `weights` is None."""
     if weights is None:
@@ -144,6 +202,7 @@ def kmeans(
     iters: int = MAX_ITERS,
     tol: float = TOL,
     weights=None,
+    per_channel: bool = False,
     where: Where = None,
     seed: int = 0,
 ):
@@ -172,17 +231,23 @@ def kmeans(
       weights: optional pytree like `params` with a float array >= 0 of each selected leaf's
         shape: per-weight importance (e.g. the Hessian diagonal of each weight's input). The
         centroids are then weighted means, minimising the weighted squared error.
+      per_channel: one codebook per output channel (the last axis, n = ``shape[-1]``), each
+        clustered from its channel's non-zero weights alone (all channels in one vectorized,
+        jitted Lloyd run, no sampling); the selected leaves must have rank >= 2. The
+        codebooks cost n x 2**bits float32 entries instead of 2**bits.
       where: selection (default: 'kernel' leaves with ndim >= 2).
       seed: PRNG seed for the "random" and "kmeans++" inits (folded with the leaf index).
 
     Returns:
       The params with a QArray at every selected leaf (codes uint8, or uint16 for bits > 8;
-      codebook float32 [2**bits], or [1] for an all-zero layer); other leaves unchanged.
+      codebook float32 [2**bits], or [1] for an all-zero layer; per channel [n, 2**bits]);
+      other leaves unchanged.
 
     Raises:
       LscError (a ValueError): bits outside [1, 16] or missing from the map, unknown init,
         iters < 0, tol < 0, weights missing or misshapen for a selected leaf, a selected leaf
-        that is not floating point or holds NaN/Inf (the message names the leaf path).
+        that is not floating point or holds NaN/Inf, per_channel on a leaf of rank < 2 (the
+        message names the leaf path).
 
     Example:
       >>> bits = {"Conv_0/kernel": 8, "Conv_1/kernel": 8, "Dense_0/kernel": 5, "Dense_1/kernel": 5}
@@ -195,11 +260,17 @@ def kmeans(
         raise LscError(f"iters must be an int >= 0, got {iters!r}")
     if not isinstance(tol, int | float) or not tol >= 0:
         raise LscError(f"tol must be a number >= 0, got {tol!r}")
+    if not isinstance(per_channel, bool):
+        raise LscError(f"per_channel must be True or False, got {per_channel!r}")
     leaves = selected_leaves(params, where)
     index = {}
     for i, (path, leaf) in enumerate(leaves):
         check_float_leaf(path, leaf)
         check_bits(path, per_leaf(bits, path, "bits"))
+        if per_channel and np.ndim(leaf) < 2:
+            raise LscError(
+                f"leaf {path!r}: per_channel needs a kernel of rank >= 2, got {np.shape(leaf)}"
+            )
         index[path] = i
     importance = check_weights(params, weights, where)
     key = jax.random.key(seed)
@@ -207,7 +278,7 @@ def kmeans(
     def one(path, w):
         leaf_bits = per_leaf(bits, path, "bits")
         leaf_key = jax.random.fold_in(key, index[path])
-        return kmeans_leaf(
+        return (channel_kmeans_leaf if per_channel else kmeans_leaf)(
             w,
             leaf_bits,
             init=init,
