@@ -25,7 +25,8 @@ calibrate + compress and the process' peak RSS so far. Configurations:
   sgpt80_4    SparseGPT 80% + GPTQ 4-bit
   kmeans4c, gptq4c, sgpt50_4c, sgpt24_4c, sgptb32_4c, sgpt80_4c, sgpt80_4c_distill
               the same as kmeans4, gptq4, ... with one k-means codebook per output channel
-              (`per_channel=True`) instead of one per layer
+              (`per_channel=True`; the embedding tables keep one per table) instead of one
+              per layer
   sgpt80_4_distill  the same with distillation (`lscjax.distillation`, Adam 1e-4, batches of
               the calibration sentences, loss: the sentence embeddings' squared error to the
               dense model's): --distill-steps steps after pruning and as many on the centroids
@@ -167,6 +168,7 @@ def run(name, cfg, module, params, cal, paths, retrain=None):
         bits=bits,
         pattern=pattern if cfg["prune"] != "magnitude" else None,
         per_channel=cfg.get("per_channel", False),
+        rules=(lscjax.Rule("^embeddings/", per_channel=False),),
         **fmt,
     )
     model = lscjax.compress(

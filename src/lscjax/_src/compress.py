@@ -310,8 +310,8 @@ def _rule_from(fields) -> Rule:
 RECIPES = {
     "deep_compression": Recipe("deep_compression", sparsity=0.92, format="ri", entropy="huffman"),
     "lsc": Recipe("lsc", sparsity=0.95, prune="gradual", format="lsc", entropy="ans"),
-    "sparsegpt": Recipe("sparsegpt", sparsity=0.5, prune="sparsegpt", bits=4),
-    "wanda": Recipe("wanda", sparsity=0.5, prune="wanda", bits=4),
+    "sparsegpt": Recipe("sparsegpt", sparsity=0.5, prune="sparsegpt", bits=4, per_channel=True),
+    "wanda": Recipe("wanda", sparsity=0.5, prune="wanda", bits=4, per_channel=True),
 }
 
 
