@@ -1,4 +1,5 @@
-"""`lscjax compress --target-bits / --target-distortion`: rdq at the lam that meets the target;
+"""`lscjax compress --target-bits / --target-distortion / --target-size`: rdq at the lam that meets
+the target;
 `--per-channel`: a k-means codebook per output channel, in memory and streamed."""
 
 import numpy as np
@@ -61,3 +62,34 @@ def test_compress_per_channel_codebooks(tmp_path, capsys):
     relative = np.sum((got - w) ** 2, axis=0) / np.sum(w**2, axis=0)
     assert relative.max() < 0.2
     capsys.readouterr()
+
+
+def test_compress_to_a_file_size_with_rdq(tmp_path, capsys):
+    """--target-size: the whole file fits the bytes asked for and uses most of them; a larger
+    size gives less error; a size below the unquantized leaves is refused, naming them."""
+    rng = np.random.default_rng(2)
+    flat = {
+        "Dense_0.kernel": rng.normal(size=(96, 64)).astype(np.float32),
+        "Dense_0.bias": rng.normal(size=64).astype(np.float32),
+        "Dense_1.kernel": rng.laplace(size=(64, 32)).astype(np.float32),
+    }
+    np.savez(tmp_path / "p.npz", **flat)
+    out = tmp_path / "p.lsc"
+    args = ["compress", str(tmp_path / "p.npz"), "-o", str(out), "--quiet", "--sparsity", "0"]
+    args += ["--format", "dense", "--bits", "6"]
+    errors = []
+    for size in (1500, 3000):
+        assert main([*args, "--target-size", str(size)]) == 0
+        assert 0.85 * size < out.stat().st_size <= size
+        params = lscjax.load(out)
+        errors.append(
+            sum(
+                np.sum((np.asarray(params[k.split(".")[0]]["kernel"]) - w) ** 2)
+                for k, w in flat.items()
+                if k.endswith("kernel")
+            )
+        )
+        np.testing.assert_array_equal(params["Dense_0"]["bias"], flat["Dense_0.bias"])
+    assert errors[1] < errors[0]
+    assert main([*args, "--target-size", "300"]) == 1
+    assert "target_size 300 bytes" in capsys.readouterr().err

@@ -1,5 +1,5 @@
-"""The calibrated stages of `compress`: layer-sequential SparseGPT / Wanda pruning and GPTQ onto
-each layer's k-means codebook.
+"""The calibrated stages of `compress`: layer-sequential SparseGPT / Wanda pruning and GPTQ
+(act-order) onto each layer's k-means codebook(s).
 
 Each pass takes the model's supported layers in call order; a layer's statistics come from the
 model whose earlier layers are already compressed (the SparseGPT / GPTQ protocol), and the
@@ -73,6 +73,7 @@ def calibrated_pass(
                 one,
                 bits[path],
                 grid="kmeans",
+                act_order=True,
                 per_channel=per_leaf(per_channel, path, "per_channel"),
             )
             leaf = dict(leaves_with_paths(q, is_leaf=is_qarray))[path]

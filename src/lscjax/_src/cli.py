@@ -112,9 +112,10 @@ def _compress(args) -> None:
         "entropy": args.entropy,
         "target_bits": args.target_bits,
         "target_distortion": args.target_distortion,
+        "target_size": args.target_size,
         "per_channel": args.per_channel,
     }
-    if args.target_bits is not None or args.target_distortion is not None:
+    if any(x is not None for x in (args.target_bits, args.target_distortion, args.target_size)):
         flags["quant"] = "rdq"
     changes = {k: v for k, v in settings.items() if k not in ("recipe", "where")}
     changes |= {k: v for k, v in flags.items() if v is not None}
@@ -257,6 +258,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--target-distortion",
         type=float,
         help="rdq to this relative MSE of the quantized layers: the smallest file within it",
+    )
+    comp.add_argument(
+        "--target-size",
+        type=int,
+        help="rdq to this many bytes of .lsc file: the best quality whose file fits",
     )
     comp.add_argument(
         "--workers",

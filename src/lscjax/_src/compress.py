@@ -23,7 +23,7 @@ from lscjax._src.checkpoints import check_layout
 from lscjax._src.coding.codec import encode
 from lscjax._src.coding.entropy import check_entropy
 from lscjax._src.coding.formats import FORMATS
-from lscjax._src.compressed import CompressedModel
+from lscjax._src.compressed import CompressedModel, to_bytes
 from lscjax._src.errors import LscError
 from lscjax._src.flax.calibration import Calibration
 from lscjax._src.loop import make_step
@@ -153,6 +153,8 @@ class Recipe:
         (the best quality that fits).
       target_distortion: with quant="rdq", their relative MSE ``sum ||W - Q||^2 /
         sum N Var(W)`` (the smallest encoding within it). Exactly one target is given.
+      target_size: with quant="rdq", the whole .lsc file's bytes (every leaf, the header):
+        the best quality whose file fits.
       per_channel: quant="kmeans" with one codebook per output channel (the last axis) instead
         of one per layer (`lscjax.quant.kmeans` / `lscjax.quant.gptq` ``per_channel``): less
         error, at n x 2**bits float32 codebook entries per layer; kernels of rank >= 2 only.
@@ -176,6 +178,7 @@ class Recipe:
     quant: str = "kmeans"
     target_bits: float | None = None
     target_distortion: float | None = None
+    target_size: int | None = None
     per_channel: bool = False
 
     def __post_init__(self):
@@ -261,7 +264,11 @@ def _check_quant(rc: "Recipe") -> None:
         raise LscError(f"recipe per_channel must be true or false, got {rc.per_channel!r}")
     if (rc.per_channel or any(r.per_channel for r in rc.rules)) and rc.quant != "kmeans":
         raise LscError("recipe per_channel applies to quant='kmeans'")
-    targets = {"target_bits": rc.target_bits, "target_distortion": rc.target_distortion}
+    targets = {
+        "target_bits": rc.target_bits,
+        "target_distortion": rc.target_distortion,
+        "target_size": rc.target_size,
+    }
     given = {k: v for k, v in targets.items() if v is not None}
     if rc.quant == "kmeans":
         if given:
@@ -269,21 +276,25 @@ def _check_quant(rc: "Recipe") -> None:
         return
     if len(given) != 1:
         raise LscError(
-            f"recipe quant='rdq' needs exactly one of target_bits, target_distortion; got {sorted(given)}"
+            f"recipe quant='rdq' needs exactly one of {sorted(targets)}; got {sorted(given)}"
         )
     ((name, value),) = given.items()
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < np.inf:
         raise LscError(f"recipe {name} must be a finite number > 0, got {value!r}")
+    if name == "target_size" and not isinstance(value, int | np.integer):
+        raise LscError(f"recipe target_size must be an int (bytes), got {value!r}")
     if rc.prune in CALIBRATED_PRUNE:
         raise LscError(f"recipe quant='rdq' does not run with the calibrated prune={rc.prune!r}")
 
 
-def _rdq_leaves(params, rc: "Recipe", paths) -> dict:
-    """{path: QArray} of the layers at `paths`, by rdq at the recipe's target (see Recipe)."""
+def _rdq_leaves(params, rc: "Recipe", paths, nbytes: int | None = None) -> dict:
+    """{path: QArray} of the layers at `paths`, by rdq at the recipe's target (see Recipe); for
+    target_size, at `nbytes` of encoded layers."""
     max_bits = rc.bits if isinstance(rc.bits, int) and 0 < rc.bits <= RDQ_MAX_BITS else 8
     q, _ = rdq_for_target(
         params,
         bits=rc.target_bits,
+        bytes=nbytes,
         distortion=rc.target_distortion,
         max_bits=max_bits,
         where=lambda p, _: p in paths,
@@ -292,6 +303,42 @@ def _rdq_leaves(params, rc: "Recipe", paths) -> dict:
         format_options=rc.format_options,
     )
     return {p: leaf for p, leaf in leaves_with_paths(q, is_leaf=is_qarray) if p in paths}
+
+
+SIZE_TRIES = 4
+"""The most rdq_for_target runs that `_rdq_to_size` makes to fit a file size."""
+
+
+def _rdq_to_size(params, rc: "Recipe", paths, assemble: Callable) -> dict:
+    """{path: QArray} of the layers at `paths` by rdq, the largest whose file (``to_bytes`` of
+    ``assemble({path: leaf})``) fits rc.target_size.
+
+    The other leaves' share of the file is measured with the layers encoded as zeros; the layers
+    then get the rest. Each miss (the layers' header entries differ from the zeros') lowers
+    their budget by the excess, at most SIZE_TRIES runs.
+
+    Raises:
+      LscError: a target below the file's other contents, or one no run fits.
+    """
+    zeros = {
+        p: np.zeros(np.shape(w), np.float32) for p, w in leaves_with_paths(params) if p in paths
+    }
+    probe = assemble(zeros)
+    rest = len(to_bytes(probe)) - sum(len(probe.encoded[p].to_bytes()) for p in paths)
+    budget = rc.target_size - rest
+    for _ in range(SIZE_TRIES):
+        if budget <= 0:
+            break
+        leaves = _rdq_leaves(params, rc, paths, nbytes=budget)
+        size = len(to_bytes(assemble(leaves)))
+        if size <= rc.target_size:
+            return leaves
+        budget -= size - rc.target_size
+    raise LscError(
+        f"recipe target_size {rc.target_size} bytes: the file's other leaves and header take "
+        f"{rest} bytes, leaving {max(budget, 0)} for the {len(paths)} quantized layers; ask "
+        "for a larger size"
+    )
 
 
 def _rule_from(fields) -> Rule:
@@ -625,8 +672,31 @@ def compress(
                 progress=progress,
             )
     quantized = {p: b for p, b in bits.items() if b > 0 and p not in qleaves}
+    meta = recipe_meta(rc, pruned_by=pruned_by, kept_dense=kept_dense, layout=layout)
+
+    def assemble(tree, leaves=None):
+        """The CompressedModel of `tree` with `leaves` ({path: leaf}) put in."""
+        if leaves:
+            tree = map_selected(
+                lambda p, _: leaves[p], tree, where=lambda p, _: p in leaves, fill="keep"
+            )
+        encoded, raw = {}, {}
+        items = leaves_with_paths(tree, is_leaf=is_qarray)
+        for path, leaf in tqdm(items, desc="encode", disable=not progress, leave=False):
+            if chosen.get(path, False):
+                fmt, options = rc.format_for(path)
+                encoded[path] = encode(leaf, fmt, entropy=rc.entropy, **options)
+            else:
+                raw[path] = np.asarray(leaf)
+        return CompressedModel(encoded=encoded, raw=raw, meta=meta)
+
     if rc.quant == "rdq" and quantized:
-        qleaves |= _rdq_leaves(params, rc, set(quantized))
+        if rc.target_size is not None:
+            qleaves |= _rdq_to_size(
+                params, rc, set(quantized), lambda leaves: assemble(params, leaves)
+            )
+        else:
+            qleaves |= _rdq_leaves(params, rc, set(quantized))
         quantized = {}
     if quantized or qleaves:
         for path in tqdm(quantized, desc="k-means", disable=not progress, leave=False):
@@ -647,16 +717,7 @@ def compress(
             )
             qparams = quantized_params(tuned, state)
         params = qparams
-    encoded, raw = {}, {}
-    leaves = leaves_with_paths(params, is_leaf=is_qarray)
-    for path, leaf in tqdm(leaves, desc="encode", disable=not progress, leave=False):
-        if chosen.get(path, False):
-            fmt, options = rc.format_for(path)
-            encoded[path] = encode(leaf, fmt, entropy=rc.entropy, **options)
-        else:
-            raw[path] = np.asarray(leaf)
-    meta = recipe_meta(rc, pruned_by=pruned_by, kept_dense=kept_dense, layout=layout)
-    return CompressedModel(encoded=encoded, raw=raw, meta=meta)
+    return assemble(params)
 
 
 def recipe_meta(

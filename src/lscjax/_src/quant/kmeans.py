@@ -62,6 +62,9 @@ def _sampled_leaf(
         sample_weights = importance[picked]
     if init == "linear":  # scalar_init's, without compiling for this sample size
         start = np.linspace(points.min(), points.max(), k, dtype=np.float32)
+    elif init == "density":  # likewise
+        ranks = np.round(np.linspace(0.0, 1.0, k) * (points.size - 1)).astype(np.int64)
+        start = np.sort(points)[ranks]
     else:
         valid = jnp.ones(points.size, bool)
         start = np.asarray(scalar_init(jnp.asarray(points), valid, key, k=k, method=init))
