@@ -180,7 +180,7 @@ def test_kmeans_bits_map_per_layer_and_storage():
 
 def test_kmeans_clusters_only_nonzeros_like_numpy_lloyd():
     w = pruned_weights((100, 40), 0.25, 9)
-    q = lscjax.quant.kmeans({"kernel": w}, 4, iters=30)["kernel"]
+    q = lscjax.quant.kmeans({"kernel": w}, 4, iters=30, init="linear")["kernel"]
     nz = w[w != 0]
     start = np.linspace(nz.min(), nz.max(), 15)
     ref_c, ref_d = numpy_lloyd(nz, start, 30)

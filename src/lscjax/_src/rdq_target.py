@@ -14,9 +14,8 @@ import numpy as np
 
 from lscjax._src.coding.codec import encode
 from lscjax._src.errors import LscError
-from lscjax._src.quant.kmeans import DEFAULT_INIT
 from lscjax._src.quant.qarray import is_qarray
-from lscjax._src.quant.rdq import prepare_all, solve_all
+from lscjax._src.quant.rdq import RDQ_INIT, prepare_all, solve_all
 from lscjax._src.tree import Where, leaves_with_paths
 
 LAM_MIN = 1e-8
@@ -78,7 +77,7 @@ def rdq_for_target(
     format: str = "dense",  # noqa: A002 - as in lscjax.coding.encode
     entropy: str = "ans",
     format_options=None,
-    init: str = DEFAULT_INIT,
+    init: str = RDQ_INIT,
     seed: int = 0,
 ):
     """`lscjax.quant.rdq` at the lam that meets one target: a size, or a quality.

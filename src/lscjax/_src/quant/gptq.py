@@ -34,7 +34,15 @@ from lscjax._src.quant.kmeans import DEFAULT_INIT, channel_kmeans_leaf, kmeans_l
 from lscjax._src.quant.lloyd import nearest
 from lscjax._src.quant.options import per_leaf
 from lscjax._src.quant.qarray import QArray, check_bits, code_dtype
-from lscjax._src.quant.rdq import assign, check_lam, compacted, prepare, rate_penalty, solve
+from lscjax._src.quant.rdq import (
+    RDQ_INIT,
+    assign,
+    check_lam,
+    compacted,
+    prepare,
+    rate_penalty,
+    solve,
+)
 from lscjax._src.quant.uniform import grid_values, uniform_grid
 from lscjax._src.tree import Where, map_selected
 
@@ -285,7 +293,7 @@ def gptq(
     group_size: int | None = None,
     block_size: int = 128,
     damp: float = 0.01,
-    init: str = DEFAULT_INIT,
+    init: str | None = None,
     act_order: bool = False,
     where: Where = None,
     seed: int = 0,
@@ -315,7 +323,8 @@ def gptq(
       group_size: input features per uniform grid (must divide d); None: one per channel.
       block_size: features per lazy batch (rounded up to a multiple of group_size).
       damp: the damping, a fraction of the Hessian's mean diagonal, in [0, 1].
-      init: the k-means init (grid="kmeans").
+      init: the k-means init (grid="kmeans"); None: `lscjax.quant.kmeans`'s default, or
+        for lam > 0 `rdq`'s (RDQ_INIT).
       act_order: quantize the input features in decreasing order of H_ii (Frantar et al.'s
         "act-order": the features whose errors cost most are fixed first, while the most
         features remain to absorb them) instead of in index order; not with group_size.
@@ -372,6 +381,8 @@ def gptq(
     damp = check_damp(damp)
     leaves = stats_leaves(params, stats, where)
     key = jax.random.key(seed)
+    if init is None:
+        init = RDQ_INIT if lam > 0 else DEFAULT_INIT
     done = {}
     for i, (path, w, s) in enumerate(leaves):
         leaf_bits = check_bits(path, per_leaf(bits, path, "bits"))

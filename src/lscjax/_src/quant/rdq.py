@@ -34,12 +34,17 @@ import numpy as np
 
 from lscjax._src import ans_model
 from lscjax._src.errors import LscError
-from lscjax._src.quant.kmeans import DEFAULT_INIT, check_weights, kmeans_leaf, sample_index
+from lscjax._src.quant.kmeans import check_weights, kmeans_leaf, sample_index
 from lscjax._src.quant.lloyd import INITS
 from lscjax._src.quant.options import bits_for
 from lscjax._src.quant.qarray import QArray, code_dtype
 from lscjax._src.quant.uniform import grid_values, uniform_grid
 from lscjax._src.tree import Where, check_float_leaf, map_selected, selected_leaves
+
+RDQ_INIT = "linear"
+"""The default start of the entropy-constrained codebook: k-means from evenly spaced levels. At
+high rate the rate-distortion optimum is uniform (Gish-Pierce); from the "density" init, whose
+cells are equiprobable, the Lloyd iterations with a rate term stall at a far higher entropy."""
 
 GRIDS = ("kmeans", "uniform")
 MAX_BITS = 10
@@ -372,7 +377,7 @@ def rdq(
     max_bits: int = 8,
     weights=None,
     where: Where = None,
-    init: str = DEFAULT_INIT,
+    init: str = RDQ_INIT,
     seed: int = 0,
 ):
     """Entropy-constrained quantization per layer: minimise D / Var(W) + lam x bits per weight.
@@ -397,7 +402,8 @@ def rdq(
       weights: optional pytree like `params` with a float array >= 0 of each selected leaf's
         shape: per-weight importance (e.g. a Hessian diagonal), weighting the distortion.
       where: selection (default: 'kernel' leaves with ndim >= 2).
-      init: the k-means init of grid="kmeans" (as `lscjax.quant.kmeans`).
+      init: the k-means init of grid="kmeans" (as `lscjax.quant.kmeans`; default RDQ_INIT,
+        "linear").
       seed: PRNG seed of the "random" and "kmeans++" inits (folded with the leaf index).
 
     Returns:
