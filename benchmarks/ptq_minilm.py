@@ -31,6 +31,8 @@ calibrate + compress and the process' peak RSS so far. Configurations:
               the calibration sentences, loss: the sentence embeddings' squared error to the
               dense model's): --distill-steps steps after pruning and as many on the centroids
 
+--init sets the k-means init of the codebooks (default "linear"; the results file keeps one entry
+per configuration, so a run with another init replaces them).
 --quick runs the tiny BERT test fixture on 8 sentences (a smoke test; numbers not recorded).
 Writes benchmarks/results/ptq_minilm.json (one entry per configuration, merged with earlier runs).
 """
@@ -137,7 +139,7 @@ def uniform_kernels(params, cal):
     return qleaves
 
 
-def run(name, cfg, module, params, cal, paths, retrain=None):
+def run(name, cfg, module, params, cal, paths, retrain=None, init="linear"):
     """Compress with one configuration: (CompressedModel, seconds)."""
     start = time.perf_counter()
     bits = {p: 8 if p in EMBEDDINGS else 4 for p in paths}
@@ -168,6 +170,7 @@ def run(name, cfg, module, params, cal, paths, retrain=None):
         bits=bits,
         pattern=pattern if cfg["prune"] != "magnitude" else None,
         per_channel=cfg.get("per_channel", False),
+        init=init,
         rules=(lscjax.Rule("^embeddings/", per_channel=False),),
         **fmt,
     )
@@ -186,6 +189,9 @@ def main(argv=None):
     parser.add_argument("--model")
     parser.add_argument("--configs", nargs="*", default=list(CONFIGS))
     parser.add_argument("--distill-steps", type=int, default=300)
+    parser.add_argument(
+        "--init", default="linear", help="the k-means init of every configuration's codebooks"
+    )
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args(argv)
     if args.quick:
@@ -220,7 +226,7 @@ def main(argv=None):
     checkpoint = (folder / "model.safetensors").stat().st_size
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() and not args.quick else {}
     for name in args.configs:
-        model, seconds = run(name, CONFIGS[name], module, params, cal, paths, retrain)
+        model, seconds = run(name, CONFIGS[name], module, params, cal, paths, retrain, args.init)
         with tempfile.TemporaryDirectory() as tmp:
             size = lscjax.save(pathlib.Path(tmp) / "m.lsc", model)
             back = lscjax.load(pathlib.Path(tmp) / "m.lsc")

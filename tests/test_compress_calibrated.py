@@ -80,6 +80,24 @@ def test_per_channel_codebooks_in_the_sparsegpt_recipe(mlp):
         lscjax.Recipe("r", sparsity=0.0, quant="rdq", target_bits=2.0, per_channel=True)
 
 
+def test_recipe_init_is_the_k_means_init(mlp):
+    _, params, _, cal = mlp
+    rc = lscjax.Recipe("r", sparsity=0.0, bits=3, init="density")
+    got = lscjax.compress(params, rc).encoded["Dense_1/kernel"].quantized
+    want = lscjax.quant.kmeans(params, 3, init="density")["Dense_1"]["kernel"]
+    np.testing.assert_array_equal(got.codebook, want.codebook)
+    linear = lscjax.quant.kmeans(params, 3)["Dense_1"]["kernel"]
+    assert not np.array_equal(got.codebook, linear.codebook)
+    calibrated = lscjax.compress(
+        params, lscjax.recipe("sparsegpt", init="density"), calibration=cal
+    )
+    assert calibrated.meta["recipe"]["init"] == "density"
+    with pytest.raises(LscError, match="init"):
+        lscjax.Recipe("r", sparsity=0.0, init="uniform")
+    with pytest.raises(LscError, match="init"):
+        lscjax.Recipe("r", sparsity=0.0, quant="rdq", target_bits=2.0, init="density")
+
+
 def test_wanda_recipe_with_a_pattern_is_exact(mlp):
     _, params, _, cal = mlp
     model = lscjax.compress(params, lscjax.recipe("wanda", pattern="2:4"), calibration=cal)

@@ -31,6 +31,7 @@ def calibrated_pass(
     pattern=None,
     bits: Mapping[str, int] | None = None,
     per_channel: bool | Mapping[str, bool] = False,
+    init: str | None = None,
     progress: bool = False,
 ):
     """One layer-sequential pass over the selected layers that the model calls.
@@ -46,6 +47,7 @@ def calibrated_pass(
         path missing or 0: not quantized), or None.
       per_channel: one k-means codebook per output channel (`lscjax.quant.gptq`): one bool or
         a {path: bool} map.
+      init: the codebooks' k-means init (None: `lscjax.quant.gptq`'s default).
       progress: a progress bar.
 
     Returns:
@@ -74,6 +76,7 @@ def calibrated_pass(
                 bits[path],
                 grid="kmeans",
                 act_order=True,
+                init=init,
                 per_channel=per_leaf(per_channel, path, "per_channel"),
             )
             leaf = dict(leaves_with_paths(q, is_leaf=is_qarray))[path]

@@ -36,6 +36,7 @@ RECIPE_FILE_KEYS = {
     "format_options",
     "rules",
     "per_channel",
+    "init",
 }
 
 
@@ -114,6 +115,7 @@ def _compress(args) -> None:
         "target_distortion": args.target_distortion,
         "target_size": args.target_size,
         "per_channel": args.per_channel,
+        "init": args.init,
     }
     if any(x is not None for x in (args.target_bits, args.target_distortion, args.target_size)):
         flags["quant"] = "rdq"
@@ -242,6 +244,11 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--bits", type=int, help="code bits for every layer (0: float32 values)")
     comp.add_argument("--format", help="index format (lsc, ri, sri, csr, ...)")
     comp.add_argument("--entropy", choices=["ans", "context", "huffman", "none"])
+    comp.add_argument(
+        "--init",
+        choices=["linear", "density", "random", "kmeans++"],
+        help="the k-means init (default linear: the smallest files; density: less error)",
+    )
     comp.add_argument(
         "--per-channel",
         action="store_true",

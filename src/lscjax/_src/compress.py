@@ -30,7 +30,8 @@ from lscjax._src.loop import make_step
 from lscjax._src.prune.distributions import distributed_magnitude
 from lscjax._src.prune.magnitude import apply, check_sparsity
 from lscjax._src.prune.patterns import parse_pattern
-from lscjax._src.quant.kmeans import kmeans
+from lscjax._src.quant.kmeans import DEFAULT_INIT, kmeans
+from lscjax._src.quant.lloyd import INITS
 from lscjax._src.quant.qarray import dequantize, is_qarray
 from lscjax._src.quant.rdq import MAX_BITS as RDQ_MAX_BITS
 from lscjax._src.rdq_target import rdq_for_target
@@ -155,6 +156,10 @@ class Recipe:
         sum N Var(W)`` (the smallest encoding within it). Exactly one target is given.
       target_size: with quant="rdq", the whole .lsc file's bytes (every leaf, the header):
         the best quality whose file fits.
+      init: the k-means init of quant="kmeans" (plain k-means and GPTQ's codebooks; see
+        `lscjax.quant.kmeans`): "linear" (the default: peaked codes, the smallest files under
+        entropy coding), or "density" / "random" / "kmeans++" (less error at the same bits,
+        near-equiprobable codes).
       per_channel: quant="kmeans" with one codebook per output channel (the last axis) instead
         of one per layer (`lscjax.quant.kmeans` / `lscjax.quant.gptq` ``per_channel``): less
         error, at n x 2**bits float32 codebook entries per layer; kernels of rank >= 2 only.
@@ -179,6 +184,7 @@ class Recipe:
     target_bits: float | None = None
     target_distortion: float | None = None
     target_size: int | None = None
+    init: str = DEFAULT_INIT
     per_channel: bool = False
 
     def __post_init__(self):
@@ -262,6 +268,10 @@ def _check_quant(rc: "Recipe") -> None:
         raise LscError(f"recipe quant must be one of {QUANT_METHODS}, got {rc.quant!r}")
     if not isinstance(rc.per_channel, bool):
         raise LscError(f"recipe per_channel must be true or false, got {rc.per_channel!r}")
+    if rc.init not in INITS:
+        raise LscError(f"recipe init must be one of {INITS}, got {rc.init!r}")
+    if rc.init != DEFAULT_INIT and rc.quant != "kmeans":
+        raise LscError("recipe init applies to quant='kmeans' (rdq starts from its own)")
     if (rc.per_channel or any(r.per_channel for r in rc.rules)) and rc.quant != "kmeans":
         raise LscError("recipe per_channel applies to quant='kmeans'")
     targets = {
@@ -540,6 +550,7 @@ def _calibrated_prune(params, rc: Recipe, targets, calibration, where, progress:
         pattern=rc.pattern,
         bits=bits,
         per_channel={p: rc.per_channel_for(p) for p in bits or {}},
+        init=rc.init,
         progress=progress,
     )
     masks = map_selected(lambda p, _: found[p], params, where=lambda p, _: p in found)
@@ -669,6 +680,7 @@ def compress(
                 picked,
                 bits=bits,
                 per_channel={p: rc.per_channel_for(p) for p in bits},
+                init=rc.init,
                 progress=progress,
             )
     quantized = {p: b for p, b in bits.items() if b > 0 and p not in qleaves}
@@ -703,6 +715,7 @@ def compress(
             one = kmeans(
                 params,
                 quantized,
+                init=rc.init,
                 per_channel=rc.per_channel_for(path),
                 where=lambda p, _, q=path: p == q,
             )

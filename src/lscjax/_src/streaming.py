@@ -35,13 +35,7 @@ from lscjax._src.errors import FormatError, LscError
 from lscjax._src.hf_layout import apply_transform
 from lscjax._src.prune.distributions import layer_sparsities
 from lscjax._src.prune.magnitude import check_sparsity, keep_count, topk_mask
-from lscjax._src.quant.kmeans import (
-    DEFAULT_INIT,
-    MAX_ITERS,
-    TOL,
-    channel_kmeans_leaf,
-    kmeans_leaf,
-)
+from lscjax._src.quant.kmeans import MAX_ITERS, TOL, channel_kmeans_leaf, kmeans_leaf
 from lscjax._src.tree import (
     Where,
     check_float_leaf,
@@ -375,7 +369,7 @@ def _compress_leaf(path: str, w: np.ndarray, mask, rc: Recipe, quant_key):
     bits = rc.bits_for(path, w)
     if bits > 0:
         clustered = channel_kmeans_leaf if rc.per_channel_for(path) else kmeans_leaf
-        w = clustered(w, bits, init=DEFAULT_INIT, iters=MAX_ITERS, tol=TOL, key=quant_key)
+        w = clustered(w, bits, init=rc.init, iters=MAX_ITERS, tol=TOL, key=quant_key)
     return encode(w, rc.format, entropy=rc.entropy, **rc.format_options)
 
 
