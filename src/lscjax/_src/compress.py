@@ -319,28 +319,31 @@ SIZE_TRIES = 4
 """The most rdq_for_target runs that `_rdq_to_size` makes to fit a file size."""
 
 
-def _rdq_to_size(params, rc: "Recipe", paths, assemble: Callable) -> dict:
-    """{path: QArray} of the layers at `paths` by rdq, the largest whose file (``to_bytes`` of
-    ``assemble({path: leaf})``) fits rc.target_size.
+def _encode_leaf(rc: "Recipe", path: str, leaf):
+    """One selected leaf encoded with its format (the recipe's, or its rule's) and entropy coder."""
+    fmt, options = rc.format_for(path)
+    return encode(leaf, fmt, entropy=rc.entropy, **options)
 
-    The other leaves' share of the file is measured with the layers encoded as zeros; the layers
-    then get the rest. Each miss (the layers' header entries differ from the zeros') lowers
-    their budget by the excess, at most SIZE_TRIES runs.
+
+def _rdq_to_size(params, rc: "Recipe", paths, probe: CompressedModel) -> dict:
+    """{path: QArray} of the layers at `paths` by rdq, the largest whose file fits
+    rc.target_size.
+
+    `probe` is the file with the layers encoded as zeros: it gives the other leaves' share of
+    the file (encoded once), and the layers get the rest. Each miss (the layers' header entries
+    differ from the zeros') lowers their budget by the excess, at most SIZE_TRIES runs.
 
     Raises:
       LscError: a target below the file's other contents, or one no run fits.
     """
-    zeros = {
-        p: np.zeros(np.shape(w), np.float32) for p, w in leaves_with_paths(params) if p in paths
-    }
-    probe = assemble(zeros)
     rest = len(to_bytes(probe)) - sum(len(probe.encoded[p].to_bytes()) for p in paths)
     budget = rc.target_size - rest
     for _ in range(SIZE_TRIES):
         if budget <= 0:
             break
         leaves = _rdq_leaves(params, rc, paths, nbytes=budget)
-        size = len(to_bytes(assemble(leaves)))
+        encoded = {**probe.encoded, **{p: _encode_leaf(rc, p, q) for p, q in leaves.items()}}
+        size = len(to_bytes(dataclasses.replace(probe, encoded=encoded)))
         if size <= rc.target_size:
             return leaves
         budget -= size - rc.target_size
@@ -686,27 +689,26 @@ def compress(
     quantized = {p: b for p, b in bits.items() if b > 0 and p not in qleaves}
     meta = recipe_meta(rc, pruned_by=pruned_by, kept_dense=kept_dense, layout=layout)
 
-    def assemble(tree, leaves=None):
-        """The CompressedModel of `tree` with `leaves` ({path: leaf}) put in."""
-        if leaves:
-            tree = map_selected(
-                lambda p, _: leaves[p], tree, where=lambda p, _: p in leaves, fill="keep"
-            )
+    def assemble(tree):
+        """The CompressedModel of `tree`: its chosen leaves encoded, the others raw."""
         encoded, raw = {}, {}
         items = leaves_with_paths(tree, is_leaf=is_qarray)
         for path, leaf in tqdm(items, desc="encode", disable=not progress, leave=False):
             if chosen.get(path, False):
-                fmt, options = rc.format_for(path)
-                encoded[path] = encode(leaf, fmt, entropy=rc.entropy, **options)
+                encoded[path] = _encode_leaf(rc, path, leaf)
             else:
                 raw[path] = np.asarray(leaf)
         return CompressedModel(encoded=encoded, raw=raw, meta=meta)
 
     if rc.quant == "rdq" and quantized:
         if rc.target_size is not None:
-            qleaves |= _rdq_to_size(
-                params, rc, set(quantized), lambda leaves: assemble(params, leaves)
+            zeros = map_selected(
+                lambda _, w: np.zeros(np.shape(w), np.float32),
+                params,
+                where=lambda p, _: p in quantized,
+                fill="keep",
             )
+            qleaves |= _rdq_to_size(params, rc, set(quantized), assemble(zeros))
         else:
             qleaves |= _rdq_leaves(params, rc, set(quantized))
         quantized = {}

@@ -254,6 +254,7 @@ def gptq_leaf(
         importance = jnp.broadcast_to(
             jnp.diagonal(jnp.asarray(stats.gram, jnp.float32))[:, None], mat.shape
         )
+        reserved = bool(jnp.any(mat == 0))  # code 0: exactly the pruned zeros
         if lam > 0:
             q = rate_aware_sweeps(
                 path,
@@ -270,12 +271,10 @@ def gptq_leaf(
                 key=key,
             )
             codes = jnp.asarray(q.codes, jnp.int32)  # [d, n]
-            reserved = bool(jnp.any(mat == 0))
             book = refit_codebook(mat, damped(gram, damp), codes, q.codebook, reserved=reserved)
             return dataclasses.replace(q, codebook=book, shape=shape, codes=q.codes.reshape(shape))
         clustered = channel_kmeans_leaf if per_channel else kmeans_leaf
         book = clustered(mat, bits, init=init, iters=1000, key=key, weights=importance).codebook
-        reserved = bool(jnp.any(mat == 0))
         _, codes = codebook_sweep(wt, u, keep, book, block=block, reserved=reserved)
     codes = jnp.zeros((d, n), codes.dtype).at[order].set(codes[:n, :d].T)
     if grid == "kmeans":
