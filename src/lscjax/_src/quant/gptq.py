@@ -6,7 +6,8 @@ update, so the layer's output on the calibration inputs stays close. The grid is
 per-output-channel uniform grid (min-max, asymmetric, optionally per group of input features)
 or a k-means codebook (k-means of the weights weighted by their input feature's Hessian
 diagonal), one per layer or one per output channel; a k-means codebook is then refit to the
-chosen codes by least squares under the Hessian. Zeros of a pruned kernel stay exactly 0, so
+chosen codes by least squares under the Hessian, and sweeps onto the refit codebook alternate
+with refits while the layer's output error falls. Zeros of a pruned kernel stay exactly 0, so
 GPTQ runs after SparseGPT or Wanda on their masks.
 """
 
@@ -49,6 +50,8 @@ from lscjax._src.tree import Where, map_selected
 GRIDS = ("uniform", "kmeans")
 RATE_PASSES = 3
 """The most rate-aware sweeps (code lengths re-estimated between them)."""
+REFITS = 4
+"""The most GPTQ sweeps onto a k-means codebook, each followed by a codebook refit."""
 
 
 @functools.partial(jax.jit, static_argnames=("block", "group"))
@@ -172,6 +175,38 @@ def refit_codebook(mat, h, codes, codebook, *, reserved: bool):
     return jnp.linalg.solve(a, rhs[..., None])[..., 0].reshape(codebook.shape)
 
 
+def output_error(mat, h, codes, codebook):
+    """``tr((W - Q)^T H (W - Q))``, the layer's output error on the calibration inputs, of
+    codes int32 [d, n] onto codebook float32 [K] or [n, K] (mat float32 [d, n], h [d, d])."""
+    if codebook.ndim == 1:
+        values = codebook[codes]
+    else:
+        values = jnp.take_along_axis(codebook, codes.T, axis=1).T
+    e = mat - values
+    return jnp.sum(e * (h @ e))
+
+
+def alternated(mat, h, wt, u, keep, codebook, order, block, reserved):
+    """GPTQ sweeps onto a k-means codebook alternated with `refit_codebook`.
+
+    Each sweep rounds onto the last refit codebook and each refit fits the codebook to the
+    sweep's codes, for at most REFITS rounds or until the output error (`output_error`) stops
+    falling; the codes and codebook of the round with the smallest error are returned (codes
+    int32 [d, n] in feature order, codebook float32 of the given shape).
+    """
+    d, n = mat.shape
+    best = None
+    for _ in range(REFITS):
+        _, swept = codebook_sweep(wt, u, keep, codebook, block=block, reserved=reserved)
+        codes = jnp.zeros((d, n), swept.dtype).at[order].set(swept[:n, :d].T)
+        codebook = refit_codebook(mat, h, codes, codebook, reserved=reserved)
+        error = float(output_error(mat, h, codes, codebook))
+        if best is not None and error >= best[0]:
+            break
+        best = (error, codes, codebook)
+    return best[1], jnp.asarray(best[2], jnp.float32)
+
+
 def rate_aware_sweeps(path, mat, wt, u, keep, importance, bits, lam, *, order, block, init, key):
     """Rate-aware GPTQ of the kernel mat float32 [d, n] (see `gptq`'s `lam`) -> QArray.
 
@@ -246,41 +281,39 @@ def gptq_leaf(
         )
         book = grid_values(scales[: d // group, :n], zeros[: d // group, :n], maxq)  # [G, n, K]
         book = book[0] if group_size is None else book
-    elif not bool(jnp.any(mat != 0)):  # nothing to cluster: all codes 0 -> 0.0
+        codes = jnp.zeros((d, n), codes.dtype).at[order].set(codes[:n, :d].T)
+        codes = codes.reshape(shape).astype(code_dtype(2**bits))
+        return QArray(codes, jnp.asarray(book, jnp.float32), "kmeans", bits, shape)
+    if not bool(jnp.any(mat != 0)):  # nothing to cluster: all codes 0 -> 0.0
         return QArray(
             jnp.zeros(shape, jnp.uint8), jnp.zeros((1,), jnp.float32), "kmeans", bits, shape
         )
-    else:
-        importance = jnp.broadcast_to(
-            jnp.diagonal(jnp.asarray(stats.gram, jnp.float32))[:, None], mat.shape
+    importance = jnp.broadcast_to(
+        jnp.diagonal(jnp.asarray(stats.gram, jnp.float32))[:, None], mat.shape
+    )
+    reserved = bool(jnp.any(mat == 0))  # code 0: exactly the pruned zeros
+    if lam > 0:
+        q = rate_aware_sweeps(
+            path,
+            mat,
+            wt,
+            u,
+            keep,
+            importance,
+            bits,
+            lam,
+            order=order,
+            block=block,
+            init=init,
+            key=key,
         )
-        reserved = bool(jnp.any(mat == 0))  # code 0: exactly the pruned zeros
-        if lam > 0:
-            q = rate_aware_sweeps(
-                path,
-                mat,
-                wt,
-                u,
-                keep,
-                importance,
-                bits,
-                lam,
-                order=order,
-                block=block,
-                init=init,
-                key=key,
-            )
-            codes = jnp.asarray(q.codes, jnp.int32)  # [d, n]
-            book = refit_codebook(mat, damped(gram, damp), codes, q.codebook, reserved=reserved)
-            return dataclasses.replace(q, codebook=book, shape=shape, codes=q.codes.reshape(shape))
-        clustered = channel_kmeans_leaf if per_channel else kmeans_leaf
-        book = clustered(mat, bits, init=init, iters=1000, key=key, weights=importance).codebook
-        _, codes = codebook_sweep(wt, u, keep, book, block=block, reserved=reserved)
-    codes = jnp.zeros((d, n), codes.dtype).at[order].set(codes[:n, :d].T)
-    if grid == "kmeans":
-        book = refit_codebook(mat, damped(gram, damp), codes, book, reserved=reserved)
-    codes = codes.reshape(shape).astype(code_dtype(2**bits))
-    return QArray(codes, jnp.asarray(book, jnp.float32), "kmeans", bits, shape)
+        codes = jnp.asarray(q.codes, jnp.int32)  # [d, n]
+        book = refit_codebook(mat, damped(gram, damp), codes, q.codebook, reserved=reserved)
+        return dataclasses.replace(q, codebook=book, shape=shape, codes=q.codes.reshape(shape))
+    clustered = channel_kmeans_leaf if per_channel else kmeans_leaf
+    book = clustered(mat, bits, init=init, iters=1000, key=key, weights=importance).codebook
+    codes, book = alternated(mat, damped(gram, damp), wt, u, keep, book, order, block, reserved)
+    return QArray(codes.reshape(shape).astype(code_dtype(2**bits)), book, "kmeans", bits, shape)
 
 
 def gptq(
@@ -317,8 +350,9 @@ def gptq(
         [d / group_size, n, 2**bits]). "kmeans": the layer's k-means codebook, k-means of its
         non-zero weights weighted by their input feature's Hessian diagonal H_ii (codebook
         float32 [2**bits], entry 0 = 0.0 when the kernel has zeros), as `lscjax.quant.kmeans`;
-        after the sweep the codebook is refit to the codes (`refit_codebook`: the entries
-        that minimise ``||X W - X Q||`` for those codes).
+        after each sweep the codebook is refit to the codes (`refit_codebook`: the entries
+        that minimise ``||X W - X Q||`` for those codes) and the next sweep rounds onto the
+        refit codebook, for at most REFITS sweeps while the error falls.
       group_size: input features per uniform grid (must divide d); None: one per channel.
       block_size: features per lazy batch (rounded up to a multiple of group_size).
       damp: the damping, a fraction of the Hessian's mean diagonal, in [0, 1].
