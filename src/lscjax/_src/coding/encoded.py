@@ -4,11 +4,14 @@ Bytes: a fixed 6-byte header, then a bit stream (big-endian bits, zero-padded to
 
 * header: magic b"LC", version (1 byte), format id (1 byte, index in `formats.NAMES`), dtype id
   (1 byte, index in `values.DTYPES`), flags (1 byte: bits 0-1 the entropy id in
-  ("none", "huffman", "ans", "context"), bit 2 set when the tensor holds the codes of a QArray).
+  ("none", "huffman", "ans", "context"), bit 2 set when the tensor holds the codes of a QArray,
+  bit 3 set when its codebook is stored as a lattice).
 * prefix (index bits): gamma(ndim), gamma(dim) for each axis; for integer (code) dtypes
   gamma(value width); for a QArray: the method (2 bits, index in quant's METHODS), gamma(ndim)
   and gamma(dim) of the dense weight's shape, gamma(ndim) and gamma(dim) of the codebook, then
-  the codebook's float32 bit patterns.
+  the codebook: its float32 bit patterns, or for a lattice (a 1-D codebook of K entries
+  ``float32(i - c) * step`` in float32 arithmetic, as a uniform grid through 0 such as
+  `quant.trellis`'s) the step's float32 bit pattern and gamma(c), whichever is shorter.
 * the format's body (see each format's module).
 
 gamma(x) is the Elias-gamma code of x + 1. Every bit after the header is counted in `value_bits`
@@ -37,6 +40,28 @@ MAGIC = b"LC"
 VERSION = 1
 HEADER_BYTES = 6
 QARRAY_FLAG = 4
+LATTICE_FLAG = 8
+
+
+def lattice_of(codebook: np.ndarray) -> tuple[np.float32, int] | None:
+    """(step, c) when the codebook float32 [K] is bit for bit ``float32(i - c) * step`` (i in
+    [0, K)) and that form is shorter than the entries, else None."""
+    if codebook.ndim != 1 or codebook.size < 2:
+        return None
+    zeros = np.flatnonzero(codebook.view(np.uint32) == 0)  # +0.0 exactly
+    if zeros.size != 1:
+        return None
+    c = int(zeros[0])
+    step = codebook[c + 1] if c + 1 < codebook.size else -codebook[c - 1]
+    grid = lattice(step, c, codebook.size)
+    if not np.array_equal(grid.view(np.uint32), codebook.view(np.uint32)):
+        return None
+    return step, c
+
+
+def lattice(step, c: int, k: int) -> np.ndarray:
+    """The lattice codebook float32 [k]: ``float32(i - c) * step`` in float32 arithmetic."""
+    return (np.arange(k, dtype=np.int64) - c).astype(np.float32) * np.float32(step)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,6 +122,8 @@ class Encoded:
     def to_bytes(self) -> bytes:
         """The self-contained bytes: header + payload."""
         flags = ENTROPIES.index(self.entropy) | (QARRAY_FLAG if self.quantized else 0)
+        if self.quantized is not None and lattice_of(self.quantized.codebook) is not None:
+            flags |= LATTICE_FLAG
         header = MAGIC + bytes([VERSION, NAMES.index(self.format), dtype_id(self.dtype), flags])
         return header + self.payload
 
@@ -119,7 +146,9 @@ class Encoded:
         """A reader positioned at the format body, and the value codec (for format readers
         such as `lsc.decode_blocks`)."""
         r = BitReader(self.payload)
-        _, width, _ = read_prefix(r, self.dtype, self.quantized is not None)
+        q = self.quantized
+        has_lattice = q is not None and lattice_of(q.codebook) is not None
+        _, width, _ = read_prefix(r, self.dtype, q is not None, has_lattice)
         return r, ValueCodec(width, self.dtype, self.entropy)
 
 
@@ -131,11 +160,17 @@ def parse(data: bytes, budget: Budget) -> Encoded:
     version, format_id, dtype_index, flags = data[2:HEADER_BYTES]
     if version != VERSION:
         raise FormatError(f"unsupported encoding version {version} (this reader: {VERSION})")
-    if format_id >= len(NAMES) or flags & 3 >= len(ENTROPIES) or flags >> 3:
+    lattice_bit = bool(flags & LATTICE_FLAG)
+    if (
+        format_id >= len(NAMES)
+        or flags & 3 >= len(ENTROPIES)
+        or flags >> 4
+        or (lattice_bit and not flags & QARRAY_FLAG)
+    ):
         raise FormatError(f"unknown format id {format_id} or flags {flags:#x}")
     fmt, entropy, dtype = NAMES[format_id], ENTROPIES[flags & 3], dtype_from_id(dtype_index)
     r = BitReader(data[HEADER_BYTES:], budget)
-    shape, width, quantized = read_prefix(r, dtype, bool(flags & QARRAY_FLAG))
+    shape, width, quantized = read_prefix(r, dtype, bool(flags & QARRAY_FLAG), lattice_bit)
     n = math.prod(shape)
     budget.charge(n * dtype.itemsize, f"the decoded array {shape} of {dtype.name}")
     values = ValueCodec(width, dtype, entropy)
@@ -179,10 +214,15 @@ def write_prefix(w: BitWriter, shape: tuple, dtype, width: int, quantized) -> No
         w.uint(METHODS.index(quantized.method), 2)
         write_shape(w, quantized.shape)
         write_shape(w, quantized.codebook.shape)
-        w.uints(quantized.codebook.reshape(-1).view(np.uint32), 32, INDEX)
+        grid = lattice_of(quantized.codebook)
+        if grid is None:
+            w.uints(quantized.codebook.reshape(-1).view(np.uint32), 32, INDEX)
+        else:
+            w.uint(int(np.float32(grid[0]).view(np.uint32)), 32, INDEX)
+            w.gamma(grid[1], INDEX)
 
 
-def read_prefix(r: BitReader, dtype, has_qarray: bool):
+def read_prefix(r: BitReader, dtype, has_qarray: bool, has_lattice: bool = False):
     """-> (shape, value width, Quantized or None), validated."""
     shape = read_shape(r, "shape")
     width = 8 * dtype.itemsize
@@ -195,8 +235,18 @@ def read_prefix(r: BitReader, dtype, has_qarray: bool):
         method = r.uint(2, "quantization method")
         dense_shape = read_shape(r, "dense shape")
         book_shape = read_shape(r, "codebook shape")
-        book = r.uints(math.prod(book_shape), 32, "codebook").astype(np.uint32)
-        codebook = book.view(np.float32).reshape(book_shape)
+        if has_lattice:
+            if len(book_shape) != 1 or book_shape[0] < 2:
+                raise FormatError(f"bad lattice codebook of shape {book_shape}")
+            step = np.uint32(r.uint(32, "codebook step")).view(np.float32)
+            c = r.gamma("codebook zero", limit=book_shape[0] - 1)
+            r.budget.entries(book_shape[0], "codebook")
+            codebook = lattice(step, c, book_shape[0])
+            if lattice_of(codebook) is None:  # what the writer would not have stored so
+                raise FormatError("bad lattice codebook: not a lattice through one +0.0")
+        else:
+            book = r.uints(math.prod(book_shape), 32, "codebook").astype(np.uint32)
+            codebook = book.view(np.float32).reshape(book_shape)
         quantized = Quantized(METHODS[method], width, dense_shape, codebook)
         check_codes_header(
             quantized.method, width, dense_shape, shape, dtype, codebook, "QArray header"

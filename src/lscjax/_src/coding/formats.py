@@ -8,7 +8,7 @@ the flat unsigned bit patterns [n]; a reader is ``read(r, shape, n, values, dtyp
 import functools
 from typing import NamedTuple
 
-from lscjax._src.coding import bitmask, coo, csr, dense, lsc, ri, sri
+from lscjax._src.coding import bitmask, coo, csr, dense, lsc, ri, sri, trellis
 
 
 class Format(NamedTuple):
@@ -36,5 +36,9 @@ FORMATS = {
     "ri": Format(ri.write, ri.read, frozenset({"k"})),
     "sri": Format(sri.write, sri.read, frozenset({"k"})),
     "lsc": Format(lsc.write, lsc.read, frozenset({"block", "k"})),
+    "trellis": Format(trellis.write, trellis.read, frozenset()),
 }
 NAMES = tuple(FORMATS)
+"""Every format, in the order of their ids."""
+ANY_TENSOR = tuple(name for name in NAMES if name != "trellis")
+"""The formats that take any tensor ("trellis" takes only the codes of trellis quantization)."""

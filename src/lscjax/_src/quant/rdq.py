@@ -18,6 +18,11 @@ for bits per weight.
   R = h(W) - log2 step), but at most ``2**max_bits`` levels over the layer's range. Each weight
   takes the grid value minimising ``d + lam * length``, the lengths iterated to a fixed point;
   lam = 0 is round-to-nearest on the min-max grid of ``2**max_bits`` levels.
+* grid="trellis": dependent quantization (`quant.trellis`): two interleaved uniform quantizers
+  chosen by a 4-state machine, every row's levels chosen jointly by the Viterbi algorithm for
+  the same objective, the rate from one static model per quantizer (format "trellis" codes them
+  so). At equal rate it has about 1 dB less distortion than scalar rounding at high rate.
+  Pruned zeros stay 0 and are coded in the rows (format "trellis" stores every position).
 
 Layers of more than `kmeans.SAMPLE_POINTS` non-zeros iterate on the same sample as k-means and
 then assign every weight with the final codebook and code lengths.
@@ -34,6 +39,7 @@ import numpy as np
 
 from lscjax._src import ans_model
 from lscjax._src.errors import LscError
+from lscjax._src.quant import trellis
 from lscjax._src.quant.kmeans import check_weights, kmeans_leaf, sample_index
 from lscjax._src.quant.lloyd import INITS
 from lscjax._src.quant.options import bits_for
@@ -46,7 +52,7 @@ RDQ_INIT = "linear"
 high rate the rate-distortion optimum is uniform (Gish-Pierce); from the "density" init, whose
 cells are equiprobable, the Lloyd iterations with a rate term stall at a far higher entropy."""
 
-GRIDS = ("kmeans", "uniform")
+GRIDS = ("kmeans", "uniform", "trellis")
 MAX_BITS = 10
 """The largest `max_bits`: the assignment compares every weight with every code."""
 ITERS = 200
@@ -282,6 +288,14 @@ def solve(layer: Layer, lam: float) -> QArray:
     shape, reserved = tuple(layer.shape), layer.reserved
     if layer.nonzero.size == 0:
         return QArray(jnp.zeros(shape, jnp.uint8), jnp.zeros((1,), jnp.float32), "kmeans", 1, shape)
+    if layer.grid == "trellis":
+        importance = layer.importance
+        if np.ndim(importance):
+            importance = np.zeros(layer.values.size, np.float32)
+            importance[layer.nonzero] = layer.importance
+        codes, book, bits = trellis.quantize(layer.values, importance, lam, layer.max_bits, shape)
+        codes = jnp.asarray(codes.reshape(shape).astype(code_dtype(2**bits)))
+        return QArray(codes, jnp.asarray(book), "kmeans", bits, shape)
     kept = layer.values[layer.nonzero]
     if layer.grid == "kmeans":
         centroids = layer.start
@@ -323,14 +337,18 @@ def compacted(codes: np.ndarray, codebook: np.ndarray) -> QArray:
     )
 
 
-def check_max_bits(max_bits) -> int:
-    """`max_bits` as an int; LscError unless it is an int in [1, MAX_BITS]."""
+def check_max_bits(max_bits, grid: str = "kmeans") -> int:
+    """`max_bits` as an int; LscError unless it is an int in [1, MAX_BITS] (grid "trellis":
+    [2, trellis.MAX_BITS])."""
+    low, high = (2, trellis.MAX_BITS) if grid == "trellis" else (1, MAX_BITS)
     if (
         isinstance(max_bits, bool)
         or not isinstance(max_bits, int | np.integer)
-        or not 1 <= max_bits <= MAX_BITS
+        or not low <= max_bits <= high
     ):
-        raise LscError(f"max_bits must be an int in [1, {MAX_BITS}], got {max_bits!r}")
+        raise LscError(
+            f"max_bits must be an int in [{low}, {high}] for grid {grid!r}, got {max_bits!r}"
+        )
     return int(max_bits)
 
 
@@ -340,7 +358,7 @@ def prepare_all(
     """{path: Layer} of the selected leaves, every argument checked (see `rdq`)."""
     if grid not in GRIDS:
         raise LscError(f"grid must be one of {GRIDS}, got {grid!r}")
-    max_bits = check_max_bits(max_bits)
+    max_bits = check_max_bits(max_bits, grid)
     if init not in INITS:
         raise LscError(f"init must be one of {INITS}, got {init!r}")
     leaves = selected_leaves(params, where)
@@ -395,10 +413,12 @@ def rdq(
         a layer's relative distortion falls by a factor 4 per bit, so lam ~ 2 ln 2 x the relative
         distortion wanted). 0: plain k-means (grid="kmeans") or round-to-nearest
         (grid="uniform") with ``2**max_bits`` codes.
-      grid: "kmeans" (entropy-constrained codebook) or "uniform" (RDO rounding onto a uniform
-        grid).
+      grid: "kmeans" (entropy-constrained codebook), "uniform" (RDO rounding onto a uniform
+        grid) or "trellis" (dependent quantization; code with format "trellis").
       max_bits: at most ``2**max_bits`` codes per layer (the start codebook), an int in
-        [1, MAX_BITS].
+        [1, MAX_BITS]; for "trellis" in [2, trellis.MAX_BITS], the grid's 2**max_bits - 1
+        points covering the largest |w| (the result takes the fewest bits that hold the
+        points it uses).
       weights: optional pytree like `params` with a float array >= 0 of each selected leaf's
         shape: per-weight importance (e.g. a Hessian diagonal), weighting the distortion.
       where: selection (default: 'kernel' leaves with ndim >= 2).
@@ -409,7 +429,8 @@ def rdq(
     Returns:
       The params with a "kmeans" QArray at every selected leaf: codebook float32 [K] of the codes
       in use (entry 0 = 0.0 when the layer has zeros), ``bits = ceil(log2 K)``, codes uint8 /
-      uint16 of the leaf's shape; other leaves unchanged.
+      uint16 of the leaf's shape (grid "trellis": the union grid, K = 2**bits - 1, 0.0 at
+      entry 2**(bits - 1) - 1); other leaves unchanged.
 
     Raises:
       LscError (a ValueError): lam negative or not finite, unknown grid or init, max_bits
