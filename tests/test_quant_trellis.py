@@ -98,3 +98,25 @@ def test_the_codebook_is_the_union_grid_and_bad_max_bits_are_refused():
     for bad in (1, trellis.MAX_BITS + 1):
         with pytest.raises(LscError, match="max_bits"):
             lscjax.quant.rdq({"kernel": w}, 0.01, grid="trellis", max_bits=bad)
+
+
+def test_a_trellis_recipe_meets_its_bits_with_less_error_than_scalar_rdq():
+    rng = np.random.default_rng(4)
+    params = {
+        f"Dense_{i}": {"kernel": rng.laplace(size=(64, 96)).astype(np.float32)} for i in (0, 1)
+    }
+    errors = {}
+    for fmt in ("dense", "trellis"):
+        rc = lscjax.Recipe(
+            "r", sparsity=0.0, quant="rdq", target_bits=3.0, format=fmt, entropy="ans"
+        )
+        model = lscjax.compress(params, rc)
+        bits = sum(8 * len(e.to_bytes()) for e in model.encoded.values())
+        assert bits <= 3.0 * 2 * 64 * 96
+        assert {e.format for e in model.encoded.values()} == {fmt}
+        back = model.params()
+        errors[fmt] = sum(
+            float(np.sum((np.asarray(back[k]["kernel"]) - v["kernel"]) ** 2))
+            for k, v in params.items()
+        )
+    assert errors["trellis"] < 0.9 * errors["dense"]

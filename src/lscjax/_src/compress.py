@@ -34,6 +34,7 @@ from lscjax._src.quant.kmeans import DEFAULT_INIT, kmeans
 from lscjax._src.quant.lloyd import INITS
 from lscjax._src.quant.qarray import dequantize, is_qarray
 from lscjax._src.quant.rdq import MAX_BITS as RDQ_MAX_BITS
+from lscjax._src.quant.trellis import MAX_BITS as TRELLIS_MAX_BITS
 from lscjax._src.rdq_target import rdq_for_target
 from lscjax._src.train.admm import admm, admm_masks
 from lscjax._src.train.centroids import quantized_params, shared_centroids
@@ -149,7 +150,9 @@ class Recipe:
         (`lscjax.quant.rdq`, at most ``2**bits`` codes for an int `bits` up to 10, else 256)
         at the lam that meets the target, found by `lscjax.quant.rdq_for_target` over all
         quantized layers, sized with the recipe's format and entropy coder; not with the
-        calibrated prune methods.
+        calibrated prune methods. With format "trellis" (entropy "ans"), rdq's grid is
+        "trellis" (dependent quantization, the fewest bits at a distortion; ``bits`` up to 16,
+        default 14).
       target_bits: with quant="rdq", the encoded bits per weight of the quantized layers
         (the best quality that fits).
       target_distortion: with quant="rdq", their relative MSE ``sum ||W - Q||^2 /
@@ -300,9 +303,14 @@ def _check_quant(rc: "Recipe") -> None:
 def _rdq_leaves(params, rc: "Recipe", paths, nbytes: int | None = None) -> dict:
     """{path: QArray} of the layers at `paths`, by rdq at the recipe's target (see Recipe); for
     target_size, at `nbytes` of encoded layers."""
-    max_bits = rc.bits if isinstance(rc.bits, int) and 0 < rc.bits <= RDQ_MAX_BITS else 8
+    if rc.format == "trellis":  # dependent quantization, its lattice codebook stored as a step
+        grid, top, fallback = "trellis", TRELLIS_MAX_BITS, TRELLIS_MAX_BITS
+    else:
+        grid, top, fallback = "kmeans", RDQ_MAX_BITS, 8
+    max_bits = rc.bits if isinstance(rc.bits, int) and 0 < rc.bits <= top else fallback
     q, _ = rdq_for_target(
         params,
+        grid=grid,
         bits=rc.target_bits,
         bytes=nbytes,
         distortion=rc.target_distortion,
