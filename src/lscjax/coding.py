@@ -13,10 +13,9 @@ from lscjax._src.coding.compare import compare as compare
 from lscjax._src.coding.encoded import Encoded as Encoded
 from lscjax._src.coding.entropy import ENTROPIES as ENTROPIES
 from lscjax._src.coding.formats import ANY_TENSOR as FORMATS
+from lscjax._src.coding.formats import TRELLIS_FORMAT as TRELLIS_FORMAT
 from lscjax._src.coding.lsc import decode_block as decode_block
 from lscjax._src.coding.lsc import decode_blocks as decode_blocks
-
-TRELLIS_FORMAT = "trellis"
 
 __all__ = [
     "ENTROPIES",

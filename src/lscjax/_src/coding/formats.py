@@ -40,5 +40,7 @@ FORMATS = {
 }
 NAMES = tuple(FORMATS)
 """Every format, in the order of their ids."""
-ANY_TENSOR = tuple(name for name in NAMES if name != "trellis")
+TRELLIS_FORMAT = "trellis"
+"""The format of trellis-quantized codes only (`quant.rdq(..., grid="trellis")`)."""
+ANY_TENSOR = tuple(name for name in NAMES if name != TRELLIS_FORMAT)
 """The formats that take any tensor ("trellis" takes only the codes of trellis quantization)."""

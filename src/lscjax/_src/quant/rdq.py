@@ -417,8 +417,8 @@ def rdq(
         grid) or "trellis" (dependent quantization; code with format "trellis").
       max_bits: at most ``2**max_bits`` codes per layer (the start codebook), an int in
         [1, MAX_BITS]; for "trellis" in [2, trellis.MAX_BITS], the grid's 2**max_bits - 1
-        points covering the largest |w| (the result takes the fewest bits that hold the
-        points it uses).
+        points covering the largest weight magnitude (the result takes the fewest bits that
+        hold the points it uses).
       weights: optional pytree like `params` with a float array >= 0 of each selected leaf's
         shape: per-weight importance (e.g. a Hessian diagonal), weighting the distortion.
       where: selection (default: 'kernel' leaves with ndim >= 2).

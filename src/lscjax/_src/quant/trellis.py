@@ -161,7 +161,7 @@ def viterbi(x, weight, fixed, lengths, lam, *, kmax: int):
 def step_for(values: np.ndarray, lam: float, bits: int) -> float:
     """The union step of a layer: its quantizers' spacing (twice the step) is the high-rate
     optimum ``sqrt(6 lam Var(W) / (GRANULAR_GAIN ln 2))``, but the grid's 2**bits - 1 points
-    cover the largest |w| (lam = 0: the finest such grid)."""
+    cover the largest weight magnitude (lam = 0: the finest such grid)."""
     top = float(np.abs(values).max()) if values.size else 0.0
     finest = top / center(bits) if top > 0 else 1.0
     spacing = math.sqrt(6 * lam * float(np.var(values)) / (GRANULAR_GAIN * math.log(2)))
