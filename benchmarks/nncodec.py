@@ -102,6 +102,20 @@ def _inert_torchvision() -> None:
         sys.modules["torchvision"] = Module("torchvision")
 
 
+def nnc_bitstream(nnc, tensors: dict, tmp: str, qp: int, lambda_scale: float) -> bytes:
+    """NNCodec's bitstream of the tensors at `qp` (dependent quantization on), by the `nnc`
+    module of the nncodec package."""
+    return nnc.compress(
+        dict(tensors),
+        bitstream_path=os.path.join(tmp, "b.nnc"),
+        qp=qp,
+        use_dq=True,
+        lambda_scale=lambda_scale,
+        return_bitstream=True,
+        verbose=False,
+    )
+
+
 def nncodec_half(tensors_path: str, out_path: str, qps) -> None:
     """Encode and decode every tensor set of the .npz at each qp and setting -> JSON."""
     _inert_torchvision()
@@ -121,15 +135,7 @@ def nncodec_half(tensors_path: str, out_path: str, qps) -> None:
             for setting, lambda_scale in NNCODEC_SETTINGS.items():
                 for qp in qps:
                     start = time.perf_counter()
-                    stream = nnc.compress(
-                        dict(tensors),
-                        bitstream_path=os.path.join(tmp, "b.nnc"),
-                        qp=qp,
-                        use_dq=True,
-                        lambda_scale=lambda_scale,
-                        return_bitstream=True,
-                        verbose=False,
-                    )
+                    stream = nnc_bitstream(nnc, tensors, tmp, qp, lambda_scale)
                     encode_s = time.perf_counter() - start
                     start = time.perf_counter()
                     decoded = nnc.decompress(stream)
@@ -340,7 +346,7 @@ def run_nncodec(python: str, sets: dict, qps) -> dict | None:
         np.savez(os.path.join(tmp, "t.npz"), **arrays)
         out = os.path.join(tmp, "out.json")
         cmd = [python, __file__, "--nncodec-half", os.path.join(tmp, "t.npz"), out]
-        cmd += ["--qps", ",".join(map(str, qps))]
+        cmd += ["--qps=" + ",".join(map(str, qps))]
         subprocess.run(cmd, check=True)
         return json.loads(pathlib.Path(out).read_text())
 

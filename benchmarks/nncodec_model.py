@@ -1,6 +1,7 @@
 """Whole-model files at equal sentence-embedding fidelity: lscjax against NNCodec (MPEG NNR).
 
-    python benchmarks/nncodec_model.py [--qps -20,-23,...] [--lams 0.002,0.005,...]
+    python benchmarks/nncodec_model.py [--qps=-20,-23,...] [--lams 0.002,0.005,...] [--calibrated]
+                                       [--merge]
 
 Both codecs compress every float tensor of all-MiniLM-L6-v2 that the encoder uses (embeddings,
 the 36 Linear weights and their biases, LayerNorms: the checkpoint without its pooler), and each
@@ -40,7 +41,7 @@ import numpy as np
 
 RESULTS = pathlib.Path(__file__).parent / "results" / "nncodec_model.json"
 NNCODEC_PYTHON = str(pathlib.Path("~/.venvs/nncodec/bin/python").expanduser())
-QPS = (-20, -23, -26, -29)
+QPS = (-20, -23, -26, -29, -32, -35)
 LAMS = (0.002, 0.005, 0.01, 0.02, 0.04)
 FIDELITIES = (0.98, 0.99, 0.995)
 
@@ -49,7 +50,7 @@ def nncodec_half(tensors_path: str, out_dir: str, qps) -> None:
     """(In NNCodec's interpreter) each qp's bitstream size and decoded tensors -> out_dir."""
     here = pathlib.Path(__file__).resolve().parent
     sys.path.insert(0, str(here))
-    from nncodec import _inert_torchvision  # the benchmark script: its torchvision stand-in
+    from nncodec import _inert_torchvision, nnc_bitstream  # the benchmark script's helpers
 
     _inert_torchvision()
     sys.path[:] = [p for p in sys.path if pathlib.Path(p or ".").resolve() != here]
@@ -61,15 +62,7 @@ def nncodec_half(tensors_path: str, out_dir: str, qps) -> None:
     rows = []
     for qp in qps:
         start = time.perf_counter()
-        stream = nnc.compress(
-            dict(tensors),
-            bitstream_path=os.path.join(out_dir, "b.nnc"),
-            qp=qp,
-            use_dq=True,
-            lambda_scale=0.0,
-            return_bitstream=True,
-            verbose=False,
-        )
+        stream = nnc_bitstream(nnc, tensors, out_dir, qp, 0.0)
         encode_s = time.perf_counter() - start
         decoded = nnc.decompress(stream)
         np.savez(os.path.join(out_dir, f"qp{qp}.npz"), **{k: decoded[k] for k in tensors})
@@ -140,6 +133,8 @@ def nncodec_rows(folder, python, qps, score) -> list:
 
     from lscjax.models import bert_from_hf
 
+    if not qps:
+        return []
     if not pathlib.Path(python).exists():
         print(f"skipped NNCodec: no interpreter at {python}")
         return []
@@ -147,7 +142,7 @@ def nncodec_rows(folder, python, qps, score) -> list:
     with tempfile.TemporaryDirectory() as tmp:
         np.savez(os.path.join(tmp, "t.npz"), **used_tensors(folder))
         cmd = [python, __file__, "--nncodec-half", os.path.join(tmp, "t.npz"), tmp]
-        subprocess.run(cmd + ["--qps", ",".join(map(str, qps))], check=True)
+        subprocess.run(cmd + ["--qps=" + ",".join(map(str, qps))], check=True)
         shutil.copy(folder / "config.json", tmp)
         for row in json.loads(pathlib.Path(tmp, "rows.json").read_text()):
             decoded = dict(np.load(os.path.join(tmp, f"qp{row['qp']}.npz")))
@@ -230,15 +225,15 @@ def lscjax_rows(params, lams, score, cal=None) -> list:
     return rows
 
 
-def bytes_at(rows: list, fidelity: float) -> float:
-    """The smallest size reaching `fidelity` mean cosine, interpolated (log size); nan when no
+def bytes_at(rows: list, fidelity: float) -> float | None:
+    """The smallest size reaching `fidelity` mean cosine, interpolated (log size); None when no
     two measured points bracket it."""
     points = sorted((r["bytes"], r["mean_cosine"]) for r in rows)
     for (b0, c0), (b1, c1) in zip(points, points[1:], strict=False):
         if c0 < fidelity <= c1:
             t = (fidelity - c0) / (c1 - c0)
             return math.exp(math.log(b0) + t * (math.log(b1) - math.log(b0)))
-    return math.nan
+    return None
 
 
 def main(argv=None):
@@ -250,9 +245,12 @@ def main(argv=None):
     parser.add_argument(
         "--calibrated", action="store_true", help="also the calibration-aware curve (slow)"
     )
+    parser.add_argument(
+        "--merge", action="store_true", help="keep the stored points of other qps and lams"
+    )
     parser.add_argument("--nncodec-half", nargs=2, metavar=("TENSORS_NPZ", "OUT_DIR"))
     args = parser.parse_args(argv)
-    qps = [int(q) for q in args.qps.split(",")]
+    qps = [int(q) for q in args.qps.split(",") if q]
     if args.nncodec_half:
         nncodec_half(*args.nncodec_half, qps)
         return
@@ -260,9 +258,17 @@ def main(argv=None):
     params, score = fidelity_scorer(folder)
     checkpoint = (folder / "model.safetensors").stat().st_size
     theirs = nncodec_rows(folder, args.nncodec_python, qps, score)
-    lams = [float(x) for x in args.lams.split(",")]
+    lams = [float(x) for x in args.lams.split(",") if x]
     ours = lscjax_rows(params, lams, score)
     calibrated = lscjax_rows(params, lams, score, calibration(folder)) if args.calibrated else []
+    if args.merge and RESULTS.exists():  # earlier points of other settings stay
+        before = json.loads(RESULTS.read_text())
+        theirs += [r for r in before["nncodec"] if r["qp"] not in qps]
+        ours += [r for r in before["lscjax"] if r["lam"] not in lams]
+        if args.calibrated:
+            calibrated += [r for r in before["lscjax_calibrated"] if r["lam"] not in lams]
+        else:
+            calibrated = before["lscjax_calibrated"]
     table = [
         {
             "fidelity": f,
@@ -274,8 +280,12 @@ def main(argv=None):
     ]
     print("\n| mean cosine | NNCodec | lscjax | lscjax calibrated |\n|---|---|---|---|")
     for row in table:
-        print(f"| {row['fidelity']} | {row['nncodec_bytes']:,.0f} | {row['lscjax_bytes']:,.0f} "
-              f"| {row['lscjax_calibrated_bytes']:,.0f} |")  # fmt: skip
+        cells = [row[k] for k in ("nncodec_bytes", "lscjax_bytes", "lscjax_calibrated_bytes")]
+        print(
+            f"| {row['fidelity']} | "
+            + " | ".join("-" if c is None else f"{c:,.0f}" for c in cells)
+            + " |"
+        )
     RESULTS.parent.mkdir(exist_ok=True)
     out = {
         "checkpoint_bytes": checkpoint,
