@@ -154,9 +154,17 @@ def nncodec_rows(folder, python, qps, score) -> list:
     return rows
 
 
-def calibrated_kernels(params, cal, lam) -> dict:
-    """{path: QArray} of the encoder kernels by rate-aware GPTQ at `lam` (6-bit k-means grid,
-    act-order), layer-sequential on the calibration batches."""
+CALIBRATED = {  # grid: (bits, the kernels' format, entropy)
+    "kmeans": (6, "dense", "context"),
+    "trellis": (14, "trellis", "ans"),
+}
+CURVES = {"kmeans": "lscjax_calibrated", "trellis": "lscjax_calibrated_trellis"}
+
+
+def calibrated_kernels(params, cal, lam, grid) -> dict:
+    """{path: QArray} of the encoder kernels by rate-aware GPTQ at `lam` onto `grid` (6-bit
+    k-means codebook per layer, or the trellis), act-order, layer-sequential on the calibration
+    batches."""
     from ptq_minilm import is_kernel
 
     import lscjax
@@ -166,7 +174,7 @@ def calibrated_kernels(params, cal, lam) -> dict:
 
     def layer(p, one):
         (path,) = one
-        q = lscjax.quant.gptq(p, one, 6, grid="kmeans", lam=lam, act_order=True)
+        q = lscjax.quant.gptq(p, one, CALIBRATED[grid][0], grid=grid, lam=lam, act_order=True)
         done[path] = dict(leaves_with_paths(q, is_leaf=lscjax.quant.is_qarray))[path]
         return map_selected(
             lambda _, __: done[path].dequantize(), p, where=lambda r, _: r == path, fill="keep"
@@ -176,10 +184,10 @@ def calibrated_kernels(params, cal, lam) -> dict:
     return done
 
 
-def lscjax_rows(params, lams, score, cal=None) -> list:
+def lscjax_rows(params, lams, score, cal=None, grid="kmeans") -> list:
     """lscjax's points: every 2-D leaf by `quant.rdq(grid="trellis")` at each lam, in format
     "trellis"; the 1-D leaves float32. With `cal`, the encoder kernels instead by rate-aware
-    GPTQ at the same lam (`calibrated_kernels`), in format "dense" with entropy "context"."""
+    GPTQ onto `grid` at the same lam (`calibrated_kernels`; format and entropy CALIBRATED)."""
     import lscjax
     from lscjax._src.tree import leaves_with_paths
 
@@ -194,7 +202,7 @@ def lscjax_rows(params, lams, score, cal=None) -> list:
     rows = []
     for lam in lams:
         start = time.perf_counter()
-        kernels = {} if cal is None else calibrated_kernels(params, cal, lam)
+        kernels = {} if cal is None else calibrated_kernels(params, cal, lam, grid)
         q = lscjax.quant.rdq(
             params,
             lam,
@@ -207,9 +215,8 @@ def lscjax_rows(params, lams, score, cal=None) -> list:
             for p, leaf in leaves_with_paths(q, is_leaf=lscjax.quant.is_qarray)
             if lscjax.quant.is_qarray(leaf)
         }
-        encoded |= {
-            p: lscjax.coding.encode(k, "dense", entropy="context") for p, k in kernels.items()
-        }
+        _, fmt, entropy = CALIBRATED[grid]
+        encoded |= {p: lscjax.coding.encode(k, fmt, entropy=entropy) for p, k in kernels.items()}
         raw = {p: v for p, v in base.raw.items() if p not in encoded}
         model = lscjax.CompressedModel(encoded=encoded, raw=raw, meta=base.meta)
         encode_s = time.perf_counter() - start
@@ -218,8 +225,8 @@ def lscjax_rows(params, lams, score, cal=None) -> list:
             back = lscjax.load(pathlib.Path(tmp) / "m.lsc")
         mean, low = score(back)
         rows.append(
-            {"lam": lam, "calibrated": cal is not None, "bytes": size, "encode_s": encode_s,
-             "mean_cosine": mean, "min_cosine": low}
+            {"lam": lam, "calibrated": None if cal is None else grid, "bytes": size,
+             "encode_s": encode_s, "mean_cosine": mean, "min_cosine": low}
         )  # fmt: skip
         print("lscjax", rows[-1], flush=True)
     return rows
@@ -243,7 +250,11 @@ def main(argv=None):
     parser.add_argument("--qps", default=",".join(map(str, QPS)))
     parser.add_argument("--lams", default=",".join(map(str, LAMS)))
     parser.add_argument(
-        "--calibrated", action="store_true", help="also the calibration-aware curve (slow)"
+        "--calibrated",
+        nargs="*",
+        default=[],
+        choices=list(CALIBRATED),
+        help="also the calibration-aware curves onto these grids (slow)",
     )
     parser.add_argument(
         "--merge", action="store_true", help="keep the stored points of other qps and lams"
@@ -257,43 +268,29 @@ def main(argv=None):
     folder = model_folder(args.model)
     params, score = fidelity_scorer(folder)
     checkpoint = (folder / "model.safetensors").stat().st_size
-    theirs = nncodec_rows(folder, args.nncodec_python, qps, score)
     lams = [float(x) for x in args.lams.split(",") if x]
-    ours = lscjax_rows(params, lams, score)
-    calibrated = lscjax_rows(params, lams, score, calibration(folder)) if args.calibrated else []
+    curves = {"nncodec": nncodec_rows(folder, args.nncodec_python, qps, score)}
+    curves["lscjax"] = lscjax_rows(params, lams, score)
+    for grid in args.calibrated:
+        cal = calibration(folder)
+        curves[CURVES[grid]] = lscjax_rows(params, lams, score, cal, grid)
     if args.merge and RESULTS.exists():  # earlier points of other settings stay
         before = json.loads(RESULTS.read_text())
-        theirs += [r for r in before["nncodec"] if r["qp"] not in qps]
-        ours += [r for r in before["lscjax"] if r["lam"] not in lams]
-        if args.calibrated:
-            calibrated += [r for r in before["lscjax_calibrated"] if r["lam"] not in lams]
-        else:
-            calibrated = before["lscjax_calibrated"]
-    table = [
-        {
-            "fidelity": f,
-            "nncodec_bytes": bytes_at(theirs, f),
-            "lscjax_bytes": bytes_at(ours, f),
-            "lscjax_calibrated_bytes": bytes_at(calibrated, f),
-        }
-        for f in FIDELITIES
-    ]
-    print("\n| mean cosine | NNCodec | lscjax | lscjax calibrated |\n|---|---|---|---|")
+        for name, rows in before.items():
+            if name in ("nncodec", "lscjax", *CURVES.values()):
+                settings = qps if name == "nncodec" else lams
+                key = "qp" if name == "nncodec" else "lam"
+                ran = name in curves
+                curves.setdefault(name, [])
+                curves[name] += [r for r in rows if not ran or r[key] not in settings]
+    table = [{"fidelity": f, **{n: bytes_at(r, f) for n, r in curves.items()}} for f in FIDELITIES]
+    names = list(curves)
+    print("\n| mean cosine | " + " | ".join(names) + " |\n|---|" + "---|" * len(names))
     for row in table:
-        cells = [row[k] for k in ("nncodec_bytes", "lscjax_bytes", "lscjax_calibrated_bytes")]
-        print(
-            f"| {row['fidelity']} | "
-            + " | ".join("-" if c is None else f"{c:,.0f}" for c in cells)
-            + " |"
-        )
+        cells = ["-" if row[n] is None else f"{row[n]:,.0f}" for n in names]
+        print(f"| {row['fidelity']} | " + " | ".join(cells) + " |")
     RESULTS.parent.mkdir(exist_ok=True)
-    out = {
-        "checkpoint_bytes": checkpoint,
-        "nncodec": theirs,
-        "lscjax": ours,
-        "lscjax_calibrated": calibrated,
-        "table": table,
-    }
+    out = {"checkpoint_bytes": checkpoint, **curves, "table": table}
     RESULTS.write_text(json.dumps(out, indent=1) + "\n")
     print(f"wrote {RESULTS}")
 

@@ -296,3 +296,29 @@ def test_rate_aware_gptq_with_act_order_is_the_permuted_sweep(correlated):
     want[order] = np.asarray(q["l"]["kernel"].dequantize())
     got = lscjax.quant.gptq(params, stats, 3, grid="kmeans", act_order=True, lam=0.03)
     np.testing.assert_allclose(got["l"]["kernel"].dequantize(), want, rtol=1e-5, atol=1e-6)
+
+
+def test_trellis_gptq_with_identity_hessian_is_rdq_trellis():
+    w = np.random.default_rng(6).laplace(size=(30, 24)).astype(np.float32)
+    params = {"l": {"kernel": w}}
+    got = lscjax.quant.gptq(params, eye(30), 10, grid="trellis", lam=0.01, damp=0.0)
+    want = lscjax.quant.rdq(params, 0.01, grid="trellis", max_bits=10)
+    got, want = got["l"]["kernel"], want["l"]["kernel"]
+    assert got.bits == want.bits
+    np.testing.assert_array_equal(np.asarray(got.codebook), np.asarray(want.codebook))
+    assert np.mean(np.asarray(got.codes) == np.asarray(want.codes)) > 0.99
+
+
+def test_trellis_gptq_beats_trellis_rounding_on_correlated_inputs(correlated):
+    x, params, stats = correlated
+    w = params["l"]["kernel"]
+    out = {}
+    for name, q in (
+        ("gptq", lscjax.quant.gptq(params, stats, 10, grid="trellis", lam=0.01)),
+        ("rdq", lscjax.quant.rdq(params, 0.01, grid="trellis", max_bits=10)),
+    ):
+        q = q["l"]["kernel"]
+        bits = 8 * len(lscjax.coding.encode(q, "trellis", entropy="ans").to_bytes())
+        out[name] = (bits, np.linalg.norm(x @ w - x @ np.asarray(q.dequantize())))
+    assert out["gptq"][0] <= 1.02 * out["rdq"][0]
+    assert out["gptq"][1] < 0.8 * out["rdq"][1]

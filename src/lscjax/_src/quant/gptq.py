@@ -31,6 +31,7 @@ from lscjax._src.prune.hessian import (
     padded,
     stats_leaves,
 )
+from lscjax._src.quant import trellis
 from lscjax._src.quant.kmeans import DEFAULT_INIT, channel_kmeans_leaf, kmeans_leaf
 from lscjax._src.quant.lloyd import nearest
 from lscjax._src.quant.options import per_leaf
@@ -47,7 +48,7 @@ from lscjax._src.quant.rdq import (
 from lscjax._src.quant.uniform import grid_values, uniform_grid
 from lscjax._src.tree import Where, map_selected
 
-GRIDS = ("uniform", "kmeans")
+GRIDS = ("uniform", "kmeans", "trellis")
 RATE_PASSES = 3
 """The most rate-aware sweeps (code lengths re-estimated between them)."""
 REFITS = 4
@@ -175,6 +176,57 @@ def refit_codebook(mat, h, codes, codebook, *, reserved: bool):
     return jnp.linalg.solve(a, rhs[..., None])[..., 0].reshape(codebook.shape)
 
 
+@functools.partial(jax.jit, static_argnames=("block", "kmax"))
+def trellis_sweep(wt, u, keep, step, lengths, lam, norm, *, block: int, kmax: int):
+    """GPTQ onto the trellis (`quant.trellis`): each feature's n weights (one row of the kernel,
+    a chain) are quantized together by the Viterbi search, each weighted by its OBS loss
+    ``norm / U_ii^2``, before the error is spread over the later features. Returns (levels,
+    quantizers), int32 [n, dp] (pruned weights: level 0)."""
+    n, dp = wt.shape
+
+    def start(w1, diag1, i1, aux):
+        return aux
+
+    def column(w1, i, gi, diag1, aux):
+        levels, quantizers = aux
+        w = jax.lax.dynamic_index_in_dim(w1, i, axis=1, keepdims=False)
+        kept = jax.lax.dynamic_index_in_dim(keep, gi, axis=1, keepdims=False)
+        weight = jnp.full((1, n), norm * step**2 / diag1[i] ** 2, jnp.float32)
+        k, q = trellis.viterbi(w[None] / step, weight, ~kept[None], lengths, lam, kmax=kmax)
+        levels = jax.lax.dynamic_update_index_in_dim(levels, k[0], gi, axis=1)
+        quantizers = jax.lax.dynamic_update_index_in_dim(quantizers, q[0], gi, axis=1)
+        value = trellis.values_of(k[0], q[0]).astype(jnp.float32) * step
+        return jnp.where(kept, value, 0.0), (levels, quantizers)
+
+    zeros = jnp.zeros((n, dp), jnp.int32)
+    _, aux = lazy_sweep(wt, u, (zeros, zeros), block=block, start=start, column=column)
+    return aux
+
+
+def trellis_leaf(mat, wt, u, keep, bits, lam, *, order, block, shape) -> QArray:
+    """Rate-aware GPTQ onto the trellis of the kernel mat float32 [d, n] (see `gptq`)."""
+    d, n = mat.shape
+    values = np.asarray(mat)
+    step = trellis.step_for(values.reshape(-1), lam, bits)
+    kmax = (trellis.center(bits) + 1) // 2
+    precision = float(jnp.mean(1 / jnp.diagonal(u)[:d] ** 2))  # mean of 1 / [H^-1]_ii
+    norm = 1 / max(precision * float(np.var(values)), np.finfo(np.float32).tiny)
+    lengths = np.zeros((2, 2 * kmax + 1), np.float32)
+    for done in range(trellis.PASSES):
+        swept = trellis_sweep(
+            wt, u, keep, jnp.float32(step), jnp.asarray(lengths), jnp.float32(lam if done else 0.0),
+            jnp.float32(norm), block=block, kmax=kmax,
+        )  # fmt: skip
+        levels, quantizers = (np.asarray(a[:n, :d].T, np.int64) for a in swept)  # [d, n]
+        lengths = trellis.model_lengths(levels, quantizers, kmax)
+    m = np.zeros((d, n), np.int64)
+    m[np.asarray(order)] = trellis.values_of(levels, quantizers)
+    codes, book, used = trellis.union_codes(m, step)
+    return QArray(
+        jnp.asarray(codes.reshape(shape).astype(code_dtype(2**used))), book, "kmeans", used, shape
+    )
+
+
 def output_error(mat, h, codes, codebook):
     """``tr((W - Q)^T H (W - Q))``, the layer's output error on the calibration inputs, of
     codes int32 [d, n] onto codebook float32 [K] or [n, K] (mat float32 [d, n], h [d, d])."""
@@ -291,6 +343,8 @@ def gptq_leaf(
     importance = jnp.broadcast_to(
         jnp.diagonal(jnp.asarray(stats.gram, jnp.float32))[:, None], mat.shape
     )
+    if grid == "trellis":
+        return trellis_leaf(mat, wt, u, keep, bits, lam, order=order, block=block, shape=shape)
     reserved = bool(jnp.any(mat == 0))  # code 0: exactly the pruned zeros
     if lam > 0:
         q = rate_aware_sweeps(
@@ -352,7 +406,13 @@ def gptq(
         float32 [2**bits], entry 0 = 0.0 when the kernel has zeros), as `lscjax.quant.kmeans`;
         after each sweep the codebook is refit to the codes (`refit_codebook`: the entries
         that minimise ``||X W - X Q||`` for those codes) and the next sweep rounds onto the
-        refit codebook, for at most REFITS sweeps while the error falls.
+        refit codebook, for at most REFITS sweeps while the error falls. "trellis":
+        dependent quantization (`quant.trellis`, as `lscjax.quant.rdq(grid="trellis")`;
+        store with format "trellis"): each input feature's weights across the outputs, one
+        row of the kernel, are quantized together by the Viterbi search for their OBS loss
+        plus lam x bits (the rate from one static model per quantizer, re-estimated between
+        trellis.PASSES sweeps), then compensated as GPTQ does; ``bits`` (>= 2) bounds the
+        union grid, whose step is set by lam and the kernel's variance.
       group_size: input features per uniform grid (must divide d); None: one per channel.
       block_size: features per lazy batch (rounded up to a multiple of group_size).
       damp: the damping, a fraction of the Hessian's mean diagonal, in [0, 1].
@@ -363,15 +423,16 @@ def gptq(
         features remain to absorb them) instead of in index order; not with group_size.
       where: the leaves to quantize (default: every leaf that `stats` has).
       seed: PRNG seed of the random k-means inits.
-      lam: rate weight (grid="kmeans"; 0: plain GPTQ). lam > 0 makes the rounding rate-aware,
+      lam: rate weight (grid="kmeans" or "trellis"; 0: plain GPTQ; for "trellis" also the
+        union grid's step). lam > 0 makes the rounding rate-aware,
         as CERWU (Conzelmann & Bamler 2025): each weight takes the code minimising its OBS
         loss ``(w - c)^2 / [H^-1]_ii`` over ``mean_i(1 / [H^-1]_ii) Var(W)`` plus lam x the code's
         length under the coder's rANS model (`lscjax.quant.rdq`'s scale-free lam). The
         codebook and first lengths are `rdq`'s with the Hessian diagonal as importance; the
         lengths are re-estimated between sweeps (at most RATE_PASSES), and the codebook is
-        refit to the final codes (the rate, set by the codes, does not change). Entries no code uses
-        are dropped, so ``bits`` can come out below the requested bits. Pruned zeros stay 0
-        and are not coded.
+        refit to the final codes (the rate, set by the codes, does not change). Entries no
+        code uses are dropped, so ``bits`` can come out below the requested bits. Pruned
+        zeros stay 0 and are not coded (grid "trellis": coded in their rows).
       per_channel: grid="kmeans" with one codebook per output channel (SqueezeLLM's
         per-channel non-uniform codebooks: each channel's weights clustered alone, weighted by
         H_ii; codebook float32 [n, 2**bits], entry 0 = 0.0 when the kernel has zeros), each
@@ -384,7 +445,7 @@ def gptq(
     Raises:
       LscError (a ValueError): bad bits, grid, group_size, block_size, damp or lam; group_size
         with grid="kmeans" or act_order; lam > 0 with grid="uniform"; per_channel with
-        grid="uniform" or lam > 0; a selected leaf without stats or not matching them; an
+        grid="uniform", "trellis" or lam > 0; grid "trellis" with bits < 2; a selected leaf without stats or not matching them; an
         empty selection (messages name the path).
 
     Example:
@@ -394,8 +455,8 @@ def gptq(
     if grid not in GRIDS:
         raise LscError(f"grid must be one of {GRIDS}, got {grid!r}")
     lam = check_lam(lam)
-    if lam > 0 and grid != "kmeans":
-        raise LscError("lam > 0 (rate-aware GPTQ) applies to grid='kmeans' only")
+    if lam > 0 and grid == "uniform":
+        raise LscError("lam > 0 (rate-aware GPTQ) applies to grid='kmeans' or 'trellis' only")
     if not isinstance(per_channel, bool):
         raise LscError(f"per_channel must be True or False, got {per_channel!r}")
     if per_channel and (grid != "kmeans" or lam > 0):
@@ -419,6 +480,8 @@ def gptq(
     done = {}
     for i, (path, w, s) in enumerate(leaves):
         leaf_bits = check_bits(path, per_leaf(bits, path, "bits"))
+        if grid == "trellis" and leaf_bits < 2:
+            raise LscError(f"leaf {path!r}: grid='trellis' needs bits >= 2, got {leaf_bits}")
         done[path] = gptq_leaf(
             path,
             w,

@@ -206,14 +206,25 @@ def quantize(values: np.ndarray, importance: np.ndarray, lam: float, bits: int, 
         ]
         levels = np.concatenate([np.asarray(k) for k, _ in chosen]).astype(np.int64)
         quantizers = np.concatenate([np.asarray(q) for _, q in chosen]).astype(np.int64)
-        counts = np.stack(
-            [np.bincount(levels[quantizers == q] + kmax, minlength=2 * kmax + 1) for q in (0, 1)]
-        )
-        # a level no weight took is priced as half a weight's: the model can still reach it
-        lengths = np.stack(
-            [ans_model.code_lengths(np.where(c > 0, c, 0.5).astype(np.float64)) for c in counts]
-        ).astype(np.float32)
-    m = values_of(levels, quantizers).reshape(-1)
+        lengths = model_lengths(levels, quantizers, kmax)
+    return union_codes(values_of(levels, quantizers).reshape(-1), step)
+
+
+def model_lengths(levels: np.ndarray, quantizers: np.ndarray, kmax: int) -> np.ndarray:
+    """The bits float32 [2, 2 kmax + 1] of each level in each quantizer under the static models
+    fitted to the chosen levels (int [...], with their quantizers); a level no weight took is
+    priced as half a weight's, so that a later pass can still reach it."""
+    counts = np.stack(
+        [np.bincount(levels[quantizers == q] + kmax, minlength=2 * kmax + 1) for q in (0, 1)]
+    )
+    return np.stack(
+        [ans_model.code_lengths(np.where(c > 0, c, 0.5).astype(np.float64)) for c in counts]
+    ).astype(np.float32)
+
+
+def union_codes(m: np.ndarray, step: float):
+    """(codes m + M, codebook float32 [2**b - 1], b) of union-grid indices m int [...]: b the
+    fewest bits (>= 2) whose grid holds every m, the codebook ``float32(c - M) * step``."""
     top = int(np.abs(m).max()) if m.size else 0
     bits = max(2, top.bit_length() + 1)  # the fewest bits with center(bits) >= top
     book = (np.arange(2**bits - 1) - center(bits)).astype(np.float32) * np.float32(step)
