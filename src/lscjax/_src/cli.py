@@ -242,7 +242,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     comp.add_argument("--sparsity", type=float, help="overall sparsity (default: the recipe's)")
     comp.add_argument("--bits", type=int, help="code bits for every layer (0: float32 values)")
-    comp.add_argument("--format", help="index format (lsc, ri, sri, csr, ...)")
+    comp.add_argument(
+        "--format", help="storage format (lsc, ri, sri, csr, ..., trellis with --target-*)"
+    )
     comp.add_argument("--entropy", choices=["ans", "context", "huffman", "none"])
     comp.add_argument(
         "--init",
