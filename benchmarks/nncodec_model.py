@@ -88,15 +88,19 @@ def used_tensors(folder) -> dict:
     }
 
 
-def fidelity_scorer(folder):
-    """score(params) -> (mean, min) cosine to the dense model's sentence embeddings."""
+def fidelity_scorer(folder, tokens, count=None):
+    """(params, score): score(params) -> (mean, min) cosine to the dense model's sentence
+    embeddings on the evaluation sentences (the first `count` of them), tokenized with the
+    tokenizer of the folder `tokens` (ids taken modulo the model's vocabulary)."""
     import jax
     from ptq_minilm import SENTENCES, chunks
 
     from lscjax.models import bert_from_hf, sentence_embedding, tokenize
 
     module, params = bert_from_hf(folder)
-    ids, mask = tokenize(folder, SENTENCES.read_text(encoding="utf-8").splitlines()[300:])
+    sentences = SENTENCES.read_text(encoding="utf-8").splitlines()[300:]
+    ids, mask = tokenize(tokens, sentences[:count])
+    ids = ids % params["embeddings"]["word_embeddings"]["embedding"].shape[0]
     embed = jax.jit(lambda p, i, m: sentence_embedding(module.apply({"params": p}, i, m), m))
 
     def embeddings(p):
@@ -259,16 +263,26 @@ def main(argv=None):
     parser.add_argument(
         "--merge", action="store_true", help="keep the stored points of other qps and lams"
     )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="the tiny BERT test fixture on 8 sentences, lscjax only (a smoke test; no JSON)",
+    )
     parser.add_argument("--nncodec-half", nargs=2, metavar=("TENSORS_NPZ", "OUT_DIR"))
     args = parser.parse_args(argv)
     qps = [int(q) for q in args.qps.split(",") if q]
     if args.nncodec_half:
         nncodec_half(*args.nncodec_half, qps)
         return
-    folder = model_folder(args.model)
-    params, score = fidelity_scorer(folder)
-    checkpoint = (folder / "model.safetensors").stat().st_size
     lams = [float(x) for x in args.lams.split(",") if x]
+    if args.quick:
+        fixture = pathlib.Path(__file__).parent.parent / "tests" / "fixtures" / "tiny_bert"
+        params, score = fidelity_scorer(fixture, model_folder(args.model), 8)
+        lscjax_rows(params, lams[:2], score)  # prints its points
+        return
+    folder = model_folder(args.model)
+    params, score = fidelity_scorer(folder, folder)
+    checkpoint = (folder / "model.safetensors").stat().st_size
     curves = {"nncodec": nncodec_rows(folder, args.nncodec_python, qps, score)}
     curves["lscjax"] = lscjax_rows(params, lams, score)
     for grid in args.calibrated:
