@@ -58,8 +58,8 @@ def test_viterbi_finds_the_cheapest_level_sequence():
 
 
 def coded(q):
-    """(bits per weight of format 'trellis', relative MSE) of a trellis QArray."""
-    return q.codes.size and 8 * len(coding.encode(q, "trellis", entropy="ans").to_bytes())
+    """The bits of a trellis QArray in format 'trellis' (whole encoding)."""
+    return 8 * len(coding.encode(q, "trellis", entropy="ans").to_bytes())
 
 
 def test_rate_below_gish_pierce_on_a_laplacian_at_high_rate():

@@ -217,14 +217,20 @@ def trellis_leaf(mat, wt, u, keep, bits, lam, *, order, block, shape) -> QArray:
             wt, u, keep, jnp.float32(step), jnp.asarray(lengths), jnp.float32(lam if done else 0.0),
             jnp.float32(norm), block=block, kmax=kmax,
         )  # fmt: skip
-        levels, quantizers = (np.asarray(a[:n, :d].T, np.int64) for a in swept)  # [d, n]
+        levels, quantizers = (feature_order(a, order, d, n) for a in swept)
         lengths = trellis.model_lengths(levels, quantizers, kmax)
-    m = np.zeros((d, n), np.int64)
-    m[np.asarray(order)] = trellis.values_of(levels, quantizers)
-    codes, book, used = trellis.union_codes(m, step)
+    codes, book, used = trellis.union_codes(trellis.values_of(levels, quantizers), step)
     return QArray(
         jnp.asarray(codes.reshape(shape).astype(code_dtype(2**used))), book, "kmeans", used, shape
     )
+
+
+def feature_order(swept, order, d: int, n: int) -> np.ndarray:
+    """int64 [d, n]: the sweep's per-row results [n', dp'] (features in the sweep's `order`,
+    padded) back in the kernel's feature order."""
+    out = np.zeros((d, n), np.int64)
+    out[np.asarray(order)] = np.asarray(swept)[:n, :d].T
+    return out
 
 
 def output_error(mat, h, codes, codebook):
@@ -250,7 +256,7 @@ def alternated(mat, h, wt, u, keep, codebook, order, block, reserved):
     best = None
     for _ in range(REFITS):
         _, swept = codebook_sweep(wt, u, keep, codebook, block=block, reserved=reserved)
-        codes = jnp.zeros((d, n), swept.dtype).at[order].set(swept[:n, :d].T)
+        codes = jnp.asarray(feature_order(swept, order, d, n), jnp.int32)
         codebook = refit_codebook(mat, h, codes, codebook, reserved=reserved)
         error = float(output_error(mat, h, codes, codebook))
         if best is not None and error >= best[0]:
@@ -284,8 +290,7 @@ def rate_aware_sweeps(path, mat, wt, u, keep, importance, bits, lam, *, order, b
         _, codes_swept = codebook_sweep(
             wt, u, keep, book, penalty, norm, block=block, reserved=reserved
         )
-        codes = np.zeros((d, n), np.int64)
-        codes[np.asarray(order)] = np.asarray(codes_swept[:n, :d].T)
+        codes = feature_order(codes_swept, order, d, n)
         fresh = np.bincount(codes[coded].astype(np.int64), minlength=k)
         if np.array_equal(fresh, counts):
             break
@@ -333,18 +338,17 @@ def gptq_leaf(
         )
         book = grid_values(scales[: d // group, :n], zeros[: d // group, :n], maxq)  # [G, n, K]
         book = book[0] if group_size is None else book
-        codes = jnp.zeros((d, n), codes.dtype).at[order].set(codes[:n, :d].T)
-        codes = codes.reshape(shape).astype(code_dtype(2**bits))
+        codes = feature_order(codes, order, d, n).reshape(shape).astype(code_dtype(2**bits))
         return QArray(codes, jnp.asarray(book, jnp.float32), "kmeans", bits, shape)
     if not bool(jnp.any(mat != 0)):  # nothing to cluster: all codes 0 -> 0.0
         return QArray(
             jnp.zeros(shape, jnp.uint8), jnp.zeros((1,), jnp.float32), "kmeans", bits, shape
         )
+    if grid == "trellis":
+        return trellis_leaf(mat, wt, u, keep, bits, lam, order=order, block=block, shape=shape)
     importance = jnp.broadcast_to(
         jnp.diagonal(jnp.asarray(stats.gram, jnp.float32))[:, None], mat.shape
     )
-    if grid == "trellis":
-        return trellis_leaf(mat, wt, u, keep, bits, lam, order=order, block=block, shape=shape)
     reserved = bool(jnp.any(mat == 0))  # code 0: exactly the pruned zeros
     if lam > 0:
         q = rate_aware_sweeps(
