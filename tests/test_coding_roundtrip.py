@@ -195,8 +195,8 @@ def test_jax_arrays_encode_like_numpy(dtype):
 
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_kept_count_matches_the_decoded_array(fmt):
-    """`kept_count` (on stored values, no dense array) equals the non-zeros of the decoded
-    weights: floats with -0.0 and bf16, k-means codes whose zero code is 0.0 and a code that
+    """`kept_count` equals the non-zeros of the decoded weights, both as `encode` counted them
+    on its input (`Encoded.kept`) and on the stored values of parsed bytes: floats with -0.0 and bf16, k-means codes whose zero code is 0.0 and a code that
     maps to 0.0 inside the codebook, and vector (product) codes."""
     rng = np.random.default_rng(11)
     floats = np.where(rng.random((24, 20)) < 0.3, rng.standard_normal((24, 20)), 0.0)
@@ -213,5 +213,5 @@ def test_kept_count_matches_the_decoded_array(fmt):
             want = np.count_nonzero(np.asarray(decode_qarray(enc).dequantize()))
         else:
             want = np.count_nonzero(coding.decode(enc).astype(np.float32))
-        assert kept_count(enc) == want  # fresh Encoded
+        assert enc.kept == kept_count(enc) == want  # fresh Encoded: counted by encode
         assert kept_count(coding.Encoded.from_bytes(enc.to_bytes())) == want

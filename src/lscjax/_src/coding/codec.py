@@ -54,9 +54,9 @@ def encode(array, format: str, *, entropy: str = "none", **options) -> Encoded:
     unknown = set(options) - FORMATS[format].options
     if unknown:
         raise LscError(f"format {format!r} takes no option(s) {sorted(unknown)}")
-    quantized = None
+    quantized = kept = None
     if isinstance(array, QArray):
-        array, quantized = _codes_of(array)
+        array, quantized, kept = *_codes_of(array), _nonzero_weights(array)
     array = np.asarray(array)
     dtype_id(array.dtype)
     check_shape(array.shape, "array shape", LscError)
@@ -70,6 +70,7 @@ def encode(array, format: str, *, entropy: str = "none", **options) -> Encoded:
         w, bits, array.shape, values, index_entropy(entropy), **options
     )
     payload = w.getvalue()
+    kept = int(np.count_nonzero(array)) if kept is None else kept
     return Encoded(
         format,
         array.shape,
@@ -79,7 +80,18 @@ def encode(array, format: str, *, entropy: str = "none", **options) -> Encoded:
         w.counts["value"],
         w.counts["index"],
         quantized,
+        kept=kept,
     )
+
+
+def _nonzero_weights(qarray: QArray) -> int:
+    """The non-zero weights of a checked QArray's dense form (`kept_count`'s count)."""
+    codebook = np.asarray(qarray.codebook, np.float32)
+    if qarray.method in ("product", "residual") or codebook.ndim != 1:
+        return int(np.count_nonzero(np.asarray(qarray.dequantize())))
+    codes = np.asarray(qarray.codes)
+    zeros = np.flatnonzero(codebook == 0)  # usually just code 0, the pruned weights
+    return codes.size - sum(int(np.count_nonzero(codes == z)) for z in zeros)
 
 
 def _parsed(encoded: Encoded, max_bytes: int | None = None) -> Encoded:
@@ -122,9 +134,13 @@ def kept_count(encoded: Encoded) -> int:
     Float values count when non-zero (-0.0 does not); a QArray's codes count when their
     codebook value is non-zero (vector codebooks, "product" / "residual", are dequantized).
 
+    A fresh `encode` knows the count (`Encoded.kept`); parsed bytes are counted on their values.
+
     Raises:
       FormatError: malformed bytes.
     """
+    if isinstance(encoded, Encoded) and encoded.kept is not None:
+        return encoded.kept
     encoded = _parsed(encoded)
     q = encoded.quantized
     if q is not None and (q.method in ("product", "residual") or q.codebook.ndim != 1):

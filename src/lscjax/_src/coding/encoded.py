@@ -97,6 +97,8 @@ class Encoded:
       quantized: the QArray facts when the codes of a QArray were encoded, else None.
       decoded: set by `from_bytes`: (positions int64 [m] or None for all elements, the values'
         unsigned bit patterns [m]), which `decode` scatters; None for a fresh `encode`.
+      kept: set by `encode`: the non-zero weights of the encoded tensor (`codec.kept_count`),
+        counted on the array it was given; None after `from_bytes` (counted from `decoded`).
     """
 
     format: str
@@ -108,6 +110,7 @@ class Encoded:
     index_bits: int
     quantized: Quantized | None = None
     decoded: tuple | None = dataclasses.field(default=None, repr=False, compare=False)
+    kept: int | None = dataclasses.field(default=None, compare=False)
 
     @property
     def total_bits(self) -> int:
