@@ -1,6 +1,6 @@
 """Compressing large checkpoints: wall time, peak memory and throughput of `lscjax compress`.
 
-    python benchmarks/scale.py                     # 100M and 300M params at 1, 2, all workers; 1B once
+    python benchmarks/scale.py                     # 100M, 300M, "one" at 1, 2, all workers; 1B once
     python benchmarks/scale.py --sizes 100M 300M   # a subset
     python benchmarks/scale.py --quick             # 20M params, 1 and 2 workers, no JSON
     python benchmarks/scale.py --sizes 1B --no-kmeans  # one point, keeping the rest of the JSON
@@ -9,7 +9,9 @@ Each point writes a synthetic transformer-shaped float32 checkpoint (token embed
 per layer the query / key / value / output kernels [d, d], the MLP kernels [d, 4d] and [4d, d]
 with their biases and two LayerNorms; normal(0, 0.02) values) as Hugging Face's multi-file
 safetensors layout (shards of <= 2 GB and model.safetensors.index.json), tensor by tensor, so
-the generator holds one tensor at a time. It then runs ``lscjax compress --recipe lsc`` (95%
+the generator holds one tensor at a time; the "one" point is a checkpoint of a single
+[16384, 4096] tensor (67M weights, an LM head's size), which the workers share only by taking
+slices of it (lscjax._src.parallel). It then runs ``lscjax compress --recipe lsc`` (95%
 global magnitude sparsity, 5-bit k-means codes, LSC + rANS) on it under ``/usr/bin/time -v``
 and reports wall time, peak RSS of the process, weights per second (all params of the
 checkpoint over the wall time) and the file ratio (checkpoint bytes over .lsc bytes); then
@@ -38,7 +40,10 @@ import numpy as np
 RESULTS = pathlib.Path(__file__).parent / "results" / "scale.json"
 VOCAB = 32000
 SHAPES = {"20M": 512, "100M": 768, "300M": 1024, "1B": 2048}
-SIZES = {"20M": 20e6, "100M": 100e6, "300M": 300e6, "1B": 1e9}
+SIZES = {"20M": 20e6, "100M": 100e6, "300M": 300e6, "1B": 1e9, "one": 16384 * 4096}
+ONE_TENSOR = {"lm_head.kernel": (16384, 4096)}
+"""The "one" point: a checkpoint of one 67M-weight tensor, which workers can only share by
+taking slices of it."""
 SHARD_BYTES = 2 << 30
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -123,7 +128,7 @@ def point(size: str, workers: list[int], tmp: pathlib.Path) -> list[dict]:
     """Compress (and load back) one synthetic checkpoint at each worker count."""
     folder = tmp / f"ckpt_{size}"
     folder.mkdir()
-    shapes = tensor_shapes(SIZES[size], SHAPES[size])
+    shapes = ONE_TENSOR if size == "one" else tensor_shapes(SIZES[size], SHAPES[size])
     params = sum(int(np.prod(s)) for s in shapes.values())
     start = time.perf_counter()
     ckpt_bytes = write_checkpoint(folder, shapes)
@@ -198,7 +203,9 @@ def kmeans_sample_cost(shape: tuple, density: float, bits: int = 5) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="20M params, 1 and 2 workers")
-    parser.add_argument("--sizes", nargs="*", choices=list(SIZES), default=["100M", "300M", "1B"])
+    parser.add_argument(
+        "--sizes", nargs="*", choices=list(SIZES), default=["100M", "300M", "1B", "one"]
+    )
     parser.add_argument("--tmp", default=None, help="folder for the checkpoints (default: temp)")
     parser.add_argument("--no-kmeans", action="store_true", help="skip the k-means sampling cost")
     args = parser.parse_args()

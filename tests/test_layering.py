@@ -23,6 +23,7 @@ RULES = (
     ("tree", (*STAGES, *APP, "lib:flax")),
     ("errors", (*STAGES, *APP, "lib:flax")),
     ("ans_model", (*STAGES, *APP, "lib:flax")),
+    ("parallel", (*STAGES, *APP, "lib:flax")),
     ("train", (*APP, "flax", "lib:flax")),
 )
 

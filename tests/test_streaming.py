@@ -1,6 +1,7 @@
 """Streaming compression of safetensors checkpoints: the same bytes as the in-memory path, for
 any number of workers, one tensor at a time."""
 
+import concurrent.futures
 import json
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 import lscjax
+from lscjax._src import parallel
 from lscjax._src.cli import main
 from lscjax._src.compressed import from_bytes, to_bytes
 from lscjax._src.quant import kmeans as kmeans_module
@@ -72,6 +74,7 @@ RECIPES = {
         bits=0,
         format="sri",
     ),
+    "lsc_block4": lscjax.recipe("lsc", sparsity=0.6, format="lsc", format_options={"block": 4}),
 }
 
 
@@ -94,6 +97,25 @@ def test_streaming_file_equals_in_memory_for_1_and_n_workers(checkpoints, tmp_pa
     assert sorted(p.name for p in tmp_path.iterdir()) == ["1.lsc", "3.lsc"]  # no parts left
 
 
+@pytest.mark.parametrize(
+    "kind,name", [("normal", "lsc"), ("ties", "deep_compression"), ("normal", "lsc_block4")]
+)
+def test_tensors_cut_in_slices_give_the_same_file(checkpoints, tmp_path, monkeypatch, kind, name):
+    """With slices of 100 elements every stage that works per slice (masks, pruning, k-means
+    assignment, counts, LSC block planning, SRI entries, rANS ranks) runs on many slices,
+    shared by 1 or 3 threads: the file equals the one made with every tensor in one slice."""
+    monkeypatch.setattr(kmeans_module, "SAMPLE_POINTS", 500)  # the sliced host k-means
+    folder, flat = checkpoints[kind]
+    whole = to_bytes(lscjax.compress(nest(flat, "."), RECIPES[name]))
+    monkeypatch.setattr(parallel, "SLICE_ELEMENTS", 100)
+    assert len(parallel.row_spans(48 * 80, 1)) == 39
+    assert to_bytes(lscjax.compress(nest(flat, "."), RECIPES[name])) == whole
+    for workers in (1, 3):
+        out = tmp_path / f"{workers}.lsc"
+        compress_file(folder, out, RECIPES[name], workers=workers)
+        assert out.read_bytes() == whole, workers
+
+
 def test_cli_compress_streams_safetensors(checkpoint, tmp_path, capsys):
     folder, flat = checkpoint
     out = tmp_path / "cli.lsc"
@@ -114,10 +136,13 @@ def test_global_threshold_matches_global_magnitude_with_ties():
             {p: {"kernel": leaves[p]} for p in paths}, sparsity, scope="global"
         )
 
-        class Serial:
-            map = staticmethod(lambda fn, items: [fn(i) for i in items])
+        # each leaf read in pieces of 7 elements, histogrammed by two threads
+        def pieces(p):
+            flat = leaves[p].reshape(-1)
+            return [lambda s=s: flat[s : s + 7] for s in range(0, flat.size, 7)]
 
-        rule = global_threshold(lambda p: [leaves[p]], paths, sparsity, Serial)
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            rule = global_threshold(pieces, paths, sparsity, pool, 2)
         for p in paths:
             np.testing.assert_array_equal(rule.mask(p, leaves[p]), np.asarray(masks[p]["kernel"]))
 
@@ -144,7 +169,7 @@ def test_source_reads_what_safetensors_wrote(tmp_path):
             got = source.read(path)
             assert got.dtype == expected.dtype
             np.testing.assert_array_equal(got, expected)
-            pieces = [p.copy() for p in source.chunks(path, 5)]
+            pieces = [read() for read in source.pieces(path, 5)]
             assert all(p.size <= 5 and p.dtype == expected.dtype for p in pieces)
             np.testing.assert_array_equal(np.concatenate(pieces), expected.reshape(-1))
 

@@ -27,6 +27,7 @@ from lscjax._src.compressed import CompressedModel, to_bytes
 from lscjax._src.errors import LscError
 from lscjax._src.flax.calibration import Calibration
 from lscjax._src.loop import make_step
+from lscjax._src.parallel import count_nonzero
 from lscjax._src.prune.distributions import distributed_magnitude
 from lscjax._src.prune.magnitude import apply, check_sparsity
 from lscjax._src.prune.patterns import parse_pattern
@@ -244,7 +245,7 @@ class Recipe:
         if self.bits is not None:
             return int(self.bits)
         default = self.conv_bits if np.ndim(leaf) > 2 else self.dense_bits
-        kept = int(np.count_nonzero(np.asarray(leaf)))
+        kept = count_nonzero(leaf)
         return max(1, min(default, int(np.log2(max(kept, 2))) - 2))
 
     def per_channel_for(self, path: str) -> bool:

@@ -5,22 +5,26 @@ its ``model.safetensors.index.json``), memory-mapped, one tensor at a time; prun
 encodes each as it comes; and writes the .lsc file section by section. The file is byte for byte
 the one `lscjax.compress` + `lscjax.save` write for the same params and recipe, for any number of
 workers: tensors are encoded in parallel threads (NumPy and the coders release the GIL) and
-written in the order of the in-memory path.
+written in the order of the in-memory path, and a thread with nothing else to do takes slices
+of a large tensor's work (`lscjax._src.parallel`: its pruning, counts, k-means assignment, LSC
+block planning and SRI entries; only the rANS coding of a stream is one call).
 
 One global magnitude threshold (the "global" sparsity of the recipes) needs every selected weight
 before any is pruned: it is found exactly by a radix selection over the float32 bit patterns of
-``|w|`` (two passes of 16-bit histograms, read one tensor at a time), with ties broken as
-`lscjax.prune.magnitude` does (the lower flat index, in leaf order, is kept).
+``|w|`` (two passes of 16-bit histograms over pieces of CHUNK elements, read and counted in
+parallel), with ties broken as `lscjax.prune.magnitude` does (the lower flat index, in leaf
+order, is kept).
 """
 
 import concurrent.futures
 import dataclasses
+import functools
 import json
 import math
 import os
 import shutil
 import zlib
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import jax.numpy as jnp
@@ -33,6 +37,7 @@ from lscjax._src.compress import RECIPES, Recipe, recipe_meta
 from lscjax._src.compressed import CompressedModel, raw_section
 from lscjax._src.errors import FormatError, LscError
 from lscjax._src.hf_layout import apply_transform
+from lscjax._src.parallel import elementwise, row_spans, shared_map, sharing
 from lscjax._src.prune.distributions import layer_sparsities
 from lscjax._src.prune.magnitude import check_sparsity, keep_count, topk_mask
 from lscjax._src.quant.kmeans import MAX_ITERS, TOL, channel_kmeans_leaf, kmeans_leaf
@@ -47,7 +52,7 @@ from lscjax._src.tree import (
 
 INDEX_NAME = "model.safetensors.index.json"
 CHUNK = 1 << 22
-"""Elements per chunk when histogramming a tensor (bounds the temporaries to ~16 MiB each)."""
+"""Elements per piece when histogramming a tensor (bounds the temporaries to ~16 MiB each)."""
 _HALF = 1 << 16
 
 
@@ -106,8 +111,8 @@ class SafetensorsSource:
     """The tensors of a safetensors checkpoint, read one at a time.
 
     Each read copies a tensor's bytes from the file (positioned reads, no memory map), so the
-    process's resident memory holds the tensors in use, not the file; `chunks` reads one in
-    pieces through one reused buffer.
+    process's resident memory holds the tensors in use, not the file; `pieces` reads one in
+    pieces, each on its own.
 
     Keys are leaf paths as `lscjax._src.checkpoints.read_checkpoint` gives them: split on '/'
     when any key has one, else on '.', with a top-level 'params' group unwrapped; a PyTorch /
@@ -181,18 +186,24 @@ class SafetensorsSource:
             return out
         return apply_transform(out, self._transforms[path])
 
-    def chunks(self, path: str, size: int = CHUNK) -> Iterator[np.ndarray]:
-        """The tensor at leaf `path` flattened, in pieces of at most `size` elements (native
-        byte order; a converted PyTorch tensor's in its stored orientation); the pieces share
-        one buffer, so each is valid until the next is read."""
-        f, little, shape = self._open(path)
-        total = math.prod(shape)
-        buffer = np.empty(min(size, total), little)
+    def pieces(self, path: str, size: int = CHUNK) -> list[Callable[[], np.ndarray]]:
+        """The tensor at leaf `path` flattened (a converted PyTorch tensor's in its stored
+        orientation), as readers of consecutive pieces of at most `size` elements: each call
+        reads its piece into a new array (native byte order) by a positioned read of its own,
+        so the pieces of one tensor can be read in parallel."""
+        total = math.prod(self._stored_shape(path))
+        return [
+            functools.partial(self._read_range, path, start, min(start + size, total))
+            for start in range(0, total, size)
+        ]
+
+    def _read_range(self, path: str, start: int, stop: int) -> np.ndarray:
+        f, little, _ = self._open(path)
+        out = np.empty(stop - start, little)
         with f:
-            for start in range(0, total, size):
-                piece = buffer[: min(size, total - start)]
-                _read_into(f, piece.view(np.uint8))
-                yield piece.astype(little.newbyteorder("="), copy=False)
+            f.seek(start * little.itemsize, os.SEEK_CUR)
+            _read_into(f, out.view(np.uint8))
+        return out.astype(little.newbyteorder("="), copy=False)
 
     def _open(self, path: str):
         """(the unbuffered file at the tensor's first byte, its little-endian dtype, its shape
@@ -262,32 +273,20 @@ def _abs_bits(w: np.ndarray) -> np.ndarray:
     return np.abs(np.asarray(w, np.float32)).view(np.uint32)
 
 
-def _chunks(pieces: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
-    """`_abs_bits` of arrays, at most CHUNK elements at a time."""
-    for piece in pieces:
-        flat = piece.reshape(-1)
-        for start in range(0, flat.size, CHUNK):
-            yield _abs_bits(flat[start : start + CHUNK])
-
-
 _NOT_FINITE = 0x7F80
 """The high 16 bits of |w|'s float32 pattern from which it is Inf or NaN."""
 
 
-def _hi_histogram(path: str, pieces: Iterable[np.ndarray]) -> np.ndarray:
-    hist = np.zeros(_HALF, np.int64)
-    for bits in _chunks(pieces):
-        hist += np.bincount(bits >> 16, minlength=_HALF)
+def _hi_histogram(path: str, piece: np.ndarray) -> np.ndarray:
+    hist = np.bincount(_abs_bits(piece).reshape(-1) >> 16, minlength=_HALF)
     if hist[_NOT_FINITE:].any():
         raise LscError(f"leaf {path!r}: contains NaN or Inf")
     return hist
 
 
-def _lo_histogram(pieces: Iterable[np.ndarray], hi: int) -> np.ndarray:
-    hist = np.zeros(_HALF, np.int64)
-    for bits in _chunks(pieces):
-        hist += np.bincount(bits[(bits >> 16) == hi] & (_HALF - 1), minlength=_HALF)
-    return hist
+def _lo_histogram(piece: np.ndarray, hi: int) -> np.ndarray:
+    bits = _abs_bits(piece).reshape(-1)
+    return np.bincount(bits[(bits >> 16) == hi] & (_HALF - 1), minlength=_HALF)
 
 
 def _split(hist: np.ndarray, k: int) -> tuple[int, int]:
@@ -312,40 +311,55 @@ class GlobalThreshold:
         """bool mask (True = kept) of `w` [any shape]."""
         if self.bits is None:
             return np.zeros(w.shape, bool)
-        a = _abs_bits(w)
-        equal = a == self.bits
-        keep = a > self.bits
+        keep = elementwise(lambda part: _abs_bits(part) > self.bits, w, dtype=bool)
         budget = self.ties.get(path, 0)
         if budget:
-            keep |= equal & (np.cumsum(equal.reshape(-1)).reshape(w.shape) <= budget)
+            flat = w.reshape(-1)
+            equal = shared_map(
+                lambda span: np.flatnonzero(_abs_bits(flat[span]) == self.bits) + span.start,
+                row_spans(flat.size, 1),
+            )
+            keep.reshape(-1)[np.concatenate(equal)[:budget]] = True
         return keep
 
 
-def global_threshold(chunks: Callable, paths: list[str], sparsity: float, pool) -> GlobalThreshold:
+def global_threshold(
+    pieces: Callable, paths: list[str], sparsity: float, pool, window: int
+) -> GlobalThreshold:
     """The exact global magnitude threshold of the leaves `paths` (in order), reading each
-    tensor twice as ``chunks(path)``: float arrays whose elements, in order, are the leaf's.
+    tensor twice as ``pieces(path)``: callables each returning a float array, whose elements,
+    in order, are the leaf's. The pieces of every leaf are histogrammed in `pool`, at most
+    `window` + 1 at a time, so one large leaf is shared by every thread.
 
     Raises:
       LscError: a leaf with NaN or Inf (named).
     """
     sparsity = check_sparsity(sparsity)
-    hists = list(pool.map(lambda p: _hi_histogram(p, chunks(p)), paths))
-    total = int(sum(h.sum() for h in hists))
+    tasks = [(path, read) for path in paths for read in pieces(path)]
+
+    def per_leaf(histogram: Callable) -> dict:
+        out = {path: np.zeros(_HALF, np.int64) for path in paths}
+        for (path, _), hist in zip(tasks, _ordered(pool, histogram, tasks, window), strict=True):
+            out[path] += hist
+        return out
+
+    hists = per_leaf(lambda task: _hi_histogram(task[0], task[1]()))
+    total = int(sum(h.sum() for h in hists.values()))
     k = keep_count(total, sparsity)
     if k == 0:
         return GlobalThreshold(None, {})
-    hi, above_hi = _split(sum(hists), k)
-    lows = list(pool.map(lambda p: _lo_histogram(chunks(p), hi), paths))
-    lo, above_lo = _split(sum(lows), k - above_hi)
+    hi, above_hi = _split(sum(hists.values()), k)
+    lows = per_leaf(lambda task: _lo_histogram(task[1](), hi))
+    lo, above_lo = _split(sum(lows.values()), k - above_hi)
     budget = k - above_hi - above_lo
     ties = {}
-    for path, hist in zip(paths, lows, strict=True):
-        ties[path] = min(budget, int(hist[lo]))
+    for path in paths:
+        ties[path] = min(budget, int(lows[path][lo]))
         budget -= ties[path]
     return GlobalThreshold((hi << 16) | lo, ties)
 
 
-def _masker(rc: Recipe, source: SafetensorsSource, chosen: dict, pool) -> Callable:
+def _masker(rc: Recipe, source: SafetensorsSource, chosen: dict, pool, window: int) -> Callable:
     """(path, w) -> bool mask, for the recipe's one-shot magnitude pruning."""
     paths = [p for p, c in chosen.items() if c]
     if rc.prune not in ("magnitude", "gradual"):
@@ -355,17 +369,21 @@ def _masker(rc: Recipe, source: SafetensorsSource, chosen: dict, pool) -> Callab
         per_leaf = layer_sparsities(proxies, rc.sparsity, where=lambda p, _: chosen[p])
         return lambda path, w: np.asarray(topk_mask(np.abs(w), keep_count(w.size, per_leaf[path])))
 
-    def chunks(path):
+    def pieces(path):
         dtype = source.paths[path][3]
         check_float_leaf(path, np.zeros((), jnp.dtype(dtype)), finite=False)
-        return source.chunks(path)
+        return source.pieces(path)
 
-    return global_threshold(chunks, paths, rc.sparsity, pool).mask
+    return global_threshold(pieces, paths, rc.sparsity, pool, window).mask
 
 
 def _compress_leaf(path: str, w: np.ndarray, mask, rc: Recipe, quant_key):
-    """One selected leaf: pruned, quantized to its bits, encoded -> Encoded."""
-    w = np.where(mask, w, np.zeros((), w.dtype))
+    """One selected leaf: pruned (in place when `w` is a C-contiguous writeable array),
+    quantized to its bits, encoded -> Encoded."""
+    if not (w.flags.c_contiguous and w.flags.writeable):
+        w = np.array(w)
+    flat, drop = w.reshape(-1), mask.reshape(-1)
+    shared_map(lambda span: np.copyto(flat[span], 0, where=~drop[span]), row_spans(w.size, 1))
     bits = rc.bits_for(path, w)
     if bits > 0:
         clustered = channel_kmeans_leaf if rc.per_channel_for(path) else kmeans_leaf
@@ -433,14 +451,15 @@ def compress_file(
     parts = [output.with_name(output.name + suffix) for suffix in (".part", ".raw.part")]
     encoded, raw, sections = {}, {}, {"encoded": [], "raw": []}
     with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-        mask = _masker(rc, source, chosen, pool)
+        mask = _masker(rc, source, chosen, pool, workers)
 
         def job(path):
             w = source.read(path)
             if not chosen[path]:
                 return raw_section(path, w), w
             check_float_leaf(path, w)
-            return None, _compress_leaf(path, w, mask(path, w), rc, quant_key)
+            with sharing(pool, workers - 1):  # free threads take slices of a large tensor
+                return None, _compress_leaf(path, w, mask(path, w), rc, quant_key)
 
         try:
             with open(parts[0], "wb") as enc_file, open(parts[1], "wb") as raw_file:

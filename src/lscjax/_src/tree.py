@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lscjax._src.errors import FormatError, LscError
+from lscjax._src.parallel import row_spans, shared_map
 
 Where = None | Callable[[str, Any], bool] | Any
 
@@ -189,7 +190,12 @@ def check_float_leaf(path: str, leaf, *, finite: bool = True) -> None:
     if not jnp.issubdtype(dtype, jnp.floating):
         raise LscError(f"leaf {path!r}: expected a floating-point array, got dtype {dtype}")
     if finite and not isinstance(leaf, jax.core.Tracer):
-        if not bool(np.all(np.isfinite(np.asarray(leaf, dtype=np.float32)))):
+        flat = np.asarray(leaf).reshape(-1)
+        finite_parts = shared_map(
+            lambda span: bool(np.isfinite(np.asarray(flat[span], np.float32)).all()),
+            row_spans(flat.size, 1),
+        )
+        if not all(finite_parts):
             raise LscError(f"leaf {path!r}: contains NaN or Inf")
 
 

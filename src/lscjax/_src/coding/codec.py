@@ -12,6 +12,7 @@ from lscjax._src.coding.formats import FORMATS
 from lscjax._src.coding.validate import check_shape
 from lscjax._src.coding.values import ValueCodec, bit_view, dtype_id, natural_width
 from lscjax._src.errors import LscError
+from lscjax._src.parallel import count_nonzero, row_spans, shared_map
 from lscjax._src.quant.qarray import QArray, check_codes, check_qarray
 
 
@@ -70,7 +71,7 @@ def encode(array, format: str, *, entropy: str = "none", **options) -> Encoded:
         w, bits, array.shape, values, index_entropy(entropy), **options
     )
     payload = w.getvalue()
-    kept = int(np.count_nonzero(array)) if kept is None else kept
+    kept = count_nonzero(array) if kept is None else kept
     return Encoded(
         format,
         array.shape,
@@ -89,9 +90,14 @@ def _nonzero_weights(qarray: QArray) -> int:
     codebook = np.asarray(qarray.codebook, np.float32)
     if qarray.method in ("product", "residual") or codebook.ndim != 1:
         return int(np.count_nonzero(np.asarray(qarray.dequantize())))
-    codes = np.asarray(qarray.codes)
+    codes = np.asarray(qarray.codes).reshape(-1)
     zeros = np.flatnonzero(codebook == 0)  # usually just code 0, the pruned weights
-    return codes.size - sum(int(np.count_nonzero(codes == z)) for z in zeros)
+
+    def kept(span: slice) -> int:
+        part = codes[span]
+        return part.size - sum(int(np.count_nonzero(part == z)) for z in zeros)
+
+    return sum(shared_map(kept, row_spans(codes.size, 1)))
 
 
 def _parsed(encoded: Encoded, max_bytes: int | None = None) -> Encoded:

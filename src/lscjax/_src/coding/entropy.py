@@ -26,6 +26,7 @@ from bitarray.util import canonical_decode, canonical_huffman
 from lscjax._src import ans_model
 from lscjax._src.coding.bitstream import BitReader, BitWriter, gamma_bits
 from lscjax._src.errors import FormatError, LscError
+from lscjax._src.parallel import elementwise
 
 ENTROPIES = ("none", "huffman", "ans", "context")
 ANS_STEPS_PER_OCTAVE = ans_model.STEPS_PER_OCTAVE
@@ -251,10 +252,10 @@ class SymbolCoder:
         """Each symbol's index among the present symbols, int32 [n], for symbols int [n] (all
         present): a lookup table, or the symbols themselves when every one is present."""
         if self.symbols.size == 2**self.alphabet_bits:
-            return symbols.astype(np.int32)
+            return symbols.astype(np.int32, copy=False)
         lookup = np.zeros(2**self.alphabet_bits, np.int32)
         lookup[self.symbols] = np.arange(self.symbols.size, dtype=np.int32)
-        return lookup[symbols]
+        return elementwise(lambda part: lookup[part], symbols, dtype=np.int32)
 
     def read(self, r: BitReader, count: int, kind: str, what: str) -> np.ndarray:
         """Read a stream of `count` symbols -> int64 [count]."""

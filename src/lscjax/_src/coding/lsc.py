@@ -37,6 +37,7 @@ from lscjax._src.coding.entropy import SymbolCoder, index_entropy
 from lscjax._src.coding.layout import block_grid, gap_table, gaps, matrix_shape, segment_ends
 from lscjax._src.coding.values import ValueCodec
 from lscjax._src.errors import FormatError, LscError
+from lscjax._src.parallel import elementwise, row_spans, shared_map
 
 BLOCK_CANDIDATES = (4, 8, 16, 32, 64, 128, 256, 512)
 MAX_BLOCK = 4096
@@ -69,7 +70,21 @@ class BlockPlan:
 
     @classmethod
     def of(cls, nonzero: np.ndarray, block: int) -> "BlockPlan":
-        """Plan for the bool matrix `nonzero` [R, C] with b = `block`."""
+        """Plan for the bool matrix `nonzero` [R, C] with b = `block`: planned in bands of
+        whole block rows (shared with idle threads, `parallel.shared_map`), joined in order."""
+        bands = row_spans(*nonzero.shape, unit=block) or [slice(0, 0)]
+        parts = shared_map(lambda band: cls._band(nonzero, band, block), bands)
+        if len(parts) == 1:
+            return parts[0]
+        fields = ("occupied", "counts", "offsets", "flat", "starts")
+        return cls(block, *(np.concatenate([getattr(p, f) for p in parts]) for f in fields))
+
+    @classmethod
+    def _band(cls, nonzero: np.ndarray, band: slice, block: int) -> "BlockPlan":
+        """The plan of the rows `band` of `nonzero` (starting on a block row), its flat
+        positions in the whole matrix."""
+        first = band.start * nonzero.shape[1]
+        nonzero = nonzero[band]
         rows, cols = nonzero.shape
         grid_rows, grid_cols = block_grid(nonzero.shape, (block, block))  # (in, out)
         padded = np.zeros((grid_rows * block, grid_cols * block), bool)
@@ -85,7 +100,7 @@ class BlockPlan:
         width = tile_extent(tile % grid_cols, block, cols)
         counts = np.diff(np.append(np.flatnonzero(starts), tile.size))
         offsets = (inside // block) * width + inside % block
-        return cls(block, occupied, counts, offsets, row * cols + col, starts)
+        return cls(block, occupied, counts, offsets, first + row * cols + col, starts)
 
 
 def tile_extent(index: np.ndarray, block: int, size: int) -> np.ndarray:
@@ -187,7 +202,8 @@ def _candidates(nonzero: np.ndarray, shape: tuple) -> tuple:
     if nonzero.size <= EXACT_SEARCH_ELEMENTS:
         return BLOCK_CANDIDATES
     counts = candidate_counts(nonzero)
-    return (min(BLOCK_CANDIDATES, key=lambda b: estimated_bits(counts[b], b, shape)),)
+    bits = shared_map(lambda b: estimated_bits(counts[b], b, shape), BLOCK_CANDIDATES)
+    return (BLOCK_CANDIDATES[int(np.argmin(bits))],)
 
 
 def check_block(block) -> int:
@@ -208,7 +224,7 @@ def write(
     k=None,
 ) -> dict:
     """Write bit patterns [n] in the LSC layout (module docstring)."""
-    nonzero = (bits != 0).reshape(matrix_shape(shape))
+    nonzero = elementwise(lambda part: part != 0, bits, dtype=bool).reshape(matrix_shape(shape))
     candidates = _candidates(nonzero, shape) if block is None else (check_block(block),)
     k = None if k is None else sri.check_k(k)
     code = min(

@@ -22,6 +22,7 @@ from lscjax._src.coding.entropy import SymbolCoder
 from lscjax._src.coding.layout import check_positions, gap_table, gaps, segment_ends
 from lscjax._src.coding.values import ValueCodec
 from lscjax._src.errors import FormatError, LscError
+from lscjax._src.parallel import row_spans, shared_map
 
 K_RANGE = range(1, 17)
 
@@ -46,13 +47,22 @@ def entry_counts(z: np.ndarray, k: int) -> np.ndarray:
 
 
 def entries(z: np.ndarray, k: int) -> np.ndarray:
-    """SRI entry symbols int64 [e] (k-bit two's complement) of gaps int64 [m]."""
+    """SRI entry symbols int32 [e] (k-bit two's complement) of gaps int64 [m], filled in slices
+    of the gaps (`parallel.shared_map`)."""
     half, full, part, rest = _split(z, k)
-    ends = segment_ends(full + (part > 0) + 1) - 1
-    symbols = np.full(int(ends[-1]) + 1 if ends.size else 0, half, np.int64)
-    symbols[ends] = rest
-    has_part = part > 0
-    symbols[ends[has_part] - 1] = 2**k - part[has_part]
+    ends = segment_ends(full + (part > 0) + 1)  # one past each gap's last entry
+    symbols = np.empty(int(ends[-1]) if ends.size else 0, np.int32)
+
+    def fill(span: slice) -> None:
+        lo = int(ends[span.start - 1]) if span.start else 0
+        symbols[lo : ends[span.stop - 1]] = half
+        last = ends[span] - 1
+        symbols[last] = rest[span]
+        has_part = part[span] > 0
+        symbols[last[has_part] - 1] = 2**k - part[span][has_part]
+
+    per_gap = symbols.size // max(z.size, 1)
+    shared_map(fill, row_spans(z.size, max(per_gap, 1)))
     return symbols
 
 

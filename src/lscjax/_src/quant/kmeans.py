@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lscjax._src.errors import LscError
+from lscjax._src.parallel import row_spans, shared_map
 from lscjax._src.quant.lloyd import INITS, lloyd, scalar_init, sorted_lloyd
 from lscjax._src.quant.options import per_leaf
 from lscjax._src.quant.qarray import QArray, check_bits, code_dtype
@@ -25,7 +26,6 @@ SAMPLE_POINTS = 2**16
 them, or, when it has more, a deterministic sample of this many plus its smallest and largest;
 `lloyd.sorted_lloyd`), then every weight is assigned its nearest centroid (benchmarks/scale.py measures the distortion
 the sample costs)."""
-_CHUNK = 1 << 22
 DEFAULT_INIT = "linear"
 MAX_ITERS = 1000
 TOL = 1e-6
@@ -45,9 +45,11 @@ def _sampled_leaf(
 ) -> QArray:
     """`kmeans_leaf` of a layer with more than SAMPLE_POINTS elements, on the host: Lloyd on
     its non-zeros or a sample of them (`sorted_lloyd`, nothing compiled), then the nearest
-    centroid of each weight by binary search, in chunks."""
+    centroid of each weight by binary search, in slices (`parallel.shared_map`)."""
     values = np.asarray(w, np.float32).reshape(-1)
-    nonzero = np.flatnonzero(values)
+    spans = row_spans(values.size, 1)
+    local = shared_map(lambda span: np.flatnonzero(values[span]), spans)  # per slice
+    nonzero = np.concatenate([at + span.start for at, span in zip(local, spans, strict=True)])
     k = 2**bits - int(nonzero.size < values.size)
     kept = values[nonzero]
     if kept.size == 0:
@@ -75,9 +77,12 @@ def _sampled_leaf(
     dtype = code_dtype(2**bits)
     codes = np.zeros(values.size, dtype)
     first = 2**bits - k  # 1 when code 0 is the pruned zero
-    for start_at in range(0, kept.size, _CHUNK):
-        part = slice(start_at, start_at + _CHUNK)
-        codes[nonzero[part]] = order[np.searchsorted(midpoints, kept[part])] + first
+
+    def assign(i: int) -> None:
+        at, part = local[i], values[spans[i]]
+        codes[spans[i]][at] = order[np.searchsorted(midpoints, part[at])] + first
+
+    shared_map(assign, range(len(spans)))
     codebook = np.concatenate([np.zeros(first, np.float32), centroids])
     return QArray(
         jnp.asarray(codes.reshape(w.shape)), jnp.asarray(codebook), "kmeans", bits, tuple(w.shape)
