@@ -17,13 +17,14 @@ symbols), one flag bit (1: a presence bitmask over the whole alphabet; 0: a list
 """
 
 import itertools
+from collections.abc import Iterator
 
 import constriction
 import numpy as np
 from bitarray import bitarray
 from bitarray.util import canonical_decode, canonical_huffman
 
-from lscjax._src import ans_model
+from lscjax._src import ans_model, parallel
 from lscjax._src.coding.bitstream import BitReader, BitWriter, gamma_bits
 from lscjax._src.errors import FormatError, LscError
 from lscjax._src.parallel import elementwise
@@ -259,20 +260,26 @@ class SymbolCoder:
 
     def read(self, r: BitReader, count: int, kind: str, what: str) -> np.ndarray:
         """Read a stream of `count` symbols -> int64 [count]."""
+        return np.concatenate([np.zeros(0, np.int64), *self.read_pieces(r, count, kind, what)])
+
+    def read_pieces(self, r: BitReader, count: int, kind: str, what: str) -> Iterator[np.ndarray]:
+        """Read a stream of `count` symbols: its bits are taken from `r` now; the iterator
+        gives the symbols int64, in order, in pieces (rANS: decoded `parallel.SLICE_ELEMENTS` at a time,
+        so a long stream never has all its symbols in memory at once)."""
         if self.entropy == "none":
-            return r.uints(count, self.alphabet_bits, what, kind).astype(np.int64)
+            return iter([r.uints(count, self.alphabet_bits, what, kind).astype(np.int64)])
         if count == 0:
-            return np.zeros(0, np.int64)
+            return iter([])
         if self.entropy == "huffman":
             r.need(count, what)  # every code is at least one bit
             symbols = self.decode(r.bits[r.pos :], what, count)
             r.take(int(self.code_lengths()[symbols].sum()), what, kind)
-            return symbols
+            return iter([symbols])
         if not self.symbols.size:
             raise FormatError(f"bad {what}: symbols coded with an empty table")
         r.budget.entries(count, what)  # before the Rust coder allocates `count` symbols
         if self.symbols.size == 1:
-            return np.full(count, self.symbols[0], np.int64)
+            return iter([np.full(count, self.symbols[0], np.int64)])
         n_words = r.gamma(f"{what} length", kind, limit=r.left // ANS_WORD_BITS)
         words = r.uints(n_words, ANS_WORD_BITS, what, kind).astype(np.uint32)
         probabilities = self._probabilities()
@@ -282,8 +289,15 @@ class SymbolCoder:
         if p_max < 1 and count * -np.log2(p_max) > 2 * ANS_WORD_BITS * (n_words + 2):
             raise FormatError(f"bad {what}: {count} symbols cannot fit in {n_words} words")
         model = constriction.stream.model.Categorical(probabilities, perfect=False)
-        try:
-            index = constriction.stream.stack.AnsCoder(words).decode(model, count)
-        except ValueError as err:
-            raise FormatError(f"bad {what}: {err}") from None
-        return self.symbols[index]
+        coder = constriction.stream.stack.AnsCoder(words)
+
+        def pieces() -> Iterator[np.ndarray]:
+            piece = parallel.SLICE_ELEMENTS
+            for start in range(0, count, piece):
+                try:
+                    index = coder.decode(model, min(piece, count - start))
+                except ValueError as err:
+                    raise FormatError(f"bad {what}: {err}") from None
+                yield self.symbols[index]
+
+        return pieces()

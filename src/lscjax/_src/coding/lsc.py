@@ -28,6 +28,7 @@ minimizes an estimate computed from the block counts).
 
 import dataclasses
 import math
+from collections.abc import Iterable
 
 import numpy as np
 
@@ -269,19 +270,20 @@ class Blocks:
 
 
 def _read_entries(r: BitReader, coder: SymbolCoder, lengths: np.ndarray, entropy: str, bound: int):
-    """Entry symbols int64 [e] and entries per block int64 [nb]; at most `bound` entries."""
+    """The entry symbols int64 [e] (in pieces, `SymbolCoder.read_pieces`) and the entries per
+    block int64 [nb]; at most `bound` entries."""
     total = int(lengths.sum())
     if entropy != "huffman" and total > bound:
         raise FormatError(f"bad lsc block lengths: {total} exceeds the {bound} possible")
     if entropy != "huffman":
-        return coder.read(r, total, INDEX, "lsc entries"), lengths
+        return coder.read_pieces(r, total, INDEX, "lsc entries"), lengths
     symbols = coder.decode(r.take(total, "lsc entries"), "lsc entries")
     ends = segment_ends(coder.code_lengths()[symbols])
     block_ends = np.searchsorted(ends, segment_ends(lengths), side="right")
     reached = np.concatenate([[0], ends])[block_ends]
     if np.any(reached != segment_ends(lengths)):
         raise FormatError("bad lsc block lengths: a block ends inside a Huffman code")
-    return symbols, np.diff(block_ends, prepend=0)
+    return [symbols], np.diff(block_ends, prepend=0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -326,18 +328,15 @@ def read_directory(r: BitReader, shape: tuple, entropy: str) -> Directory:
     return Directory(block, k, grid, tiles, counts, lengths, coder, r.pos)
 
 
-def _place(d: Directory, shape: tuple, symbols: np.ndarray, per_block: np.ndarray, first: int):
+def _place(d: Directory, shape: tuple, pieces: Iterable, per_block: np.ndarray, first: int):
     """(owner int64 [m], offset row * b + col int64 [m]) of the value entries of the blocks
-    first .. first + len(per_block) - 1, from their entry symbols int [e]; validated."""
-    step, has_value = sri.advances(symbols, d.k)
-    owner = np.repeat(np.arange(per_block.size), per_block)
-    reach = segment_ends(step)
-    starts = segment_ends(per_block) - per_block
-    nonempty = per_block > 0
-    before = np.zeros(per_block.size, np.int64)
-    before[nonempty] = reach[starts[nonempty]] - step[starts[nonempty]]
-    offsets = (reach - before[owner] - 1)[has_value]
-    owner = owner[has_value] + first
+    first .. first + len(per_block) - 1, from their entry symbols int [e] in consecutive
+    pieces (`sri.value_reaches`); validated."""
+    ends = segment_ends(per_block)
+    index, reach, before = sri.value_reaches(pieces, d.k, ends - per_block)
+    owner = np.searchsorted(ends, index, side="right")  # each value entry's block
+    offsets = reach - before[owner] - 1
+    owner = owner + first
     rows, cols = matrix_shape(shape)
     tile = d.tiles[owner]
     height = tile_extent(tile // d.grid[1], d.block, rows)
@@ -354,8 +353,8 @@ def _place(d: Directory, shape: tuple, symbols: np.ndarray, per_block: np.ndarra
 def read_blocks(r: BitReader, shape: tuple, values: ValueCodec, dtype, entropy: str) -> Blocks:
     """Parse an LSC body (after the common prefix) into its non-zero blocks, validating it."""
     d = read_directory(r, shape, entropy)
-    symbols, per_block = _read_entries(r, d.coder, d.lengths, entropy, math.prod(shape))
-    owner, offsets = _place(d, shape, symbols, per_block, 0)
+    pieces, per_block = _read_entries(r, d.coder, d.lengths, entropy, math.prod(shape))
+    owner, offsets = _place(d, shape, pieces, per_block, 0)
     vals = values.read(r, offsets.size, dtype)
     return Blocks(d.block, d.k, d.grid, d.tiles, owner, offsets, vals)
 
@@ -394,7 +393,7 @@ def decode_block(encoded, index: int) -> np.ndarray:
         symbols = d.coder.decode(bits, "lsc block entries")
     else:
         symbols = unpack_uints(bits, int(d.lengths[index]), d.k).astype(np.int64)
-    _, offsets = _place(d, encoded.shape, symbols, np.array([symbols.size]), index)
+    _, offsets = _place(d, encoded.shape, [symbols], np.array([symbols.size]), index)
     r.pos = d.stream_start + unit * int(d.lengths.sum())
     r.pos += values.width * int(d.counts[:index].sum())
     vals = values.read(r, offsets.size, encoded.dtype)

@@ -15,6 +15,8 @@ Body: gamma(k), gamma(entries), the entry symbols (k-bit two's complement, entro
 values.
 """
 
+from collections.abc import Iterable
+
 import numpy as np
 
 from lscjax._src.coding.bitstream import INDEX, BitReader, BitWriter, gamma_bits
@@ -110,6 +112,40 @@ def advances(symbols: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return np.where(has_value, symbols + 1, (2**k - symbols) * half), has_value
 
 
+def value_reaches(
+    pieces: Iterable[np.ndarray], k: int, marks: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Walk entry symbols given in consecutive pieces (int [e] in all), one piece in memory.
+
+    Args:
+      pieces: the entry symbols, in order.
+      k: the entry width.
+      marks: entry indices int64 [s], ascending, in [0, e].
+
+    Returns:
+      (the entry index int64 [m] of each value entry, its reach int64 [m]: the positions
+      advanced up to and including it, the positions advanced before each mark int64 [s]).
+    """
+    index, reach, before = [], [], np.zeros(marks.size, np.int64)
+    start = total = 0
+    for symbols in pieces:
+        step, has_value = advances(symbols, k)
+        ends = np.cumsum(step) + total
+        at = np.flatnonzero(has_value)
+        index.append(at + start)
+        reach.append(ends[at])
+        inside = slice(*np.searchsorted(marks, [start, start + symbols.size]))
+        before[inside] = (ends - step)[marks[inside] - start]
+        start += symbols.size
+        total = int(ends[-1]) if ends.size else total
+    before[marks >= start] = total
+    return _joined(index), _joined(reach), before
+
+
+def _joined(parts: list) -> np.ndarray:
+    return np.concatenate([np.zeros(0, np.int64), *parts])
+
+
 def write(
     w: BitWriter, bits: np.ndarray, shape: tuple, values: ValueCodec, entropy: str, *, k=None
 ) -> dict:
@@ -134,8 +170,9 @@ def read(r: BitReader, shape: tuple, n: int, values: ValueCodec, dtype, entropy:
         raise FormatError("bad sri k: 0")
     count = r.gamma("sri entry count", limit=n)
     coder = SymbolCoder.read_table(r, entropy, k, INDEX, "sri entry")
-    symbols = coder.read(r, count, INDEX, "sri entries")
-    step, has_value = advances(symbols, k)
-    positions = (segment_ends(step) - 1)[has_value]
+    _, reach, _ = value_reaches(
+        coder.read_pieces(r, count, INDEX, "sri entries"), k, np.zeros(0, int)
+    )
+    positions = reach - 1
     check_positions(positions, n, "sri entries")
     return positions, values.read(r, positions.size, dtype), {"k": k}
