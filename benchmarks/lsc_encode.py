@@ -59,7 +59,7 @@ def encode_all(kernels, fmt: str, exact: bool) -> tuple[float, int]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="random matrices, no JSON")
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--sparsity", type=float, default=0.9)
     parser.add_argument(
         "--model", help="all-MiniLM-L6-v2's folder (default: the installed wheel's)"

@@ -85,12 +85,15 @@ def elementwise(fn: Callable, *arrays: np.ndarray, dtype) -> np.ndarray:
     """``fn(*arrays)`` for an elementwise `fn`, computed over flat slices of the arrays (all
     of one shape) shared as in `shared_map`, into a new array of that shape and `dtype`."""
     flats = [np.asarray(a).reshape(-1) for a in arrays]
+    spans = row_spans(flats[0].size, 1)
+    if len(spans) <= 1:  # one slice: no copy into a new array
+        return np.asarray(fn(*flats), dtype).reshape(np.shape(arrays[0]))
     out = np.empty(flats[0].size, dtype)
 
     def one(span: slice) -> None:
         out[span] = fn(*(flat[span] for flat in flats))
 
-    shared_map(one, row_spans(out.size, 1))
+    shared_map(one, spans)
     return out.reshape(np.shape(arrays[0]))
 
 

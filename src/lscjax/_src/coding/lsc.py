@@ -88,8 +88,10 @@ class BlockPlan:
         nonzero = nonzero[band]
         rows, cols = nonzero.shape
         grid_rows, grid_cols = block_grid(nonzero.shape, (block, block))  # (in, out)
-        padded = np.zeros((grid_rows * block, grid_cols * block), bool)
-        padded[:rows, :cols] = nonzero
+        padded = nonzero
+        if (grid_rows * block, grid_cols * block) != (rows, cols):
+            padded = np.zeros((grid_rows * block, grid_cols * block), bool)
+            padded[:rows, :cols] = nonzero
         tiles = padded.reshape(grid_rows, block, grid_cols, block).transpose(0, 2, 1, 3)
         tile, inside = np.divmod(np.flatnonzero(tiles), block * block)
         starts = np.ones(tile.size, bool)
