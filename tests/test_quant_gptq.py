@@ -85,8 +85,15 @@ def lstsq_codebook(x, w, codes, k, per_channel):
     )
 
 
+@pytest.mark.parametrize("chunked", [False, True])
 @pytest.mark.parametrize("per_channel", [False, True])
-def test_kmeans_grid_codebook_is_the_least_squares_fit_to_its_codes(correlated, per_channel):
+def test_kmeans_grid_codebook_is_the_least_squares_fit_to_its_codes(
+    correlated, monkeypatch, per_channel, chunked
+):
+    """Also with the refit's normal equations accumulated over chunks of 3 of the 20 output
+    channels (the last chunk padded)."""
+    if chunked:
+        monkeypatch.setattr(gptq_module, "REFIT_ELEMENTS", 48 * 4 * 3)
     x, params, _ = correlated
     w = params["l"]["kernel"]
     gram = x.astype(np.float64).T @ x

@@ -53,6 +53,9 @@ RATE_PASSES = 3
 """The most rate-aware sweeps (code lengths re-estimated between them)."""
 REFITS = 4
 """The most GPTQ sweeps onto a k-means codebook, each followed by a codebook refit."""
+REFIT_ELEMENTS = 1 << 24
+"""The most elements of one chunk of one-hot codes [d, C, K] in `refit_codebook` (64 MiB of
+float32, and as much for H times it): the refit runs over chunks of C output channels."""
 
 
 @functools.partial(jax.jit, static_argnames=("block", "group"))
@@ -138,14 +141,15 @@ def codebook_sweep(wt, u, keep, codebook, penalty=None, norm=None, *, block: int
     )
 
 
-@functools.partial(jax.jit, static_argnames=("reserved",))
 def refit_codebook(mat, h, codes, codebook, *, reserved: bool):
     """The codebook that minimises the layer's output error for fixed codes.
 
     With B_c the one-hot codes of channel c ([d, K]), the entries e solve
     ``min sum_c (w_c - B_c e)^T H (w_c - B_c e)`` (one codebook [K]) or, per channel,
     ``min (w_c - B_c e_c)^T H (w_c - B_c e_c)`` (codebooks [n, K]): a K x K linear system each.
-    Entries that no weight uses keep their value; with `reserved`, entry 0 stays 0.0.
+    Entries that no weight uses keep their value; with `reserved`, entry 0 stays 0.0. The
+    normal equations are accumulated over chunks of output channels whose one-hot codes
+    [d, C, K] hold at most REFIT_ELEMENTS elements, so memory does not grow with n.
 
     Args:
       mat: float32 [d, n], the weights before quantization (zeros: pruned).
@@ -155,18 +159,44 @@ def refit_codebook(mat, h, codes, codebook, *, reserved: bool):
     Returns:
       float32, the codebook's shape.
     """
+    d, n = codes.shape
+    per_chunk = max(1, min(n, REFIT_ELEMENTS // max(d * codebook.shape[-1], 1)))
+    return _refit(mat, h, codes, codebook, reserved=reserved, per_chunk=per_chunk)
+
+
+@functools.partial(jax.jit, static_argnames=("reserved", "per_chunk"))
+def _refit(mat, h, codes, codebook, *, reserved: bool, per_chunk: int):
+    d, n = codes.shape
     k = codebook.shape[-1]
-    onehot = jax.nn.one_hot(codes, k, dtype=jnp.float32)  # [d, n, K]
-    hb = jnp.einsum("ij,jck->ick", h, onehot)  # H B_c for every channel c
-    if codebook.ndim == 1:
-        a = jnp.einsum("ick,icl->kl", onehot, hb)[None]
-        rhs = jnp.einsum("ick,ic->k", hb, mat)[None]
+    shared = codebook.ndim == 1
+    chunks = -(-n // per_chunk)
+
+    def split(x):  # [d, n] -> [chunks, d, per_chunk], zero-padded
+        x = jnp.pad(x, ((0, 0), (0, chunks * per_chunk - n)))
+        return x.reshape(d, chunks, per_chunk).transpose(1, 0, 2)
+
+    def normal(args):
+        chunk_codes, chunk_mat, valid = args
+        onehot = jax.nn.one_hot(chunk_codes, k, dtype=jnp.float32) * valid[None, :, None]
+        hb = jnp.einsum("ij,jck->ick", h, onehot)  # H B_c for every channel c of the chunk
+        if shared:
+            a = jnp.einsum("ick,icl->kl", onehot, hb)[None]
+            rhs = jnp.einsum("ick,ic->k", hb, chunk_mat)[None]
+        else:
+            a = jnp.einsum("ick,icl->ckl", onehot, hb)
+            rhs = jnp.einsum("ick,ic->ck", hb, chunk_mat)
+        return a, rhs, jnp.sum(onehot, axis=0)
+
+    valid = (jnp.arange(chunks * per_chunk) < n).reshape(chunks, per_chunk)
+    a, rhs, used = jax.lax.map(normal, (split(codes), split(mat), valid))
+    used = used.reshape(-1, k)[:n]  # [n, K]
+    if shared:
+        a, rhs = a.sum(axis=(0, 1))[None], rhs.sum(axis=(0, 1))[None]
+        free = (jnp.sum(used, axis=0) > 0)[None]
     else:
-        a = jnp.einsum("ick,icl->ckl", onehot, hb)
-        rhs = jnp.einsum("ick,ic->ck", hb, mat)
+        a, rhs = a.reshape(-1, k, k)[:n], rhs.reshape(-1, k)[:n]
+        free = used > 0
     old = codebook.reshape(-1, k)
-    used = jnp.sum(onehot, axis=0)  # [n, K]
-    free = used > 0 if codebook.ndim == 2 else (jnp.sum(used, axis=0) > 0)[None]
     if reserved:
         free = free.at[:, 0].set(False)
     pair = free[:, :, None] & free[:, None, :]
