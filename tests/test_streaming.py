@@ -11,6 +11,7 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 import lscjax
+from lscjax._src import compressed as compressed_module
 from lscjax._src import parallel
 from lscjax._src.cli import main
 from lscjax._src.compressed import from_bytes, to_bytes
@@ -268,3 +269,33 @@ def test_hugging_face_checkpoint_streams_to_the_in_memory_bytes(tmp_path):
     assert source.layout is None and "encoder/layer/0/attention/self/query/weight" in source.paths
     with pytest.raises(lscjax.LscError, match="layout must be one of"):
         SafetensorsSource(fixture, layout="pytorch")
+
+
+def test_block_sparse_load_serves_each_tensor_as_it_is_parsed(checkpoint, tmp_path, monkeypatch):
+    """`load(layout="block_sparse")` equals `CompressedModel.block_sparse_params`, and each
+    encoded leaf is served before the next section is parsed (one decoded tensor at a time)."""
+    folder, _ = checkpoint
+    out = tmp_path / "m.lsc"
+    compress_file(folder, out, lscjax.recipe("lsc", format_options={"block": 8}), workers=1)
+    model = from_bytes(out.read_bytes())
+    events = []
+    parse, server = compressed_module.parse, compressed_module.server
+
+    def logged_parse(data, budget):
+        events.append("parse")
+        return parse(data, budget)
+
+    def logged_server(*args, **kwargs):
+        serve = server(*args, **kwargs)
+        return lambda path, enc: events.append("serve") or serve(path, enc)
+
+    monkeypatch.setattr(compressed_module, "parse", logged_parse)
+    monkeypatch.setattr(compressed_module, "server", logged_server)
+    for options in ({"max_density": 1.0}, {"where": lambda p, _: "layers_0" in p}):
+        events.clear()
+        got = lscjax.load(out, layout="block_sparse", **options)
+        assert events == ["parse", "serve"] * len(model.encoded)
+        want = model.block_sparse_params(**options)
+        assert jax.tree.structure(got) == jax.tree.structure(want)
+        for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

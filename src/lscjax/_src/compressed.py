@@ -10,6 +10,7 @@ import contextlib
 import dataclasses
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import jax.numpy as jnp
@@ -19,7 +20,7 @@ from lscjax._src import container
 from lscjax._src.checkpoints import check_layout
 from lscjax._src.coding.budget import Budget
 from lscjax._src.coding.codec import decode, decode_qarray, kept_count
-from lscjax._src.coding.encoded import parse
+from lscjax._src.coding.encoded import dense_shape, parse
 from lscjax._src.coding.validate import check_shape
 from lscjax._src.errors import FormatError, LscError
 from lscjax._src.quant.qarray import QArray
@@ -72,6 +73,11 @@ class LayerStats:
         return 32 * self.size / max(self.total_bits, 1)
 
 
+def leaf_of(enc):
+    """The leaf an Encoded holds: its QArray when quantized, else the decoded NumPy array."""
+    return decode_qarray(enc) if enc.quantized is not None else decode(enc)
+
+
 @dataclasses.dataclass(frozen=True)
 class CompressedModel:
     """A compressed parameter tree.
@@ -90,8 +96,7 @@ class CompressedModel:
         """One leaf: a QArray for quantized encodings, else the decoded NumPy array."""
         if path in self.raw:
             return self.raw[path]
-        enc = self.encoded[path]
-        return decode_qarray(enc) if enc.quantized is not None else decode(enc)
+        return leaf_of(self.encoded[path])
 
     def quantized_params(self) -> dict:
         """The params as nested dicts, QArray leaves where the values are quantized codes."""
@@ -142,51 +147,15 @@ class CompressedModel:
         Raises:
           LscError: `max_density` outside [0, 1], a `where` that selects no leaf.
         """
-        from lscjax._src.sparse.block_sparse import BlockSparse
-        from lscjax._src.sparse.leaf import (
-            DEFAULT_MAX_DENSITY,
-            TABLE,
-            check_max_density,
-            leaf_in_ndim,
-            served_leaf,
+        serve = server(
+            self.shapes(),
+            block,
+            max_density=max_density,
+            stacked=stacked,
+            where=where,
+            in_axes=in_axes,
         )
-
-        max_density = DEFAULT_MAX_DENSITY if max_density is None else max_density
-        check_max_density(max_density)
-        serving_block = DEFAULT_BLOCK if block is None else block
-        proxies = self._shape_proxies()
-        layered = {} if stacked is None else selection(proxies, stacked, allow_empty=True)
-        chosen = None if where is None else selection(proxies, where)
-        shapes = dict(leaves_with_paths(proxies))
-
-        def direct(enc) -> bool:
-            stored = enc.options.get("block") if enc.format == "lsc" else None
-            if stored is None or len(enc.shape) < 2:
-                return False
-            return stored == block if block is not None else stored <= MAX_DIRECT_BLOCK
-
-        def served(path: str, enc):
-            if chosen is not None and not chosen.get(path, False):
-                return _dense(self.leaf(path))
-            if path.rsplit("/", 1)[-1] == TABLE or len(enc.shape) < 2:
-                leaf = self.leaf(path)
-                return leaf if isinstance(leaf, QArray) else _dense(leaf)
-            layers = layered.get(path, False)
-            in_ndim = leaf_in_ndim(path, shapes, in_axes, layers)
-            general = in_ndim not in (None, len(shapes[path].shape) - 1)
-            if direct(enc) and not layers and not general:
-                w = BlockSparse.from_encoded(enc)
-                return w if w.block_density <= max_density else _dense(self.leaf(path))
-            return served_leaf(
-                path,
-                self.leaf(path),
-                serving_block,
-                max_density=max_density,
-                stacked=layers,
-                in_ndim=in_ndim,
-            )
-
-        return nest({p: served(p, e) for p, e in self.encoded.items()} | self.raw)
+        return nest({p: serve(p, e) for p, e in self.encoded.items()} | self.raw)
 
     def shapes(self) -> dict[str, tuple]:
         """{path: dense shape} of every leaf, compressed ones first, in file order."""
@@ -198,10 +167,6 @@ class CompressedModel:
             return enc.quantized.shape if enc.quantized is not None else enc.shape
 
         return {p: tuple(shape(p)) for p in list(self.encoded) + list(self.raw)}
-
-    def _shape_proxies(self) -> dict:
-        """The params as nested zero-cost arrays of the leaves' dense shapes (for selections)."""
-        return nest({p: shape_proxy(s) for p, s in self.shapes().items()})
 
     def layers(self) -> list[LayerStats]:
         """Per-layer storage, in file order."""
@@ -260,6 +225,70 @@ def to_bytes(model: CompressedModel) -> bytes:
     ]
     sections += [raw_section(path, array) for path, array in model.raw.items()]
     return container.pack(model.meta, sections)
+
+
+def server(
+    shapes: dict,
+    block=None,
+    *,
+    max_density=None,
+    stacked: Where = None,
+    where: Where = None,
+    in_axes=None,
+) -> Callable:
+    """``(path, Encoded) -> served leaf`` of `CompressedModel.block_sparse_params` for a file
+    whose leaves have the dense shapes `shapes` ({path: shape}, every leaf): the selections
+    are resolved from the shapes alone, so each leaf can be served as soon as it is parsed
+    (`load(layout="block_sparse")`, one tensor decoded at a time).
+
+    Raises:
+      LscError: `max_density` outside [0, 1], a `where` that selects no leaf.
+    """
+    from lscjax._src.sparse.block_sparse import BlockSparse
+    from lscjax._src.sparse.leaf import (
+        DEFAULT_MAX_DENSITY,
+        TABLE,
+        check_max_density,
+        leaf_in_ndim,
+        served_leaf,
+    )
+
+    max_density = DEFAULT_MAX_DENSITY if max_density is None else max_density
+    check_max_density(max_density)
+    serving_block = DEFAULT_BLOCK if block is None else block
+    proxies = nest({p: shape_proxy(s) for p, s in shapes.items()})
+    layered = {} if stacked is None else selection(proxies, stacked, allow_empty=True)
+    chosen = None if where is None else selection(proxies, where)
+    shapes = dict(leaves_with_paths(proxies))
+
+    def direct(enc) -> bool:
+        stored = enc.options.get("block") if enc.format == "lsc" else None
+        if stored is None or len(enc.shape) < 2:
+            return False
+        return stored == block if block is not None else stored <= MAX_DIRECT_BLOCK
+
+    def served(path: str, enc):
+        if chosen is not None and not chosen.get(path, False):
+            return _dense(leaf_of(enc))
+        if path.rsplit("/", 1)[-1] == TABLE or len(enc.shape) < 2:
+            leaf = leaf_of(enc)
+            return leaf if isinstance(leaf, QArray) else _dense(leaf)
+        layers = layered.get(path, False)
+        in_ndim = leaf_in_ndim(path, shapes, in_axes, layers)
+        general = in_ndim not in (None, len(shapes[path].shape) - 1)
+        if direct(enc) and not layers and not general:
+            w = BlockSparse.from_encoded(enc)
+            return w if w.block_density <= max_density else _dense(leaf_of(enc))
+        return served_leaf(
+            path,
+            leaf_of(enc),
+            serving_block,
+            max_density=max_density,
+            stacked=layers,
+            in_ndim=in_ndim,
+        )
+
+    return served
 
 
 def raw_section(path: str, array) -> tuple[dict, bytes]:
@@ -388,9 +417,10 @@ def load(
 ):
     """Read an .lsc file, one section at a time (the file is never held whole).
 
-    The "dense" and "quantized" layouts decode each tensor as its section is read, so the peak
-    memory is the result plus about one tensor being decoded; "model" and "block_sparse" hold
-    the parsed CompressedModel first.
+    The "dense", "quantized" and "block_sparse" layouts decode each tensor as its section is
+    read, so the peak memory is the result plus about one tensor being decoded ("block_sparse"
+    first reads every section's prefix for the leaves' shapes, which its selections need);
+    "model" holds the parsed CompressedModel.
 
     Args:
       path: the file.
@@ -418,29 +448,55 @@ def load(
     """
     if layout not in LAYOUTS:
         raise LscError(f"layout must be one of {LAYOUTS}, got {layout!r}")
-    meta, entries, payloads = container.read_sections(path)
-    budget = Budget.of(Path(path).stat().st_size, max_bytes)
-    with contextlib.closing(payloads):
-        if layout in ("model", "block_sparse"):
-            encoded, raw = _leaves(meta, entries, payloads, budget)
-            model = CompressedModel(encoded=encoded, raw=raw, meta=meta)
-            if layout == "model":
-                return model
-            for leaf_path, enc in model.encoded.items():
-                _charge_dense(budget, leaf_path, enc)
-            return model.block_sparse_params(
-                block, max_density=max_density, stacked=stacked, where=where
-            )
+    size = Path(path).stat().st_size
+    budget = Budget.of(size, max_bytes)
+    convert = None
+    if layout == "block_sparse":  # the selections need every leaf's shape: a first pass
+        shapes = _dense_shapes(path, Budget.of(size, max_bytes))
+        serve = server(shapes, block, max_density=max_density, stacked=stacked, where=where)
+
+        def convert(leaf_path: str, leaf):
+            if isinstance(leaf, np.ndarray):
+                return leaf
+            _charge_dense(budget, leaf_path, leaf)
+            return serve(leaf_path, leaf)
+
+    elif layout in ("dense", "quantized"):
 
         def convert(leaf_path: str, leaf):
             if isinstance(leaf, np.ndarray):
                 return leaf if layout == "quantized" else jnp.asarray(leaf)
             _charge_dense(budget, leaf_path, leaf)
-            one = decode_qarray(leaf) if leaf.quantized is not None else decode(leaf)
+            one = leaf_of(leaf)
             return one if layout == "quantized" else _dense(one)
 
+    meta, entries, payloads = container.read_sections(path)
+    with contextlib.closing(payloads):
         encoded, raw = _leaves(meta, entries, payloads, budget, convert)
+    if layout == "model":
+        return CompressedModel(encoded=encoded, raw=raw, meta=meta)
     return nest(encoded | raw)
+
+
+def _dense_shapes(path, budget: Budget) -> dict:
+    """{leaf path: dense shape} of every section of the file, from the container header and
+    each encoded section's prefix (no body is decoded)."""
+    _, entries, payloads = container.read_sections(path)
+    shapes = {}
+    with contextlib.closing(payloads):
+        for entry, payload in zip(entries, payloads, strict=True):
+            if entry["kind"] == "raw":
+                shapes[entry["path"]] = tuple(_raw_spec(entry)[1])
+            elif entry["kind"] == "encoded":  # other kinds: refused by the second pass
+                shapes[entry["path"]] = _section_shape(entry["path"], payload, budget)
+    return shapes
+
+
+def _section_shape(path: str, payload: bytes, budget: Budget) -> tuple:
+    try:
+        return dense_shape(payload, budget)
+    except FormatError as err:
+        raise FormatError(f"section {path!r}: {err}") from None
 
 
 def _charge_dense(budget: Budget, path: str, enc) -> None:

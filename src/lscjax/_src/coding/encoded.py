@@ -155,9 +155,16 @@ class Encoded:
         return r, ValueCodec(width, self.dtype, self.entropy)
 
 
-def parse(data: bytes, budget: Budget) -> Encoded:
-    """`Encoded.from_bytes`, charging `budget` (shared by the sections of one file)."""
-    data = bytes(data)
+def dense_shape(data: bytes, budget: Budget) -> tuple:
+    """The dense shape of the tensor that `Encoded.to_bytes` bytes hold (a QArray's weight
+    shape, else the array's), from the header and prefix alone (the body is not read)."""
+    *_, shape, _, quantized = _prefix(bytes(data), budget)
+    return tuple(quantized.shape if quantized is not None else shape)
+
+
+def _prefix(data: bytes, budget: Budget) -> tuple:
+    """(format name, dtype, entropy, a reader at the body, shape, value width, Quantized or
+    None) of the checked header and prefix of `data`."""
     if len(data) < HEADER_BYTES or data[:2] != MAGIC:
         raise FormatError("not an lscjax encoding: missing the b'LC' header")
     version, format_id, dtype_index, flags = data[2:HEADER_BYTES]
@@ -171,9 +178,16 @@ def parse(data: bytes, budget: Budget) -> Encoded:
         or (lattice_bit and not flags & QARRAY_FLAG)
     ):
         raise FormatError(f"unknown format id {format_id} or flags {flags:#x}")
-    fmt, entropy, dtype = NAMES[format_id], ENTROPIES[flags & 3], dtype_from_id(dtype_index)
+    dtype = dtype_from_id(dtype_index)
     r = BitReader(data[HEADER_BYTES:], budget)
-    shape, width, quantized = read_prefix(r, dtype, bool(flags & QARRAY_FLAG), lattice_bit)
+    prefix = read_prefix(r, dtype, bool(flags & QARRAY_FLAG), lattice_bit)
+    return NAMES[format_id], dtype, ENTROPIES[flags & 3], r, *prefix
+
+
+def parse(data: bytes, budget: Budget) -> Encoded:
+    """`Encoded.from_bytes`, charging `budget` (shared by the sections of one file)."""
+    data = bytes(data)
+    fmt, dtype, entropy, r, shape, width, quantized = _prefix(data, budget)
     n = math.prod(shape)
     budget.charge(n * dtype.itemsize, f"the decoded array {shape} of {dtype.name}")
     values = ValueCodec(width, dtype, entropy)
