@@ -1,7 +1,7 @@
 """Streaming compression of safetensors checkpoints: one tensor in memory at a time, on every core.
 
 `compress_file` reads a `.safetensors` file, or Hugging Face's multi-file checkpoint (a folder or
-its ``model.safetensors.index.json``), memory-mapped, one tensor at a time; prunes, quantizes and
+its ``model.safetensors.index.json``) by positioned reads, one tensor at a time; prunes, quantizes and
 encodes each as it comes; and writes the .lsc file section by section. The file is byte for byte
 the one `lscjax.compress` + `lscjax.save` write for the same params and recipe, for any number of
 workers: tensors are encoded in parallel threads (NumPy and the coders release the GIL) and
