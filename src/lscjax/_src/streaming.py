@@ -359,22 +359,27 @@ def global_threshold(
     return GlobalThreshold((hi << 16) | lo, ties)
 
 
-def _masker(rc: Recipe, source: SafetensorsSource, chosen: dict, pool, window: int) -> Callable:
-    """(path, w) -> bool mask, for the recipe's one-shot magnitude pruning."""
+def _masker(rc: Recipe, source: SafetensorsSource, chosen: dict, pool, window: int) -> tuple:
+    """((path, w) -> bool mask, for the recipe's one-shot magnitude pruning; whether finding
+    it read every selected leaf and refused NaN / Inf already)."""
     paths = [p for p, c in chosen.items() if c]
     if rc.prune not in ("magnitude", "gradual"):
         raise LscError(f"streaming compression prunes one-shot; recipe prune={rc.prune!r} trains")
     if isinstance(rc.sparsity, Mapping):
         proxies = source.shape_tree()
         per_leaf = layer_sparsities(proxies, rc.sparsity, where=lambda p, _: chosen[p])
-        return lambda path, w: np.asarray(topk_mask(np.abs(w), keep_count(w.size, per_leaf[path])))
+
+        def mask(path, w):
+            return np.asarray(topk_mask(np.abs(w), keep_count(w.size, per_leaf[path])))
+
+        return mask, False
 
     def pieces(path):
         dtype = source.paths[path][3]
         check_float_leaf(path, np.zeros((), jnp.dtype(dtype)), finite=False)
         return source.pieces(path)
 
-    return global_threshold(pieces, paths, rc.sparsity, pool, window).mask
+    return global_threshold(pieces, paths, rc.sparsity, pool, window).mask, True
 
 
 def _compress_leaf(path: str, w: np.ndarray, mask, rc: Recipe, quant_key):
@@ -451,13 +456,13 @@ def compress_file(
     parts = [output.with_name(output.name + suffix) for suffix in (".part", ".raw.part")]
     encoded, raw, sections = {}, {}, {"encoded": [], "raw": []}
     with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-        mask = _masker(rc, source, chosen, pool, workers)
+        mask, scanned = _masker(rc, source, chosen, pool, workers)
 
         def job(path):
             w = source.read(path)
             if not chosen[path]:
                 return raw_section(path, w), w
-            check_float_leaf(path, w)
+            check_float_leaf(path, w, finite=not scanned)  # the threshold passes checked
             with sharing(pool, workers - 1):  # free threads take slices of a large tensor
                 return None, _compress_leaf(path, w, mask(path, w), rc, quant_key)
 

@@ -88,9 +88,20 @@ def encode(array, format: str, *, entropy: str = "none", **options) -> Encoded:
 def _nonzero_weights(qarray: QArray) -> int:
     """The non-zero weights of a checked QArray's dense form (`kept_count`'s count)."""
     codebook = np.asarray(qarray.codebook, np.float32)
-    if qarray.method in ("product", "residual") or codebook.ndim != 1:
+    if _vector_codebook(qarray.method, codebook):
         return int(np.count_nonzero(np.asarray(qarray.dequantize())))
-    codes = np.asarray(qarray.codes).reshape(-1)
+    return _nonzero_codes(np.asarray(qarray.codes), codebook)
+
+
+def _vector_codebook(method: str, codebook: np.ndarray) -> bool:
+    """Whether a code's weight is not one codebook entry (counted on the dequantized form)."""
+    return method in ("product", "residual") or codebook.ndim != 1
+
+
+def _nonzero_codes(codes: np.ndarray, codebook: np.ndarray) -> int:
+    """How many of the codes int [...] map to a non-zero entry of the codebook float32 [K],
+    counted over slices (`parallel.shared_map`)."""
+    codes = codes.reshape(-1)
     zeros = np.flatnonzero(codebook == 0)  # usually just code 0, the pruned weights
 
     def kept(span: slice) -> int:
@@ -149,12 +160,12 @@ def kept_count(encoded: Encoded) -> int:
         return encoded.kept
     encoded = _parsed(encoded)
     q = encoded.quantized
-    if q is not None and (q.method in ("product", "residual") or q.codebook.ndim != 1):
+    if q is not None and _vector_codebook(q.method, q.codebook):
         return int(np.count_nonzero(decode_qarray(encoded).dequantize()))
     values = encoded.decoded[1].view(encoded.dtype)
     if q is None:
         return int(np.count_nonzero(values))
-    kept = int(np.count_nonzero(q.codebook[values.astype(np.int64)]))
+    kept = _nonzero_codes(values, q.codebook)
     if q.codebook.size and q.codebook[0] != 0:  # the unstored positions hold code 0
         kept += int(np.prod(encoded.shape)) - values.size
     return kept

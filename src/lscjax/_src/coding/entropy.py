@@ -264,8 +264,8 @@ class SymbolCoder:
 
     def read_pieces(self, r: BitReader, count: int, kind: str, what: str) -> Iterator[np.ndarray]:
         """Read a stream of `count` symbols: its bits are taken from `r` now; the iterator
-        gives the symbols int64, in order, in pieces (rANS: decoded `parallel.SLICE_ELEMENTS` at a time,
-        so a long stream never has all its symbols in memory at once)."""
+        gives the symbols int64, in order, in pieces (rANS: `parallel.SLICE_ELEMENTS` decoded
+        at a time, so a long stream never has all its symbols in memory at once)."""
         if self.entropy == "none":
             return iter([r.uints(count, self.alphabet_bits, what, kind).astype(np.int64)])
         if count == 0:
