@@ -34,7 +34,9 @@ encodes every tensor set at each quantization parameter (qp) with NNCodec's defa
 quantization on (lambda_scale 1), decodes, and writes bits per weight, relative MSE and times.
 
 lscjax's curves: k-means (`lscjax.quant.kmeans`, 3-5 bits) and `lscjax.quant.rdq` (grid
-"kmeans", max_bits 6, and grid "uniform", max_bits 8, over lam), each coded with entropy "ans"
+"kmeans", max_bits 6, and grid "uniform", max_bits 8, over lam; one call over the 36 matrices
+with relative_to="selection", so that one lam is one slope of squared error per bit for all of
+them, the allocation that the metric, the total relative MSE, rewards), each coded with entropy "ans"
 (format "dense" for dense weights, "lsc" for pruned ones) and with entropy "context" (format
 "dense"); and `lscjax.quant.rdq` grid "trellis" (dependent quantization, max_bits 14) in format
 "trellis" with entropy "ans". Times: CPU wall seconds of one pass over all 36 matrices, single process, on a machine
@@ -295,7 +297,7 @@ def lscjax_rows(tensors: dict, sparse: bool, kmeans_bits, rdq_lams, only=None) -
                     f"rdq-{grid}",
                     lam,
                     lambda p, g=grid, x=lam: lscjax.quant.rdq(
-                        p, x, grid=g, max_bits=RDQ_MAX_BITS[g]
+                        p, x, grid=g, max_bits=RDQ_MAX_BITS[g], relative_to="selection"
                     ),
                 )
 
@@ -304,7 +306,8 @@ def lscjax_rows(tensors: dict, sparse: bool, kmeans_bits, rdq_lams, only=None) -
         if only is not None and name not in only:
             continue
         start = time.perf_counter()
-        qs = {k: quantize({"kernel": w})["kernel"] for k, w in tensors.items()}
+        tree = quantize({k: {"kernel": w} for k, w in tensors.items()})
+        qs = {k: tree[k]["kernel"] for k in tensors}
         quantize_s = time.perf_counter() - start
         error = 0.0
         for k, w in tensors.items():

@@ -3,6 +3,7 @@ the target;
 `--per-channel`: a k-means codebook per output channel, in memory and streamed."""
 
 import numpy as np
+import pytest
 
 import lscjax
 from lscjax._src.cli import main
@@ -93,3 +94,36 @@ def test_compress_to_a_file_size_with_rdq(tmp_path, capsys):
     assert errors[1] < errors[0]
     assert main([*args, "--target-size", "300"]) == 1
     assert "target_size 300 bytes" in capsys.readouterr().err
+
+
+def test_relative_to_selection_meets_the_distortion_in_fewer_bytes(tmp_path, capsys):
+    """--relative-to selection: the same --target-distortion (over all quantized layers) in a
+    smaller file than each layer relative to itself, on layers whose scales differ 10x; the
+    choice is recorded in the file's recipe; a recipe with it but without rdq is refused."""
+    rng = np.random.default_rng(3)
+    flat = {
+        "Dense_0.kernel": rng.normal(size=(96, 64)).astype(np.float32),
+        "Dense_1.kernel": (0.1 * rng.normal(size=(64, 64))).astype(np.float32),
+    }
+    np.savez(tmp_path / "p.npz", **flat)
+    spread = sum(w.size * np.var(w) for w in flat.values())
+    args = ["compress", str(tmp_path / "p.npz"), "--quiet", "--sparsity", "0"]
+    args += ["--format", "dense", "--bits", "8", "--target-distortion", "0.002"]
+    sizes = {}
+    for relative_to in ("layer", "selection"):
+        out = tmp_path / f"{relative_to}.lsc"
+        assert main([*args, "-o", str(out), "--relative-to", relative_to]) == 0
+        assert lscjax.load(out, layout="model").meta["recipe"]["relative_to"] == relative_to
+        params = lscjax.load(out)
+        error = sum(
+            np.sum((np.asarray(params[k.split(".")[0]]["kernel"]) - w) ** 2)
+            for k, w in flat.items()
+        )
+        assert error / spread <= 0.002
+        sizes[relative_to] = out.stat().st_size
+    assert sizes["selection"] < 0.9 * sizes["layer"], sizes
+    with pytest.raises(lscjax.LscError, match="relative_to applies to quant='rdq'"):
+        lscjax.Recipe("r", sparsity=0.0, relative_to="selection")
+    with pytest.raises(lscjax.LscError, match="relative_to must be one of"):
+        lscjax.Recipe("r", sparsity=0.0, quant="rdq", target_bits=3.0, relative_to="model")
+    capsys.readouterr()

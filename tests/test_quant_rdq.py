@@ -241,3 +241,75 @@ def test_bad_arguments(gaussian, kwargs, match):
     lam = kwargs.pop("lam")
     with pytest.raises(lscjax.LscError, match=match):
         lscjax.quant.rdq(gaussian, lam, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def two_scales():
+    """Two layers of Gaussian weights whose standard deviations differ 10x."""
+    rng = np.random.default_rng(2)
+    return {
+        "Dense_0": {"kernel": rng.normal(size=(64, 64)).astype(np.float32)},
+        "Dense_1": {"kernel": (0.1 * rng.normal(size=(64, 32))).astype(np.float32)},
+    }
+
+
+def _flat(q) -> dict:
+    return {k: np.asarray(v["kernel"].dequantize()) for k, v in q.items()}
+
+
+@pytest.mark.parametrize("grid", ["kmeans", "uniform", "trellis"])
+def test_selection_is_each_layer_at_its_rescaled_lam(two_scales, grid):
+    # relative to the selection's variance V, layer l at lam solves the layer-relative problem
+    # at lam x V / Var(W_l) (the objective times V / Var(W_l)), computed here by hand
+    lam, max_bits = 0.01, 6
+    w = {k: v["kernel"] for k, v in two_scales.items()}
+    v_sel = sum(a.size * np.var(a) for a in w.values()) / sum(a.size for a in w.values())
+    got = lscjax.quant.rdq(two_scales, lam, grid=grid, max_bits=max_bits, relative_to="selection")
+    for k, a in w.items():
+        one = {k: {"kernel": a}}
+        ref = lscjax.quant.rdq(one, lam * v_sel / np.var(a), grid=grid, max_bits=max_bits)[k]
+        # the same codes (up to rare float32 ties); the values up to rounding of the step
+        assert (
+            np.mean(np.asarray(got[k]["kernel"].codes) == np.asarray(ref["kernel"].codes)) > 0.999
+        )
+        np.testing.assert_allclose(
+            got[k]["kernel"].codebook, ref["kernel"].codebook, rtol=1e-5, atol=1e-6 * np.std(a)
+        )
+    # relative to each layer, the same lam gives the layers the same relative distortion
+    # (both are Gaussian), so the small layer's absolute error is about 100x smaller
+    per_layer = _flat(lscjax.quant.rdq(two_scales, lam, grid=grid, max_bits=max_bits))
+    rel = [np.mean((per_layer[k] - a) ** 2) / np.var(a) for k, a in w.items()]
+    np.testing.assert_allclose(rel[0], rel[1], rtol=0.25)
+
+
+def test_selection_takes_fewer_bits_at_equal_total_distortion(two_scales):
+    # the layers' total squared error at their total bits is least when every layer has the
+    # same slope of squared error per bit (equal absolute steps at high rate); at equal
+    # relative distortion per layer the small layer is quantized far too finely. The
+    # high-rate prediction of the saving is 0.5 x the weighted mean of log2(V / Var(W_l)),
+    # about 0.8 bit per weight here; assert at least half of it.
+    sizes, errors = {}, {}
+    for relative_to in ("layer", "selection"):
+        q, _ = lscjax.quant.rdq_for_target(
+            two_scales, distortion=1e-3, grid="uniform", relative_to=relative_to
+        )
+        sizes[relative_to] = sum(_encoded_bytes(v["kernel"]) for v in q.values())
+        errors[relative_to] = sum(
+            np.sum((d - two_scales[k]["kernel"]) ** 2) for k, d in _flat(q).items()
+        )
+    w = [v["kernel"] for v in two_scales.values()]
+    n = sum(a.size for a in w)
+    v_sel = sum(a.size * np.var(a) for a in w) / n
+    predicted = sum(a.size * 0.5 * np.log2(v_sel / np.var(a)) for a in w) / n
+    assert predicted > 0.5
+    saved = 8 * (sizes["layer"] - sizes["selection"]) / n
+    assert saved > predicted / 2, (sizes, predicted)
+    assert errors["selection"] <= 1e-3 * n * v_sel  # both meet the target
+    assert errors["layer"] <= 1e-3 * n * v_sel
+
+
+def test_relative_to_is_checked(gaussian):
+    with pytest.raises(lscjax.LscError, match="relative_to"):
+        lscjax.quant.rdq(gaussian, 1e-3, relative_to="model")
+    with pytest.raises(lscjax.LscError, match="relative_to"):
+        lscjax.quant.rdq_for_target(gaussian, bits=3.0, relative_to="model")

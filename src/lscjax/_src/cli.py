@@ -114,6 +114,7 @@ def _compress(args) -> None:
         "target_bits": args.target_bits,
         "target_distortion": args.target_distortion,
         "target_size": args.target_size,
+        "relative_to": args.relative_to,
         "per_channel": args.per_channel,
         "init": args.init,
     }
@@ -272,6 +273,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--target-size",
         type=int,
         help="rdq to this many bytes of .lsc file: the best quality whose file fits",
+    )
+    comp.add_argument(
+        "--relative-to",
+        choices=("layer", "selection"),
+        help="with --target-*: each layer's distortion relative to its own variance (layer, "
+        "the default) or to that of all quantized weights (selection: the fewest bits for "
+        "--target-distortion)",
     )
     comp.add_argument(
         "--workers",

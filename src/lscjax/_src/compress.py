@@ -35,6 +35,7 @@ from lscjax._src.quant.kmeans import DEFAULT_INIT, kmeans
 from lscjax._src.quant.lloyd import INITS
 from lscjax._src.quant.qarray import dequantize, is_qarray
 from lscjax._src.quant.rdq import MAX_BITS as RDQ_MAX_BITS
+from lscjax._src.quant.rdq import RELATIVE_TO
 from lscjax._src.quant.trellis import MAX_BITS as TRELLIS_MAX_BITS
 from lscjax._src.rdq_target import rdq_for_target
 from lscjax._src.train.admm import admm, admm_masks
@@ -160,6 +161,11 @@ class Recipe:
         sum N Var(W)`` (the smallest encoding within it). Exactly one target is given.
       target_size: with quant="rdq", the whole .lsc file's bytes (every leaf, the header):
         the best quality whose file fits.
+      relative_to: with quant="rdq", what each layer's distortion is relative to (see
+        `lscjax.quant.rdq`): "layer" (the default: each layer's own variance) or "selection"
+        (the variance of all quantized weights: one slope of squared error per bit for every
+        layer, the fewest bits for a target_distortion, which is measured over them all). On
+        all-MiniLM-L6-v2, "layer" keeps the sentence embeddings closer at equal file size.
       init: the k-means init of quant="kmeans" (plain k-means and GPTQ's codebooks; see
         `lscjax.quant.kmeans`): "linear" (the default: peaked codes, the smallest files under
         entropy coding), or "density" / "random" / "kmeans++" (less error at the same bits,
@@ -188,6 +194,7 @@ class Recipe:
     target_bits: float | None = None
     target_distortion: float | None = None
     target_size: int | None = None
+    relative_to: str = "layer"
     init: str = DEFAULT_INIT
     per_channel: bool = False
 
@@ -284,9 +291,13 @@ def _check_quant(rc: "Recipe") -> None:
         "target_size": rc.target_size,
     }
     given = {k: v for k, v in targets.items() if v is not None}
+    if rc.relative_to not in RELATIVE_TO:
+        raise LscError(f"recipe relative_to must be one of {RELATIVE_TO}, got {rc.relative_to!r}")
     if rc.quant == "kmeans":
         if given:
             raise LscError(f"recipe {sorted(given)} needs quant='rdq'")
+        if rc.relative_to != "layer":
+            raise LscError("recipe relative_to applies to quant='rdq'")
         return
     if len(given) != 1:
         raise LscError(
@@ -320,6 +331,7 @@ def _rdq_leaves(params, rc: "Recipe", paths, nbytes: int | None = None) -> dict:
         format=rc.format,
         entropy=rc.entropy,
         format_options=rc.format_options,
+        relative_to=rc.relative_to,
     )
     return {p: leaf for p, leaf in leaves_with_paths(q, is_leaf=is_qarray) if p in paths}
 

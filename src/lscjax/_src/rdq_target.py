@@ -79,6 +79,7 @@ def rdq_for_target(
     format_options=None,
     init: str = RDQ_INIT,
     seed: int = 0,
+    relative_to: str = "layer",
 ):
     """`lscjax.quant.rdq` at the lam that meets one target: a size, or a quality.
 
@@ -94,7 +95,9 @@ def rdq_for_target(
         its unselected leaves and headers).
       distortion: target relative MSE, ``sum ||W - Q||^2 / sum N Var(W)`` over the selected
         leaves (N: each leaf's size).
-      grid, max_bits, weights, where, init, seed: as in `lscjax.quant.rdq`.
+      grid, max_bits, weights, where, init, seed, relative_to: as in `lscjax.quant.rdq`
+        ("selection": the fewest bits for the selection's total distortion, the measure of
+        every target here).
       format, entropy, format_options: how the leaves are encoded to measure their size (as in
         `lscjax.coding.encode`; "dense" suits unpruned layers, "lsc" pruned ones).
 
@@ -112,7 +115,14 @@ def rdq_for_target(
     """
     name, target = _check_target(bits, bytes, distortion)
     layers = prepare_all(
-        params, grid=grid, max_bits=max_bits, weights=weights, where=where, init=init, seed=seed
+        params,
+        grid=grid,
+        max_bits=max_bits,
+        weights=weights,
+        where=where,
+        init=init,
+        seed=seed,
+        relative_to=relative_to,
     )
     options = dict(format_options or {})
     paths = list(layers)

@@ -1,12 +1,19 @@
 """Rate-distortion optimised quantization: each layer minimises D / Var(W) + lam x R.
 
 D is the layer's mean squared weight error (weighted by per-weight importance when given), Var(W)
-the variance of its weights and R the bits per weight that the rANS stage pays for its codes:
+the variance of its weights (with ``relative_to="selection"``, the variance of all selected
+weights, one for every layer) and R the bits per weight that the rANS stage pays for its codes:
 ``-log2 p`` of each code under the static model fitted to the codes' histogram (`ans_model`,
 the coder's own model). Pruned zeros keep code 0 = exactly 0.0 and are not coded (the sparse
 formats store their positions in the index), so the rate is counted over the non-zero weights,
 and non-zero weights never take code 0. `lam` is scale-free: it trades relative distortion
 for bits per weight.
+
+Relative to each layer's own variance, one lam spends bits alike on layers of different scales.
+Relative to the selection's, one lam is one slope of absolute squared error against bits for
+every layer: the layers then jointly minimise the selection's total squared error + lam' x its
+total bits, the allocation that meets a whole-model size or weight-MSE target with the fewest
+bits (docs/results/rate.md measures the difference).
 
 * grid="kmeans": entropy-constrained scalar quantization (Chou, Lookabaugh & Gray 1989): Lloyd's
   iterations with the rate in the assignment (each weight to the code minimising
@@ -53,6 +60,9 @@ high rate the rate-distortion optimum is uniform (Gish-Pierce); from the "densit
 cells are equiprobable, the Lloyd iterations with a rate term stall at a far higher entropy."""
 
 GRIDS = ("kmeans", "uniform", "trellis")
+RELATIVE_TO = ("layer", "selection")
+"""What each layer's distortion is relative to: its own variance, or that of every selected
+weight."""
 MAX_BITS = 10
 """The largest `max_bits`: the assignment compares every weight with every code."""
 ITERS = 200
@@ -202,12 +212,13 @@ def assign_all(points, importance, centroids, penalty) -> jax.Array:
     return codes.reshape(-1)[:n]
 
 
-def uniform_levels(w: np.ndarray, lam: float, levels: int) -> np.ndarray:
-    """The uniform grid float32 [<= levels] of a layer w (0 on it, see the module docstring)."""
+def uniform_levels(w: np.ndarray, lam: float, levels: int, variance: float) -> np.ndarray:
+    """The uniform grid float32 [<= levels] of a layer w (0 on it, see the module docstring),
+    its distortion relative to `variance`."""
     lo_hi = jnp.asarray(w, jnp.float32).reshape(1, -1)
     scale, zero = uniform_grid(lo_hi, levels - 1)  # the min-max grid of `levels` levels
     finest = float(scale[0])
-    step = max(finest, math.sqrt(6 * lam * float(np.var(w)) / math.log(2)))
+    step = max(finest, math.sqrt(6 * lam * variance / math.log(2)))
     if step == finest:
         return np.asarray(grid_values(scale, zero, levels - 1)[0])
     lo, hi = min(float(w.min()), 0.0), max(float(w.max()), 0.0)
@@ -224,7 +235,8 @@ class Layer:
       path: the leaf path.
       values: float32 [N], the weights flattened.
       nonzero: int64 [m], positions of the coded (non-zero) weights.
-      importance: float32 [m] or [] (the same for all), distortion weight / Var(W).
+      variance: the variance the distortion is relative to (the layer's, or the selection's).
+      importance: float32 [m] or [] (the same for all), distortion weight / variance.
       sample: int64 [<= m], the positions in `nonzero` the iterations run on.
       start: float32 [K] the k-means start codebook (grid="kmeans"; entry 0 = 0.0 left out),
         or None (grid="uniform").
@@ -235,6 +247,7 @@ class Layer:
     path: str
     values: np.ndarray
     nonzero: np.ndarray
+    variance: float
     importance: np.ndarray
     sample: np.ndarray
     start: np.ndarray | None
@@ -248,13 +261,24 @@ class Layer:
         return int(self.nonzero.size < self.values.size)
 
 
-def prepare(path: str, w, *, grid: str, max_bits: int, weights, init: str, key) -> Layer:
+def prepare(
+    path: str,
+    w,
+    *,
+    grid: str,
+    max_bits: int,
+    weights,
+    init: str,
+    key,
+    variance: float | None = None,
+) -> Layer:
     """A `Layer` of the weights w (any shape), for `solve`.
 
     Args:
       path: the leaf path (error messages).
       w: float array of any shape.
       grid, max_bits, init: as in `rdq`.
+      variance: the variance the distortion is relative to; None: w's own.
       weights: None or float array >= 0 shaped like `w`: per-weight importance.
       key: PRNG key of the random k-means inits.
 
@@ -271,7 +295,10 @@ def prepare(path: str, w, *, grid: str, max_bits: int, weights, init: str, key) 
         importance = np.asarray(weights, np.float32).reshape(-1)[nonzero]
         mean = importance.mean() if importance.size else 0.0
         importance = importance / mean if mean > 0 else np.ones_like(importance)
-    importance = importance / max(float(np.var(values)), np.finfo(np.float32).tiny)
+    variance = max(
+        float(np.var(values)) if variance is None else variance, np.finfo(np.float32).tiny
+    )
+    importance = importance / variance
     start = None
     if grid == "kmeans" and kept.size:
         first = kmeans_leaf(w, max_bits, init=init, iters=1000, key=key, weights=weights)
@@ -279,7 +306,16 @@ def prepare(path: str, w, *, grid: str, max_bits: int, weights, init: str, key) 
     if grid == "uniform" and 2**max_bits - reserved < 2:
         raise LscError(f"leaf {path!r}: grid='uniform' on a pruned layer needs max_bits >= 2")
     return Layer(
-        path, values, nonzero, importance, sample_index(kept), start, grid, max_bits, w.shape
+        path,
+        values,
+        nonzero,
+        variance,
+        importance,
+        sample_index(kept),
+        start,
+        grid,
+        max_bits,
+        w.shape,
     )
 
 
@@ -293,14 +329,16 @@ def solve(layer: Layer, lam: float) -> QArray:
         if np.ndim(importance):
             importance = np.zeros(layer.values.size, np.float32)
             importance[layer.nonzero] = layer.importance
-        codes, book, bits = trellis.quantize(layer.values, importance, lam, layer.max_bits, shape)
+        codes, book, bits = trellis.quantize(
+            layer.values, importance, lam, layer.max_bits, shape, layer.variance
+        )
         codes = jnp.asarray(codes.reshape(shape).astype(code_dtype(2**bits)))
         return QArray(codes, jnp.asarray(book), "kmeans", bits, shape)
     kept = layer.values[layer.nonzero]
     if layer.grid == "kmeans":
         centroids = layer.start
     else:
-        centroids = uniform_levels(layer.values, lam, 2**layer.max_bits - reserved)
+        centroids = uniform_levels(layer.values, lam, 2**layer.max_bits - reserved, layer.variance)
     live = np.arange(2**layer.max_bits - reserved) < centroids.size
     centroids = np.pad(centroids, (0, live.size - centroids.size))
     importance = layer.importance
@@ -352,12 +390,32 @@ def check_max_bits(max_bits, grid: str = "kmeans") -> int:
     return int(max_bits)
 
 
+def selection_variance(leaves) -> float:
+    """The variance of the weights of (path, leaf) pairs taken together as their own layers:
+    ``sum N Var(W) / sum N`` (each leaf about its own mean), 0.0 for no weights."""
+    count = sum(int(np.size(leaf)) for _, leaf in leaves)
+    spread = sum(
+        int(np.size(leaf)) * float(np.var(np.asarray(leaf, np.float32))) for _, leaf in leaves
+    )
+    return spread / count if count else 0.0
+
+
 def prepare_all(
-    params, *, grid: str, max_bits, weights, where: Where, init: str, seed: int
+    params,
+    *,
+    grid: str,
+    max_bits,
+    weights,
+    where: Where,
+    init: str,
+    seed: int,
+    relative_to: str = "layer",
 ) -> dict[str, Layer]:
     """{path: Layer} of the selected leaves, every argument checked (see `rdq`)."""
     if grid not in GRIDS:
         raise LscError(f"grid must be one of {GRIDS}, got {grid!r}")
+    if relative_to not in RELATIVE_TO:
+        raise LscError(f"relative_to must be one of {RELATIVE_TO}, got {relative_to!r}")
     max_bits = check_max_bits(max_bits, grid)
     if init not in INITS:
         raise LscError(f"init must be one of {INITS}, got {init!r}")
@@ -366,6 +424,7 @@ def prepare_all(
         check_float_leaf(path, leaf)
     importance = check_weights(params, weights, where)
     key = jax.random.key(seed)
+    variance = selection_variance(leaves) if relative_to == "selection" else None
     return {
         path: prepare(
             path,
@@ -375,6 +434,7 @@ def prepare_all(
             weights=importance.get(path),
             init=init,
             key=jax.random.fold_in(key, i),
+            variance=variance,
         )
         for i, (path, leaf) in enumerate(leaves)
     }
@@ -397,6 +457,7 @@ def rdq(
     where: Where = None,
     init: str = RDQ_INIT,
     seed: int = 0,
+    relative_to: str = "layer",
 ):
     """Entropy-constrained quantization per layer: minimise D / Var(W) + lam x bits per weight.
 
@@ -425,6 +486,11 @@ def rdq(
       init: the k-means init of grid="kmeans" (as `lscjax.quant.kmeans`; default RDQ_INIT,
         "linear").
       seed: PRNG seed of the "random" and "kmeans++" inits (folded with the leaf index).
+      relative_to: "layer" (each layer's distortion over its own Var(W): lam is a trade of
+        relative distortion per layer) or "selection" (every layer's over the variance of all
+        selected weights, ``sum N Var(W) / sum N``: one slope of squared error per bit for
+        all, so that the selection's total squared error at its total bits is the least; the
+        choice for a whole-model size or weight-MSE target).
 
     Returns:
       The params with a "kmeans" QArray at every selected leaf: codebook float32 [K] of the codes
@@ -433,10 +499,10 @@ def rdq(
       entry 2**(bits - 1) - 1); other leaves unchanged.
 
     Raises:
-      LscError (a ValueError): lam negative or not finite, unknown grid or init, max_bits
-        outside [1, MAX_BITS], weights missing or misshapen, a selected leaf that is not
-        floating point or holds NaN/Inf, an empty selection (messages name the argument or the
-        leaf path).
+      LscError (a ValueError): lam negative or not finite, unknown grid, init or relative_to,
+        max_bits outside [1, MAX_BITS], weights missing or misshapen, a selected leaf that is
+        not floating point or holds NaN/Inf, an empty selection (messages name the argument or
+        the leaf path).
 
     Example:
       >>> q = lscjax.quant.rdq(params, 1e-2)  # about 4 bits per weight for Gaussian weights
@@ -445,6 +511,13 @@ def rdq(
     """
     lam = check_lam(lam)
     layers = prepare_all(
-        params, grid=grid, max_bits=max_bits, weights=weights, where=where, init=init, seed=seed
+        params,
+        grid=grid,
+        max_bits=max_bits,
+        weights=weights,
+        where=where,
+        init=init,
+        seed=seed,
+        relative_to=relative_to,
     )
     return solve_all(params, layers, lam)

@@ -158,24 +158,34 @@ def viterbi(x, weight, fixed, lengths, lam, *, kmax: int):
     return levels.T, quantizers.T
 
 
-def step_for(values: np.ndarray, lam: float, bits: int) -> float:
+def step_for(values: np.ndarray, lam: float, bits: int, variance: float | None = None) -> float:
     """The union step of a layer: its quantizers' spacing (twice the step) is the high-rate
-    optimum ``sqrt(6 lam Var(W) / (GRANULAR_GAIN ln 2))``, but the grid's 2**bits - 1 points
-    cover the largest weight magnitude (lam = 0: the finest such grid)."""
+    optimum ``sqrt(6 lam V / (GRANULAR_GAIN ln 2))``, V the variance the distortion is relative
+    to (`variance`; None: Var(values)), but the grid's 2**bits - 1 points cover the largest
+    weight magnitude (lam = 0: the finest such grid)."""
     top = float(np.abs(values).max()) if values.size else 0.0
     finest = top / center(bits) if top > 0 else 1.0
-    spacing = math.sqrt(6 * lam * float(np.var(values)) / (GRANULAR_GAIN * math.log(2)))
+    variance = float(np.var(values)) if variance is None else variance
+    spacing = math.sqrt(6 * lam * variance / (GRANULAR_GAIN * math.log(2)))
     return max(finest, spacing / 2)
 
 
-def quantize(values: np.ndarray, importance: np.ndarray, lam: float, bits: int, shape: tuple):
+def quantize(
+    values: np.ndarray,
+    importance: np.ndarray,
+    lam: float,
+    bits: int,
+    shape: tuple,
+    variance: float | None = None,
+):
     """Trellis-quantize one layer.
 
     Args:
       values: float32 [N], the weights in C order (exact zeros stay 0).
-      importance: float32 [N] or [], distortion weight over Var(W).
+      importance: float32 [N] or [], distortion weight over `variance`.
       lam: the rate weight; bits: at most this many bits per code (>= 2); shape: the leaf's
         shape.
+      variance: the variance the distortion is relative to (None: Var(values)).
 
     Returns:
       (codes int64 [N] = m + M, codebook float32 [2**b - 1], b): b the fewest bits (>= 2)
@@ -184,7 +194,7 @@ def quantize(values: np.ndarray, importance: np.ndarray, lam: float, bits: int, 
     if bits < 2:
         raise LscError("grid='trellis' needs max_bits >= 2")
     period = shape[-1] if len(shape) else 1
-    step = step_for(values, lam, bits)
+    step = step_for(values, lam, bits, variance)
     kmax = (center(bits) + 1) // 2
     x = (values / step).reshape(-1, period).astype(np.float32)
     weight = np.broadcast_to(np.float32(importance) * step**2, values.shape).reshape(x.shape)
