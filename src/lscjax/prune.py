@@ -25,6 +25,7 @@ from lscjax._src.prune.distributions import layer_sparsities as layer_sparsities
 from lscjax._src.prune.hessian import LayerStats as LayerStats
 from lscjax._src.prune.l1_filters import filter_norms as filter_norms
 from lscjax._src.prune.l1_filters import l1_filters as l1_filters
+from lscjax._src.prune.refit import refit as refit
 from lscjax._src.prune.sensitivity import sensitivity as sensitivity
 from lscjax._src.prune.sensitivity import sensitivity_table as sensitivity_table
 from lscjax._src.prune.sparsegpt import sparsegpt as sparsegpt
@@ -52,6 +53,7 @@ __all__ += [
     "layer_sparsities",
     "n_of_m",
     "project_topk",
+    "refit",
     "sensitivity",
     "sensitivity_table",
     "sparsegpt",

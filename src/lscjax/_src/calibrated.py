@@ -1,5 +1,6 @@
-"""The calibrated stages of `compress`: layer-sequential SparseGPT / Wanda pruning and GPTQ
-(act-order) onto each layer's k-means codebook(s).
+"""The calibrated stages of `compress`: layer-sequential SparseGPT / Wanda pruning, the pruned
+layer's kept weights refit by least squares (`prune.refit`), and GPTQ (act-order) onto each
+layer's k-means codebook(s).
 
 Each pass takes the model's supported layers in call order; a layer's statistics come from the
 model whose earlier layers are already compressed (the SparseGPT / GPTQ protocol), and the
@@ -11,6 +12,7 @@ from collections.abc import Mapping
 from tqdm.auto import tqdm
 
 from lscjax._src.flax.calibration import Calibration
+from lscjax._src.prune.refit import refit
 from lscjax._src.prune.sparsegpt import sparsegpt
 from lscjax._src.prune.wanda import wanda
 from lscjax._src.quant.gptq import gptq
@@ -40,7 +42,8 @@ def calibrated_pass(
       params: the model's params.
       calibration: the `Calibration`.
       where: the selection (None: every kernel of a supported layer).
-      prune: "sparsegpt", "wanda" or None (no pruning in this pass).
+      prune: "sparsegpt", "wanda" or None (no pruning in this pass); each pruned layer's kept
+        weights are then refit by least squares to the dense layer's outputs (`prune.refit`).
       sparsity: one sparsity or a {path: sparsity} map.
       pattern: None, "n:m" or (b0, b1).
       bits: {path: bits} of the layers to quantize by GPTQ onto their k-means codebook (a
@@ -65,10 +68,11 @@ def calibrated_pass(
     def compress_layer(params, one):
         (path,) = one
         if prune is not None:
-            params, mask = CALIBRATED_PRUNE[prune](
+            pruned, mask = CALIBRATED_PRUNE[prune](
                 params, one, per_leaf(sparsity, path, "sparsity"), pattern=pattern
             )
             masks[path] = dict(leaves_with_paths(mask))[path]
+            params = refit(params, mask, one, start=pruned)
         if bits and bits.get(path, 0) > 0:
             q = gptq(
                 params,

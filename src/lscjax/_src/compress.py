@@ -3,8 +3,8 @@
 Four recipes ship: "deep_compression" (Han et al. 2016: magnitude pruning, k-means weight sharing
 with 8-bit conv / 5-bit fc codes, Huffman-coded relative index), "lsc" (Liu et al. 2020:
 pruning, k-means, Layerwise Sparse Coding with rANS entropy coding), and the calibrated
-"sparsegpt" and "wanda" (one-shot pruning from calibration data, GPTQ onto each layer's k-means
-codebook, LSC + rANS; they need `calibration=`). Every field can be changed
+"sparsegpt" and "wanda" (one-shot pruning from calibration data, the kept weights refit by least
+squares, GPTQ onto each layer's k-means codebook, LSC + rANS; they need `calibration=`). Every field can be changed
 per call (`recipe("lsc", sparsity={...}, bits={...})`) or a `Recipe` given whole.
 """
 
@@ -133,7 +133,8 @@ class Recipe:
         from 0 to `sparsity` over the first 3/4 of the retrain steps; one-shot magnitude
         when no `retrain` is given), "admm" (Zhang et al. 2018; needs `retrain`), or the
         calibrated "sparsegpt" (Frantar & Alistarh 2023) and "wanda" (Sun et al. 2024), which
-        need `calibration=` and prune each called layer to its sparsity.
+        need `calibration=` and prune each called layer to its sparsity, then refit its kept
+        weights by least squares to the dense layer's outputs (`lscjax.prune.refit`).
       bits: code bits per layer: an int, a {path: bits} map, or None for the default of
         `conv_bits` for kernels with ndim > 2 and `dense_bits` for 2-D kernels. 0 keeps the
         float32 values (no quantization).
