@@ -9,7 +9,8 @@ the other sentences. Every configuration compresses the encoder's Dense kernels 
 pruned); it is written as one .lsc file (LSC with 32 x 32 blocks + rANS) and loaded back. For
 each it prints the mean and minimum cosine of the sentence embeddings (mean pooling + L2
 normalisation) to the dense model's, the file size against model.safetensors, the wall time of
-calibrate + compress and the process' peak RSS so far. Configurations:
+calibrate + compress and the process' peak RSS so far. The calibrated prune methods refit each
+pruned layer's kept weights by least squares before GPTQ (`lscjax.prune.refit`). Configurations:
 
   kmeans4     plain 4-bit k-means of each kernel (no calibration)
   rtn4        round-to-nearest int4 per output channel (min-max grid; what weight-only PTQ does)
@@ -23,13 +24,15 @@ calibrate + compress and the process' peak RSS so far. Configurations:
   magb32_4    50% of 32 x 32 blocks by magnitude + 4-bit k-means
   sgptb32_4   SparseGPT 50% in 32 x 32 blocks + GPTQ 4-bit
   sgpt80_4    SparseGPT 80% + GPTQ 4-bit
-  kmeans4c, gptq4c, sgpt50_4c, sgpt24_4c, sgptb32_4c, sgpt80_4c, sgpt80_4c_distill
+  kmeans4c, gptq4c, sgpt50_4c, sgpt24_4c, sgptb32_4c, sgpt80_4c, sgpt80_4c_distill, gptq4c_distill
               the same as kmeans4, gptq4, ... with one k-means codebook per output channel
               (`per_channel=True`; the embedding tables keep one per table) instead of one
               per layer
   sgpt80_4_distill  the same with distillation (`lscjax.distillation`, Adam 1e-4, batches of
               the calibration sentences, loss: the sentence embeddings' squared error to the
               dense model's): --distill-steps steps after pruning and as many on the centroids
+  gptq4_distill     gptq4 with the same distillation (nothing is pruned, so the first
+              --distill-steps steps start from the dense model itself and change nothing)
 
 --init sets the k-means init of the codebooks (default "linear"; the results file keeps one entry
 per configuration, so a run with another init replaces them).
@@ -40,6 +43,7 @@ Writes benchmarks/results/ptq_minilm.json (one entry per configuration, merged w
 import argparse
 import json
 import pathlib
+import re
 import resource
 import tempfile
 import time
@@ -69,9 +73,10 @@ CONFIGS = {
     "sgptb32_4": dict(prune="sparsegpt", sparsity=0.5, pattern=(32, 32), calibrated=True),
     "sgpt80_4": dict(prune="sparsegpt", sparsity=0.8, calibrated=True),
     "sgpt80_4_distill": dict(prune="sparsegpt", sparsity=0.8, calibrated=True, distill=True),
+    "gptq4_distill": dict(prune="magnitude", sparsity=0.0, calibrated=True, distill=True),
 }
 CONFIGS |= {
-    name.replace("_4", "_4c") if "_4" in name else name + "c": {**cfg, "per_channel": True}
+    re.sub(r"4(?=$|_distill)", "4c", name): {**cfg, "per_channel": True}
     for name, cfg in CONFIGS.items()
     if cfg.get("grid") != "uniform" and not name.startswith("mag")
 }
