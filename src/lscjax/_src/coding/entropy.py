@@ -112,6 +112,11 @@ def canonical_codes(symbols: np.ndarray, lengths: np.ndarray) -> dict:
     return codes
 
 
+def joined(pieces) -> np.ndarray:
+    """int64 [sum of sizes]: the pieces (int arrays) one after the other; empty for none."""
+    return np.concatenate([np.zeros(0, np.int64), *pieces])
+
+
 class SymbolCoder:
     """One stream's code: `entropy`, `alphabet_bits`, present symbols and their weights.
 
@@ -260,7 +265,7 @@ class SymbolCoder:
 
     def read(self, r: BitReader, count: int, kind: str, what: str) -> np.ndarray:
         """Read a stream of `count` symbols -> int64 [count]."""
-        return np.concatenate([np.zeros(0, np.int64), *self.read_pieces(r, count, kind, what)])
+        return joined(self.read_pieces(r, count, kind, what))
 
     def read_pieces(self, r: BitReader, count: int, kind: str, what: str) -> Iterator[np.ndarray]:
         """Read a stream of `count` symbols: its bits are taken from `r` now; the iterator

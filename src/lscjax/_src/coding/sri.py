@@ -20,7 +20,7 @@ from collections.abc import Iterable
 import numpy as np
 
 from lscjax._src.coding.bitstream import INDEX, BitReader, BitWriter, gamma_bits
-from lscjax._src.coding.entropy import SymbolCoder
+from lscjax._src.coding.entropy import SymbolCoder, joined
 from lscjax._src.coding.layout import check_positions, gap_table, gaps, segment_ends
 from lscjax._src.coding.values import ValueCodec
 from lscjax._src.errors import FormatError, LscError
@@ -139,11 +139,7 @@ def value_reaches(
         start += symbols.size
         total = int(ends[-1]) if ends.size else total
     before[marks >= start] = total
-    return _joined(index), _joined(reach), before
-
-
-def _joined(parts: list) -> np.ndarray:
-    return np.concatenate([np.zeros(0, np.int64), *parts])
+    return joined(index), joined(reach), before
 
 
 def write(
