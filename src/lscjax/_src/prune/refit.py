@@ -116,8 +116,9 @@ def refit(
         mask not shaped like its kernel, an empty selection (messages name the path).
 
     Example:
+      >>> stats = lscjax.Calibration(apply_fn, [images]).stats(params)
       >>> pruned, masks = lscjax.prune.wanda(params, stats, 0.5)
-      >>> pruned = lscjax.prune.refit(params, masks, stats)
+      >>> pruned = lscjax.prune.refit(params, masks, stats, start=pruned)
     """
     damp = check_damp(damp)
     if isinstance(iters, bool) or not isinstance(iters, int) or iters < 1:
