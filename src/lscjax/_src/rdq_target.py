@@ -15,7 +15,7 @@ import numpy as np
 from lscjax._src.coding.codec import encode
 from lscjax._src.errors import LscError
 from lscjax._src.quant.qarray import is_qarray
-from lscjax._src.quant.rdq import RDQ_INIT, prepare_all, solve_all
+from lscjax._src.quant.rdq import RDQ_INIT, prepare_all, selection_variance, solve_all
 from lscjax._src.tree import Where, leaves_with_paths
 
 LAM_MIN = 1e-8
@@ -49,7 +49,7 @@ def measure(params, quantized, paths, *, format: str, entropy: str, options) -> 
         float(np.sum((np.asarray(q[p].dequantize()) - np.asarray(dense[p], np.float32)) ** 2))
         for p in paths
     )
-    spread = sum(int(np.size(dense[p])) * float(np.var(np.asarray(dense[p]))) for p in paths)
+    spread = count * selection_variance([(p, dense[p]) for p in paths])
     return Measured(8 * size / count, size, error / max(spread, np.finfo(np.float32).tiny))
 
 
