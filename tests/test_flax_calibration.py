@@ -174,4 +174,37 @@ def test_sequential_equals_one_layer_at_a_time(tokens):
         want = compress_layer(want, cal.stats(want, where=lambda p, _, q=path: p == q))
     for layer in ("q", "k", "out"):
         np.testing.assert_allclose(got[layer]["kernel"], want[layer]["kernel"], rtol=1e-6)
-    assert ("q/kernel", "k/kernel") in cal._runs  # one stats run for both
+    assert (("q/kernel", "k/kernel"), False) in cal._runs  # one stats run for both
+
+
+def test_sequential_cross_pairs_the_compressed_and_dense_inputs(tokens):
+    """cross = X^T X_dense on the unmasked rows: X the out layer's input after q and k were
+    pruned, X_dense its input in the dense model, both computed here by hand."""
+    net, params, x, mask, batches = tokens
+    cal = lscjax.Calibration(
+        lambda p, b: net.apply({"params": p}, b[0]), batches, row_mask=lambda b: b[1]
+    )
+    seen = {}
+
+    def compress_layer(p, one):
+        ((path, s),) = one.items()
+        seen[path] = s
+        layer = path.split("/")[0]
+        return {**p, layer: {**p[layer], "kernel": p[layer]["kernel"] * 0.5}}
+
+    final = cal.sequential(params, compress_layer, cross=True)
+
+    def hidden(p):
+        xs = np.asarray(x, np.float64)
+        q = xs @ np.asarray(p["q"]["kernel"], np.float64) + np.asarray(p["q"]["bias"])
+        k = xs @ np.asarray(p["k"]["kernel"], np.float64) + np.asarray(p["k"]["bias"])
+        return np.maximum(q + k, 0.0)[mask]  # [N, 5], the unmasked tokens
+
+    h, h_dense = hidden(final), hidden(params)
+    s = seen["out/kernel"]
+    np.testing.assert_allclose(s.gram, h.T @ h, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(s.cross, h.T @ h_dense, rtol=1e-4, atol=1e-5)
+    assert not np.allclose(s.cross, s.gram, rtol=1e-2)
+    kept = np.asarray(x, np.float64)[mask]  # q and k: nothing before them changed
+    np.testing.assert_allclose(seen["q/kernel"].cross, kept.T @ kept, rtol=1e-4, atol=1e-5)
+    assert cal.stats(params)["q/kernel"].cross is None

@@ -29,6 +29,7 @@ from lscjax._src.prune.refit import refit as refit
 from lscjax._src.prune.sensitivity import sensitivity as sensitivity
 from lscjax._src.prune.sensitivity import sensitivity_table as sensitivity_table
 from lscjax._src.prune.sparsegpt import sparsegpt as sparsegpt
+from lscjax._src.prune.target import dense_target as dense_target
 from lscjax._src.prune.thin import Thinned as Thinned
 from lscjax._src.prune.thin import thin as thin
 from lscjax._src.prune.thinet import thinet as thinet
@@ -45,6 +46,7 @@ __all__ += [
     "block_scores",
     "channel_lasso",
     "collect_activations",
+    "dense_target",
     "distributed_magnitude",
     "erk_sparsities",
     "filter_norms",

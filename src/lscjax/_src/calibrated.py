@@ -4,7 +4,9 @@ layer's k-means codebook(s).
 
 Each pass takes the model's supported layers in call order; a layer's statistics come from the
 model whose earlier layers are already compressed (the SparseGPT / GPTQ protocol), and the
-layer is then pruned and/or quantized before the next one is measured.
+layer is then pruned and/or quantized before the next one is measured. Each layer is first
+retargeted (`prune.dense_target`): its kernel replaced by the one that best reproduces the
+dense model's outputs from those drifted inputs, so that it corrects the earlier layers' error.
 """
 
 from collections.abc import Mapping
@@ -14,6 +16,7 @@ from tqdm.auto import tqdm
 from lscjax._src.flax.calibration import Calibration
 from lscjax._src.prune.refit import refit
 from lscjax._src.prune.sparsegpt import sparsegpt
+from lscjax._src.prune.target import dense_target
 from lscjax._src.prune.wanda import wanda
 from lscjax._src.quant.gptq import gptq
 from lscjax._src.quant.options import per_leaf
@@ -36,7 +39,8 @@ def calibrated_pass(
     init: str | None = None,
     progress: bool = False,
 ):
-    """One layer-sequential pass over the selected layers that the model calls.
+    """One layer-sequential pass over the selected layers that the model calls, each aimed at
+    the dense model's outputs (`prune.dense_target`).
 
     Args:
       params: the model's params.
@@ -67,6 +71,7 @@ def calibrated_pass(
 
     def compress_layer(params, one):
         (path,) = one
+        params = dense_target(params, one)
         if prune is not None:
             pruned, mask = CALIBRATED_PRUNE[prune](
                 params, one, per_leaf(sparsity, path, "sparsity"), pattern=pattern
@@ -94,6 +99,6 @@ def calibrated_pass(
         bar.update()
         return params
 
-    params = calibration.sequential(params, compress_layer, where=where)
+    params = calibration.sequential(params, compress_layer, where=where, cross=True)
     bar.close()
     return params, masks, qleaves

@@ -260,40 +260,53 @@ class Calibration:
         """
         return list(self._probe(params, where))
 
-    def _run(self, paths: tuple[str, ...]):
-        """The jitted (params, batch, sums) -> sums for the layers `paths`, compiled once."""
-        if paths not in self._runs:
+    def _run(self, paths: tuple[str, ...], cross: bool):
+        """The jitted (params, dense, batch, sums) -> sums for the layers `paths`, compiled
+        once; with `cross`, the same layers' inputs in `dense`'s model are gathered too."""
+        if (paths, cross) not in self._runs:
             wanted = set(paths).__contains__
             row_mask = self.row_mask
 
-            def run(params, batch, sums):
+            def run(params, dense, batch, sums):
                 sums = dict(sums)
-                for path, rows, _ in _traced_calls(self.apply_fn, params, batch, wanted):
+                calls = _traced_calls(self.apply_fn, params, batch, wanted)
+                refs = _traced_calls(self.apply_fn, dense, batch, wanted) if cross else calls
+                for (path, rows, _), (_, ref_rows, _) in zip(calls, refs, strict=True):
                     x, lead = rows()
-                    gram, sq, count = sums[path]
+                    gram, sq, count, *prod = sums[path]
                     if row_mask is None:
                         wx, n = x, x.shape[0]
                     else:
                         weight = _row_weights(path, row_mask(batch), lead)
                         wx, n = x * weight[:, None], jnp.sum(weight).astype(jnp.int32)
-                    sums[path] = (gram + wx.T @ x, sq + jnp.sum(wx * x, axis=0), count + n)
+                    if cross:
+                        prod = [prod[0] + wx.T @ ref_rows()[0]]
+                    sums[path] = (gram + wx.T @ x, sq + jnp.sum(wx * x, axis=0), count + n, *prod)
                 return sums
 
-            self._runs[paths] = jax.jit(run, donate_argnums=2)
-        return self._runs[paths]
+            self._runs[paths, cross] = jax.jit(run, donate_argnums=3)
+        return self._runs[paths, cross]
 
-    def _gather(self, params, dims: Mapping[str, int]) -> dict[str, LayerStats]:
-        """LayerStats of the layers {path: d} over all batches (one compiled run)."""
+    def _gather(self, params, dims: Mapping[str, int], dense=None) -> dict[str, LayerStats]:
+        """LayerStats of the layers {path: d} over all batches (one compiled run); with
+        `dense` params, each one's `cross` with the same layer's inputs in dense's model."""
         paths = tuple(dims)
+        cross = dense is not None
         sums = {
             path: (jnp.zeros((d, d), jnp.float32), jnp.zeros((d,), jnp.float32), jnp.int32(0))
+            + ((jnp.zeros((d, d), jnp.float32),) if cross else ())
             for path, d in dims.items()
         }
-        run = self._run(paths)
+        run = self._run(paths, cross)
         for batch in self.batches:
-            sums = run(params, batch, sums)
+            sums = run(params, dense if cross else params, batch, sums)
         return {
-            path: LayerStats(sums[path][0], jnp.sqrt(sums[path][1]), int(sums[path][2]))
+            path: LayerStats(
+                sums[path][0],
+                jnp.sqrt(sums[path][1]),
+                int(sums[path][2]),
+                sums[path][3] if cross else None,
+            )
             for path in paths
         }
 
@@ -314,7 +327,9 @@ class Calibration:
         """
         return self._gather(params, {p: d for p, (d, _) in self._probe(params, where).items()})
 
-    def sequential(self, params, compress_layer: Callable, *, where: Where = None):
+    def sequential(
+        self, params, compress_layer: Callable, *, where: Where = None, cross: bool = False
+    ):
         """Layer-sequential calibration (the SparseGPT / GPTQ protocol).
 
         The layers are taken in call order; each one's statistics come from the model whose
@@ -328,6 +343,11 @@ class Calibration:
           compress_layer: ``(params, {path: LayerStats}) -> params`` (one layer's stats), e.g.
             ``lambda p, s: lscjax.prune.sparsegpt(p, s, 0.5)[0]``.
           where: selection (default: every kernel of a supported layer).
+          cross: also gather each layer's ``cross = X^T X_dense`` float32 [d, d], X_dense its
+            inputs in the model of `params` as passed (before any change), on the same rows:
+            what `lscjax.prune.dense_target` needs to aim a layer at the dense model's
+            outputs instead of its own on inputs that earlier layers already changed. Each
+            batch then runs through both models.
 
         Returns:
           The params after every selected layer was compressed.
@@ -335,8 +355,9 @@ class Calibration:
         groups: dict[int, dict[str, int]] = {}
         for path, (d, group) in self._probe(params, where).items():
             groups.setdefault(group, {})[path] = d
+        dense = params if cross else None
         for dims in groups.values():
-            stats = self._gather(params, dims)
+            stats = self._gather(params, dims, dense)
             for path in dims:
                 params = compress_layer(params, {path: stats[path]})
         return params

@@ -31,11 +31,14 @@ class LayerStats(NamedTuple):
       gram: float32 [d, d], ``X^T X`` accumulated in float32.
       norms: float32 [d], the L2 norm of each input feature over the N rows (Wanda's ||X_j||).
       count: int, N (rows seen: tokens, pixels of the output map, samples).
+      cross: float32 [d, d] ``X^T X_dense`` or None: with X_dense the same layer's inputs in
+        the uncompressed model on the same rows (`Calibration.sequential(..., cross=True)`).
     """
 
     gram: jax.Array
     norms: jax.Array
     count: int
+    cross: jax.Array | None = None
 
 
 def check_damp(damp) -> float:
@@ -105,11 +108,16 @@ def damped(gram: jax.Array, damp: float | jax.Array) -> jax.Array:
       damp: lambda, a fraction of the mean diagonal.
     """
     h = gram.astype(jnp.float32)
-    diag = jnp.diagonal(h)
-    dead = diag <= 0
+    dead = jnp.diagonal(h) <= 0
     h = jnp.where(jnp.eye(h.shape[0], dtype=bool) & dead[:, None], 1.0, h)
-    scale = jnp.mean(jnp.where(dead, 1.0, diag))
-    return h / scale + damp * jnp.eye(h.shape[0], dtype=jnp.float32)
+    return h / gram_scale(gram) + damp * jnp.eye(h.shape[0], dtype=jnp.float32)
+
+
+def gram_scale(gram: jax.Array) -> jax.Array:
+    """s, the mean diagonal of H float32 [d, d] (a dead feature's counted as 1) by which
+    `damped` divides it."""
+    diag = jnp.diagonal(gram.astype(jnp.float32))
+    return jnp.mean(jnp.where(diag <= 0, 1.0, diag))
 
 
 def inverse_factor(gram: jax.Array, damp: float | jax.Array) -> jax.Array:

@@ -33,22 +33,22 @@ REFIT_TOL = 1e-4
 
 
 @functools.partial(jax.jit, static_argnames=("iters",))
-def conjugate_refit(a, w, keep, start, *, iters: int, tol: float = REFIT_TOL) -> jax.Array:
+def conjugate_refit(a, rhs, keep, start, *, iters: int, tol: float = REFIT_TOL) -> jax.Array:
     """The masked least-squares weights float32 [d, n] by preconditioned conjugate gradients.
 
     Args:
       a: float32 [d, d], symmetric positive definite (the damped Hessian).
-      w: float32 [d, n], the dense weights (the target is ``A w``).
+      rhs: float32 [d, n], the right-hand sides (``A w`` to reproduce the dense weights w).
       keep: bool [d, n], the kept weights; the result is exactly 0 elsewhere.
       start: float32 [d, n], the first iterate (masked before use).
       iters: the most iterations (static); tol: the relative residual at which to stop.
 
     Returns:
-      float32 [d, n]: each column j approximately solves ``(A v)_S = (A w_j)_S`` on its kept
+      float32 [d, n]: each column j approximately solves ``(A v)_S = (rhs_j)_S`` on its kept
       set S, v = 0 off it.
     """
     m = keep.astype(jnp.float32)
-    b = m * (a @ w)
+    b = m * rhs
     v = m * start
     r = b - m * (a @ v)
     inv_diag = m / jnp.diagonal(a)[:, None]
@@ -140,6 +140,6 @@ def refit(
         first = matrix_view(path, starts.get(path, w), d, layout=False)
         m = jnp.asarray(keep[path], bool).reshape(mat.shape)
         a = damped(jnp.asarray(s.gram, jnp.float32), damp)
-        out = conjugate_refit(a, mat, m, first, iters=iters)
+        out = conjugate_refit(a, a @ mat, m, first, iters=iters)
         done[path] = out.reshape(np.shape(w)).astype(jnp.result_type(w))
     return map_selected(lambda p, _: done[p], params, where=lambda p, _: p in done, fill="keep")
