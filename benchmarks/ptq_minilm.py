@@ -33,9 +33,13 @@ pruned layer's kept weights by least squares before GPTQ (`lscjax.prune.refit`).
               dense model's): --distill-steps steps after pruning and as many on the centroids
   gptq4_distill     gptq4 with the same distillation (nothing is pruned, so the first
               --distill-steps steps start from the dense model itself and change nothing)
+  gptq4c_density, sgpt50_4c_density
+              gptq4c and sgpt50_4c with every codebook started from k-means init "density"
+              (evenly spaced in the weights' CDF) instead of --init
 
---init sets the k-means init of the codebooks (default "linear"; the results file keeps one entry
-per configuration, so a run with another init replaces them).
+--init sets the k-means init of the codebooks of the configurations that do not name one
+(default "linear"; the results file keeps one entry per configuration, so a run with another
+init replaces them).
 --quick runs the tiny BERT test fixture on 8 sentences (a smoke test; numbers not recorded).
 Writes benchmarks/results/ptq_minilm.json (one entry per configuration, merged with earlier runs).
 """
@@ -79,6 +83,9 @@ CONFIGS |= {
     re.sub(r"4(?=$|_distill)", "4c", name): {**cfg, "per_channel": True}
     for name, cfg in CONFIGS.items()
     if cfg.get("grid") != "uniform" and not name.startswith("mag")
+}
+CONFIGS |= {
+    f"{name}_density": {**CONFIGS[name], "init": "density"} for name in ("gptq4c", "sgpt50_4c")
 }
 
 
@@ -175,7 +182,7 @@ def run(name, cfg, module, params, cal, paths, retrain=None, init="linear"):
         bits=bits,
         pattern=pattern if cfg["prune"] != "magnitude" else None,
         per_channel=cfg.get("per_channel", False),
-        init=init,
+        init=cfg.get("init", init),
         rules=(lscjax.Rule("^embeddings/", per_channel=False),),
         **fmt,
     )

@@ -24,6 +24,12 @@ from lscjax._src.quant.qarray import is_qarray
 from lscjax._src.tree import Where, leaves_with_paths, map_selected
 
 CALIBRATED_PRUNE = {"sparsegpt": sparsegpt, "wanda": wanda}
+PRUNE_DAMP = 0.1
+"""The damping of the pass's SparseGPT updates and least-squares refit, a fraction of the
+Hessian's mean diagonal: ten times the papers' 0.01, which overfits a few thousand calibration
+tokens once every layer aims at the dense target. On all-MiniLM-L6-v2 (SparseGPT 50% + refit,
+no quantization, mean cosine on the evaluation sentences): 0.01 / 0.01 0.954, 0.1 / 0.1
+0.956, 0.01 / 0.1 0.956, 0.3 / 0.1 0.955."""
 
 
 def calibrated_pass(
@@ -73,11 +79,12 @@ def calibrated_pass(
         (path,) = one
         params = dense_target(params, one)
         if prune is not None:
+            damp = {"damp": PRUNE_DAMP} if prune == "sparsegpt" else {}
             pruned, mask = CALIBRATED_PRUNE[prune](
-                params, one, per_leaf(sparsity, path, "sparsity"), pattern=pattern
+                params, one, per_leaf(sparsity, path, "sparsity"), pattern=pattern, **damp
             )
             masks[path] = dict(leaves_with_paths(mask))[path]
-            params = refit(params, mask, one, start=pruned)
+            params = refit(params, mask, one, start=pruned, damp=PRUNE_DAMP)
         if bits and bits.get(path, 0) > 0:
             q = gptq(
                 params,
