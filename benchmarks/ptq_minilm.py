@@ -196,29 +196,20 @@ def run(name, cfg, module, params, cal, paths, retrain=None, init="linear"):
     return model, time.perf_counter() - start
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model")
-    parser.add_argument("--configs", nargs="*", default=list(CONFIGS))
-    parser.add_argument("--distill-steps", type=int, default=300)
-    parser.add_argument(
-        "--init", default="linear", help="the k-means init of every configuration's codebooks"
+def setup(model, quick):
+    """(model folder, module, params, Calibration on the calibration sentences, params ->
+    evaluation sentence embeddings float32 [S, 384], evaluation sentences); `quick`: the tiny
+    BERT fixture on 8 sentences of each (token ids folded into its vocabulary)."""
+    sentences = SENTENCES.read_text(encoding="utf-8").splitlines()
+    tokens = find_model(model)
+    folder = ROOT / "tests" / "fixtures" / "tiny_bert" if quick else tokens
+    calib, evals = (
+        (sentences[:8], sentences[300:308]) if quick else (sentences[:300], sentences[300:])
     )
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args(argv)
-    if args.quick:
-        folder = ROOT / "tests" / "fixtures" / "tiny_bert"
-        sentences = SENTENCES.read_text(encoding="utf-8").splitlines()
-        calib, evals = sentences[:8], sentences[300:308]
-    else:
-        folder = find_model(args.model)
-        sentences = SENTENCES.read_text(encoding="utf-8").splitlines()
-        calib, evals = sentences[:300], sentences[300:]
     module, params = bert_from_hf(folder)
-    tokens = folder if not args.quick else find_model(args.model)
     cal_ids, cal_mask = tokenize(tokens, calib)
     ids, mask = tokenize(tokens, evals)
-    if args.quick:
+    if quick:
         vocab = params["embeddings"]["word_embeddings"]["embedding"].shape[0]
         cal_ids, ids = cal_ids % vocab, ids % vocab
     cal = lscjax.Calibration(
@@ -231,6 +222,20 @@ def main(argv=None):
     def embed_all(p):
         return np.concatenate([np.asarray(embed(p, i, m)) for i, m in chunks(ids, mask, 64)])
 
+    return folder, module, params, cal, embed_all, evals
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model")
+    parser.add_argument("--configs", nargs="*", default=list(CONFIGS))
+    parser.add_argument("--distill-steps", type=int, default=300)
+    parser.add_argument(
+        "--init", default="linear", help="the k-means init of every configuration's codebooks"
+    )
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args(argv)
+    folder, module, params, cal, embed_all, evals = setup(args.model, args.quick)
     dense = embed_all(params)
     pooled = lambda p, b: sentence_embedding(module.apply({"params": p}, b[0], b[1]), b[1])  # noqa: E731
     retrain = lscjax.distillation(pooled, params, cal.batches, args.distill_steps)
