@@ -10,10 +10,11 @@ protocol of benchmarks/matmul.py: weights cold, as in a model larger than the ca
 Prints, per density, the ratio sparse / dense of every point, their median and their worst,
 and the largest density up to which the median ratio (float and 4-bit points together) stays
 <= 1.0 (on a shared machine single points are noisy, medians are not): the serving policy's
-threshold (`lscjax._src.sparse.leaf.DEFAULT_MAX_DENSITY`). Writes
+threshold (`lscjax._src.sparse.leaf.DEFAULT_MAX_DENSITY`). --impl picks the sparse path: "auto"
+(the compiled CPU kernel where it is built) or "xla" (the gather + batched-dot path). Writes
 benchmarks/results/serve_density.json.
 
-Usage: python benchmarks/serve_density.py [--rounds 3] [--quick] [--out PATH]
+Usage: python benchmarks/serve_density.py [--rounds 3] [--impl auto|xla|cpu] [--quick] [--out PATH]
 """
 
 import argparse
@@ -24,7 +25,7 @@ import numpy as np
 from matmul import copies, rotated_times, write_results
 
 from lscjax._src.sparse.random import random_block_kernel
-from lscjax.sparse import BlockSparse, matmul
+from lscjax.sparse import BlockSparse, matmul, plan
 
 SHAPES = ((384, 384), (384, 1536), (1536, 384), (768, 3072))
 ROWS = (128, 1024)
@@ -41,7 +42,7 @@ def coded(kernel: np.ndarray) -> BlockSparse:
     return BlockSparse.from_codes(codes, codebook, BLOCK, bits=4)
 
 
-def point(rng, shape, rows: int, density: float, rounds: int) -> dict:
+def point(rng, shape, rows: int, density: float, rounds: int, impl: str) -> dict:
     kernel = random_block_kernel(rng, shape, BLOCK, density)
     x = jnp.asarray(rng.standard_normal((rows, shape[0])), jnp.float32)
     weights = {
@@ -50,7 +51,7 @@ def point(rng, shape, rows: int, density: float, rounds: int) -> dict:
         "4bit": coded(kernel),
     }
     dense_fn = jax.jit(lambda x, w: x @ w)
-    sparse_fn = jax.jit(lambda x, w: matmul(x, w, impl="xla"))
+    sparse_fn = jax.jit(lambda x, w: matmul(x, w, impl=impl))
     fns = {}
     for name, w in weights.items():
         nbytes = sum(a.nbytes for a in jax.tree.leaves(w))
@@ -81,7 +82,8 @@ def threshold(rows: list[dict]) -> float | None:
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--quick", action="store_true", help="two shapes, 128 rows, 3 densities")
+    parser.add_argument("--impl", default="auto", choices=("auto", "xla", "cpu"))
+    parser.add_argument("--quick", action="store_true", help="two shapes, 128 rows, 2 densities")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     shapes = SHAPES[:2] if args.quick else SHAPES
@@ -92,7 +94,7 @@ def main():
     for density in densities:
         for shape in shapes:
             for m in rows_list:
-                r = point(rng, shape, m, density, 1 if args.quick else args.rounds)
+                r = point(rng, shape, m, density, 1 if args.quick else args.rounds, args.impl)
                 rows.append(r)
                 print(
                     f"d={density:.2f} {shape[0]}x{shape[1]} M={m:5d}: dense "
@@ -106,7 +108,19 @@ def main():
         print(f"d={density:.2f}: median x{np.median(ratios):.2f}, worst x{max(ratios):.2f}")
     limit = threshold(rows)
     print(f"largest density with median ratio <= 1: {limit}")
-    write_results(args.out, "serve_density", rows, quick=args.quick, block=BLOCK, threshold=limit)
+    path = plan(
+        (ROWS[0], SHAPES[0][0]), BlockSparse.from_dense(np.ones(SHAPES[0]), BLOCK), impl=args.impl
+    )
+    write_results(
+        args.out,
+        "serve_density",
+        rows,
+        quick=args.quick,
+        block=BLOCK,
+        threshold=limit,
+        impl=args.impl,
+        kernel=path.kernel,
+    )
 
 
 if __name__ == "__main__":

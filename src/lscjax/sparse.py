@@ -1,5 +1,7 @@
-"""Block-sparse weights in padded block-row layout, and their matmul / conv (XLA or Pallas)."""
+"""Block-sparse weights in padded block-row layout, and their matmul / conv (XLA, the compiled CPU
+kernel, or Pallas)."""
 
+from lscjax._src.kernels.cpu import available as cpu_kernel_available
 from lscjax._src.sparse.block_sparse import BlockSparse as BlockSparse
 from lscjax._src.sparse.conv import conv as conv
 from lscjax._src.sparse.embed import lookup as lookup
@@ -21,6 +23,7 @@ __all__ = [
     "ShardedBlockSparse",
     "Tuning",
     "conv",
+    "cpu_kernel_available",
     "explain",
     "lookup",
     "matmul",

@@ -16,7 +16,7 @@ import numpy as np
 from jax import lax
 
 from lscjax._src.errors import LscError
-from lscjax._src.kernels import pallas_gpu, pallas_tpu, xla
+from lscjax._src.kernels import cpu, pallas_gpu, pallas_tpu, xla
 from lscjax._src.sparse.block_sparse import BlockSparse, Overflow
 from lscjax._src.sparse.plan import Plan, Tuning, plan, rows_per_group
 from lscjax._src.sparse.shard import ShardedBlockSparse, sharded_matmul
@@ -115,12 +115,15 @@ def _vjp_in_row_pieces(x, values, indices, valid, g, pieces: int):
     return dxs.reshape(-1, x.shape[1])[: x.shape[0]], dvalues.astype(values.dtype)
 
 
-def _pallas(x, w: BlockSparse, p: Plan):
-    """The Pallas kernel of `p` on w's rows, and on its overflow rows (spread onto theirs)."""
+def _kernel(x, w: BlockSparse, p: Plan):
+    """The kernel of `p` (CPU or Pallas) on w's rows, and on its overflow rows (spread onto
+    theirs)."""
     kernel = pallas_gpu if p.kernel == "pallas_gpu" else pallas_tpu
 
     def product(part: BlockSparse):
         counts = jnp.minimum(part.counts, part.kmax)  # the kernels loop over counts[r] slots
+        if p.kernel == "cpu":  # coded blocks dequantized here, once per call
+            return cpu.block_matmul(x, part.block_values(), part.indices, counts)
         if part.bits == 4:  # dequantized inside the kernel
             return kernel.block_matmul(
                 x, part.blocks, part.indices, counts, part.codebook, interpret=p.interpret
@@ -137,7 +140,7 @@ def _pallas(x, w: BlockSparse, p: Plan):
 
 def _forward(x, blocks, codebook, indices, counts, overflow, p: Plan):
     w = _layout(blocks, codebook, indices, counts, overflow, p)
-    return _xla_in_row_pieces(x, w, p) if p.kernel == "xla" else _pallas(x, w, p)
+    return _xla_in_row_pieces(x, w, p) if p.kernel == "xla" else _kernel(x, w, p)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(6,))
@@ -201,9 +204,11 @@ def matmul(
       x: float [..., K] with any leading batch dims (batch 1 and none included); K is W's input
         size (``w.matrix_shape[0]``; for a Conv kernel, the patch size).
       w: the BlockSparse kernel. Coded blocks are dequantized inside the computation.
-      impl: "auto" (Pallas on GPU/TPU when the tiles fit, XLA otherwise), "xla" (gather +
-        batched matmul over padded block rows, no scatter), "pallas" (the backend's kernel),
-        or "pallas_gpu" / "pallas_tpu" explicitly (CPU: with ``interpret=True``).
+      impl: "auto" (Pallas on GPU/TPU when the tiles fit; on the CPU the compiled kernel for
+        float32 x and values with output blocks of 16, 32 or 64; XLA otherwise), "xla" (gather
+        + batched matmul over padded block rows, no scatter), "cpu" (the compiled CPU kernel,
+        `lscjax.sparse.cpu_kernel_available`), "pallas" (the backend's kernel), or "pallas_gpu"
+        / "pallas_tpu" explicitly (CPU: with ``interpret=True``).
       interpret: run a Pallas kernel in interpret mode (CPU tests).
       tuning: the thresholds of the call's choices (`lscjax.sparse.Tuning`; default measured
         on XLA:CPU); `lscjax.sparse.explain` prints the path the call takes.

@@ -33,9 +33,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from lscjax._src.errors import LscError
+from lscjax._src.kernels import cpu
 from lscjax._src.sparse.block_sparse import BlockSparse
 
-IMPLS = ("auto", "xla", "pallas", "pallas_gpu", "pallas_tpu")
+IMPLS = ("auto", "xla", "cpu", "pallas", "pallas_gpu", "pallas_tpu")
 _NATIVE = {"gpu": "pallas_gpu", "cuda": "pallas_gpu", "rocm": "pallas_gpu", "tpu": "pallas_tpu"}
 
 
@@ -114,21 +115,41 @@ def _fits(kernel: str, w: BlockSparse) -> bool:
     return b_in % 128 == 0 and w.block[1] % 128 == 0
 
 
-def resolve_impl(impl: str, w: BlockSparse, interpret: bool = False) -> str:
-    """The path `matmul` takes: "xla", "pallas_gpu" or "pallas_tpu".
+def resolve_impl(impl: str, w: BlockSparse, interpret: bool = False, x_dtype=jnp.float32) -> str:
+    """The path `matmul` takes: "xla", "cpu", "pallas_gpu" or "pallas_tpu".
 
-    "auto" picks the Pallas kernel of the default backend when `w`'s tiles fit it, else XLA (the
-    CPU path). "pallas" picks the backend's kernel (on CPU, the GPU kernel in interpret mode).
+    "auto" picks the Pallas kernel of the default backend when `w`'s tiles fit it; on the CPU,
+    the compiled kernel (`lscjax._src.kernels.cpu`) when it is built and takes the operands
+    (float32 x and values, output blocks of 16, 32 or 64), else XLA. "pallas" picks the
+    backend's kernel (on CPU, the GPU kernel in interpret mode).
 
     Raises:
-      LscError: unknown `impl`, or a Pallas kernel requested on CPU without ``interpret=True``.
+      LscError: unknown `impl`, a Pallas kernel requested on CPU without ``interpret=True``, or
+        "cpu" where the CPU kernel cannot run (another backend, not built, operands it does not
+        take).
     """
     if impl not in IMPLS:
         raise LscError(f"impl must be one of {IMPLS}, got {impl!r}")
     backend = jax.default_backend()
+    cpu_fits = cpu.available() and cpu.fits(w.block[1], x_dtype, w.dtype)
     if impl == "auto":
         kernel = _NATIVE.get(backend)
-        return kernel if kernel is not None and _fits(kernel, w) else "xla"
+        if kernel is not None:
+            return kernel if _fits(kernel, w) else "xla"
+        return "cpu" if backend == "cpu" and cpu_fits else "xla"
+    if impl == "cpu":
+        if backend != "cpu" or not cpu_fits:
+            why = (
+                f"the backend is {backend!r}"
+                if backend != "cpu"
+                else "lscjax was installed without its compiled kernel (no C++ compiler?)"
+                if not cpu.available()
+                else f"it takes float32 x and values with output blocks of {cpu.B_OUT}, got "
+                f"x {jnp.dtype(x_dtype).name}, values {jnp.dtype(w.dtype).name}, blocks "
+                f"{tuple(w.block)}"
+            )
+            raise LscError(f"impl='cpu' cannot run here: {why}; use impl='xla' or 'auto'")
+        return impl
     if impl == "pallas":
         impl = _NATIVE.get(backend, "pallas_gpu")
     if impl != "xla" and not interpret and _NATIVE.get(backend) != impl:
@@ -230,10 +251,10 @@ class Plan:
       rows, kmax: R and Kmax of W's layout; overflow_rows: R2, the rows continued in W's
         `Overflow` (0 without one; the split is made by the constructors).
       m: rows of x (its leading dimensions flattened); x_itemsize: bytes of one element of x.
-      kernel: "xla", "pallas_gpu" or "pallas_tpu" (`resolve_impl`); interpret: Pallas interpret
-        mode.
+      kernel: "xla", "cpu", "pallas_gpu" or "pallas_tpu" (`resolve_impl`); interpret: Pallas
+        interpret mode.
       groups: the row groups the XLA path multiplies, each padded to its length (None for a
-        Pallas kernel, which loops over each row's counts).
+        kernel, which loops over each row's counts).
       sorted_rows: whether those groups take the rows in descending-count order (else in stored
         order, plain slices).
       pieces: the XLA path gathers x in this many pieces of its rows, in sequence (1: at once);
@@ -330,7 +351,7 @@ def plan(
       LscError: a bad `impl` or `tuning` (see `resolve_impl`).
     """
     t = _tuning(tuning)
-    kernel = resolve_impl(impl, w, interpret)
+    kernel = resolve_impl(impl, w, interpret, x_dtype)
     m = math.prod(x_shape[:-1])
     rows, kmax = w.indices.shape
     itemsize = jnp.dtype(x_dtype).itemsize
@@ -389,7 +410,7 @@ def explain(x_shape: tuple, w: BlockSparse, **options) -> str:
       >>> w = lscjax.sparse.BlockSparse.from_dense(kernel, block=(32, 32))
       >>> print(lscjax.sparse.explain((16, kernel.shape[0]), w))  # doctest: +ELLIPSIS
       x [16, 96] @ BlockSparse [96, 64]: blocks of 32x32, float values, ...
-      kernel: xla
+      kernel: cpu
       ...
     """
     return plan(x_shape, w, **options).explain()
