@@ -140,10 +140,14 @@ class _SelfAttention(nn.Module):
             return y.reshape(*y.shape[:2], heads, width).transpose(0, 2, 1, 3)
 
         q, k, v = split("query"), split("key"), split("value")
-        scores = jnp.einsum("bhqd,bhkd->bhqk", q, k) / math.sqrt(width)
+        # softmax(q k^T / sqrt(width)) v, with the scale applied to q and the softmax's
+        # normalisation to the [L, width] context rather than the [L, L] scores: the same
+        # product, in about half the time on CPU (two passes over the scores fewer).
+        scores = jnp.einsum("bhqd,bhkd->bhqk", q * (1 / math.sqrt(width)), k)
         keep = attention_mask[:, None, None, :].astype(bool)
         scores = jnp.where(keep, scores, jnp.finfo(scores.dtype).min)
-        context = jnp.einsum("bhqk,bhkd->bhqd", jax.nn.softmax(scores, axis=-1), v)
+        weights = jnp.exp(scores - scores.max(axis=-1, keepdims=True))
+        context = jnp.einsum("bhqk,bhkd->bhqd", weights, v) / weights.sum(-1)[..., None]
         return context.transpose(0, 2, 1, 3).reshape(x.shape)
 
 

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lscjax._src.errors import LscError
+from lscjax._src.kernels import cpu
 from lscjax._src.quant.qarray import QArray, is_qarray
 from lscjax._src.sparse.block_sparse import BlockSparse
 from lscjax._src.sparse.multi_axis import MultiAxisKernel, is_block_sparse, matrix_split
@@ -19,11 +20,13 @@ from lscjax._src.sparse.stack import stack
 from lscjax._src.tree import check_float_leaf, leaves_with_paths
 
 # Largest fraction of non-zero blocks at which a kernel is served block-sparse by default; denser
-# kernels are served dense (a QArray dequantized once). From `benchmarks/serve_density.py`: on CPU,
+# kernels are served dense (a QArray dequantized once). From `benchmarks/serve_density.py` on CPU,
 # for transformer-sized kernels (384..3072 wide, 128 and 1024 rows of x, b=32, random block
-# positions, float values and 4-bit codes), the median ratio block-sparse / dense is 0.7 at 10% of
-# the blocks (worst point 1.07), 0.9-1.2 at 20% and above 1.3 from 30% on (docs/results/serving.md).
-DEFAULT_MAX_DENSITY = 0.1
+# positions, float values and 4-bit codes; docs/results/serving.md): with the compiled CPU kernel
+# the median ratio block-sparse / dense is 0.36 at 10% of the blocks, 0.65 at 50%, 0.80 at 70% and
+# 1.08 at 100%; the XLA path (an installation without the kernel) is 0.7 at 10% and above 1.3
+# from 30% on. Not measured on GPU / TPU.
+DEFAULT_MAX_DENSITY = 0.7 if cpu.available() else 0.1
 TABLE = "embedding"  # leaves of this name are embedding tables (Flax's Embed), looked up by row
 InAxes = None | Mapping[str, int] | Callable[[str, object], int | None]
 
