@@ -33,6 +33,7 @@ Usage: python benchmarks/matmul.py [--reps 20] [--quick] [--out PATH]
 """
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -170,12 +171,12 @@ def coded(rng, kernel, block):
     return BlockSparse.from_codes(codes, codebook, block, bits=4), codebook[codes]
 
 
-def run(reps: int, quick: bool) -> list[dict]:
+def run(reps: int, quick: bool, impl: str) -> list[dict]:
     rng = np.random.default_rng(0)
     batches = (16,) if quick else (1, 16, 64)
     blocks = (32, 64)
     densities = (0.10,) if quick else (0.05, 0.10, 0.25)
-    sparse_fn = jax.jit(matmul)
+    sparse_fn = jax.jit(functools.partial(matmul, impl=impl))
     bcoo_fn = jax.jit(lambda x, w: x @ w)
     rows = []
     for block in blocks:
@@ -323,6 +324,12 @@ def main():
     parser.add_argument(
         "--out", help="JSON path (default: benchmarks/results/matmul.json; --quick writes none)"
     )
+    parser.add_argument(
+        "--impl",
+        default="xla",
+        choices=("xla", "cpu", "auto"),
+        help="the sparse path (docs/results/sparse.md: xla; the CPU kernel: serving.md)",
+    )
     parser.add_argument("--table", help="print this results file as a Markdown table and exit")
     args = parser.parse_args()
     if args.table:
@@ -334,7 +341,7 @@ def main():
         f"no-op jitted call: {overhead['noop_ms']:.3f} ms in a row, "
         f"{overhead['noop_after_dense_ms']:.3f} ms right after a dense product"
     )
-    rows = run(args.reps, args.quick)
+    rows = run(args.reps, args.quick, args.impl)
     pool_dense(rows)
     goal_rows = [r for r in rows if r["batch"] == GOAL["batch"] and r["density"] == GOAL["density"]]
     missed = 0
@@ -354,6 +361,7 @@ def main():
         "matmul",
         rows,
         quick=args.quick,
+        impl=args.impl,
         reps=args.reps,
         calls_per_round=CHUNK,
         rotate_bytes=ROTATE_BYTES,

@@ -50,10 +50,10 @@ FORMS = {"slot": 2**62, "row": 0, "library": None}  # slot_form_max_rows: forced
 
 
 def compiled(x, w, form: str):
-    """`matmul(x, w)` compiled with the product form forced ("slot", "row") or as the library
+    """`matmul(x, w, impl="xla")` compiled with the product form forced ("slot", "row") or as the library
     picks it per piece of x's rows ("library")."""
     tuning = Tuning() if FORMS[form] is None else Tuning(slot_form_max_rows=FORMS[form])
-    return jax.jit(lambda x, w: matmul(x, w, tuning=tuning)).lower(x, w).compile()
+    return jax.jit(lambda x, w: matmul(x, w, impl="xla", tuning=tuning)).lower(x, w).compile()
 
 
 def run(reps: int, quick: bool = False) -> list[dict]:
