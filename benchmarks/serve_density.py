@@ -25,7 +25,7 @@ import numpy as np
 from matmul import copies, rotated_times, write_results
 
 from lscjax._src.sparse.random import random_block_kernel
-from lscjax.sparse import BlockSparse, matmul, plan
+from lscjax.sparse import BlockSparse, matmul, resolve_impl
 
 SHAPES = ((384, 384), (384, 1536), (1536, 384), (768, 3072))
 ROWS = (128, 1024)
@@ -109,9 +109,6 @@ def main():
         print(f"d={density:.2f}: median x{np.median(ratios):.2f}, worst x{max(ratios):.2f}")
     limit = threshold(rows)
     print(f"largest density with median ratio <= 1: {limit}")
-    path = plan(
-        (ROWS[0], SHAPES[0][0]), BlockSparse.from_dense(np.ones(SHAPES[0]), BLOCK), impl=args.impl
-    )
     write_results(
         args.out,
         "serve_density",
@@ -120,7 +117,7 @@ def main():
         block=BLOCK,
         threshold=limit,
         impl=args.impl,
-        kernel=path.kernel,
+        kernel=resolve_impl(args.impl, BlockSparse.from_dense(np.ones((BLOCK, BLOCK)), BLOCK)),
     )
 
 
